@@ -1,0 +1,141 @@
+"""Typed params: params.yaml is loaded into pydantic models that fail loudly.
+
+Every default lives in params.yaml, not here: each field below is required,
+so a key missing from the file is an error, not a silent fallback. Errors are
+one line naming the file and the dotted key, e.g.
+
+    params.yaml: prepare.val_fraction: expected a float in [0, 1), got 'abc'
+"""
+
+import difflib
+import re
+import typing
+from pathlib import Path
+from typing import Annotated, Literal
+
+import annotated_types as at
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from alignkit.errors import ParamsError
+
+Fraction = Annotated[float, Field(ge=0, lt=1)]
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class Section(BaseModel):
+    # strict: no silent str -> number coercion; extra="forbid": typos are errors.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
+
+
+class DataParams(Section):
+    path: str
+    schema_: Literal["auto", "reference", "prompt_chosen_rejected", "hh"] = Field(alias="schema")
+
+
+class ModelsParams(Section):
+    policy: str
+    reward: str
+
+
+class PrepareParams(Section):
+    val_fraction: Fraction
+    test_fraction: Fraction
+    max_chars: PositiveInt
+    on_too_long: Literal["error", "drop"]
+
+
+class Params(Section):
+    seed: Annotated[int, Field(ge=0)]
+    data: DataParams
+    models: ModelsParams
+    prepare: PrepareParams
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads 1e-5 as a float, as YAML 1.2 (and DVC) do."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def load_params(path="params.yaml"):
+    """Read and validate a params file; raise ParamsError naming the key."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: file not found") from None
+    try:
+        raw = yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark else ""
+        raise ParamsError(f"{path}: {where}not valid YAML ({getattr(err, 'problem', err)})") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of params sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ParamsError(f"{path}: {_describe_error(err.errors()[0])}") from None
+
+
+def _describe_error(e):
+    loc = [str(p) for p in e["loc"]]
+    key = ".".join(loc)
+    if e["type"] == "extra_forbidden":
+        known = [f.alias or name for name, f in _model_at(loc[:-1]).model_fields.items()]
+        close = difflib.get_close_matches(loc[-1], known, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(known)}"
+        return f"{key}: unknown key ({hint})"
+    if e["type"] == "missing":
+        return f"{key}: missing key"
+    return f"{key}: expected {_expected(loc)}, got {e['input']!r}"
+
+
+def _field_at(loc):
+    """The pydantic FieldInfo at a dotted location such as ['prepare', 'max_chars']."""
+    fields = _model_at(loc[:-1]).model_fields
+    return next(f for name, f in fields.items() if loc[-1] in (name, f.alias))
+
+
+def _model_at(loc):
+    """The params model class at a location; [] is the whole file."""
+    model = Params
+    for depth in range(len(loc)):
+        model = _field_at(loc[: depth + 1]).annotation
+    return model
+
+
+def _expected(loc):
+    """Describe what a field accepts: 'a positive float', "one of 'a', 'b'"."""
+    field = _field_at(loc)
+    ann = field.annotation
+    if typing.get_origin(ann) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(ann))
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return "a mapping"
+    kind = {int: "integer", float: "float", str: "string", bool: "boolean (true or false)"}[ann]
+    bounds = {type(m): m for m in field.metadata}
+    lo = bounds.get(at.Gt) or bounds.get(at.Ge)
+    hi = bounds.get(at.Lt) or bounds.get(at.Le)
+    if lo and not hi and getattr(lo, "gt", None) == 0:
+        return f"a positive {kind}"
+    if lo and not hi and getattr(lo, "ge", None) == 0:
+        return f"a non-negative {kind}"
+    article = "an" if kind[0] in "aeiou" else "a"
+    if lo and hi:
+        left = "(" if isinstance(lo, at.Gt) else "["
+        right = ")" if isinstance(hi, at.Lt) else "]"
+        low = getattr(lo, "gt", getattr(lo, "ge", None))
+        high = getattr(hi, "lt", getattr(hi, "le", None))
+        return f"{article} {kind} in {left}{low}, {high}{right}"
+    if lo:
+        return f"{article} {kind} {'>' if isinstance(lo, at.Gt) else '>='} {getattr(lo, 'gt', getattr(lo, 'ge', None))}"
+    if hi:
+        return f"{article} {kind} {'<' if isinstance(hi, at.Lt) else '<='} {getattr(hi, 'lt', getattr(hi, 'le', None))}"
+    return f"{article} {kind}"

@@ -1,0 +1,44 @@
+"""prepare: raw preference data -> validated, seeded train/validation/test splits.
+
+    python stages/prepare.py --params params.yaml --input data/sample/preferences.csv \
+        --out-dir data/prepared --metrics metrics/data.json
+
+Reads params: seed, data.schema, prepare.*. Writes <out-dir>/{train,validation,test}.jsonl
+(fields prompt, chosen, rejected, row) and the metrics JSON. Everything is validated
+before anything is written, and each output appears whole or not at all.
+"""
+
+import argparse
+
+from alignkit import data
+from alignkit.errors import run_stage
+from alignkit.io import atomic_dir, write_json
+from alignkit.params import load_params
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", required=True)
+    parser.add_argument("--input", required=True, help="raw preference data (csv, jsonl, parquet)")
+    parser.add_argument("--out-dir", required=True)
+    parser.add_argument("--metrics", required=True)
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    cfg = params.prepare
+
+    columns, records = data.read_table(args.input)
+    schema = data.detect_schema(args.input, columns, params.data.schema_)
+    pairs, dropped = data.to_pairs(args.input, schema, records, cfg.max_chars, cfg.on_too_long)
+    splits = data.split_pairs(pairs, cfg.val_fraction, cfg.test_fraction, params.seed)
+    summary = data.describe(len(records), pairs, dropped, splits)
+
+    with atomic_dir(args.out_dir) as tmp:
+        for name, rows in splits.items():
+            data.write_split(tmp / f"{name}.jsonl", rows)
+    write_json(args.metrics, summary)
+    print(f"prepare: {args.input} ({schema} schema): {len(records)} rows in, {len(pairs)} kept, "
+          f"dropped {dict(dropped) or 'none'}; splits {summary['splits']}")
+
+
+if __name__ == "__main__":
+    run_stage(main)
