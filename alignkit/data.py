@@ -100,7 +100,7 @@ def _read_csv(path, raw):
             for sep, name in ((";", "semicolon"), ("\t", "tab"), ("|", "pipe")):
                 if sep in header[0]:
                     raise DataError(
-                        f"{path}: line 1 (header), column {header[0]!r}: found one column; the file looks "
+                        f"{path}: header (line 1), column {header[0]!r}: found one column; the file looks "
                         f"{name}-delimited, but CSV input must be comma-delimited"
                     )
         records, start = [], reader.line_num + 1
@@ -163,7 +163,7 @@ def detect_schema(path, columns, schema):
     if missing:
         close = difflib.get_close_matches(missing[0], columns, n=1)
         hint = f"found '{close[0]}' -- check the spelling" if close else f"found columns: {', '.join(map(repr, columns))}"
-        raise DataError(f"{path}: missing column '{missing[0]}' for the {schema} schema ({hint})")
+        raise DataError(f"{path}: header, column '{missing[0]}': missing, needed by the {schema} schema ({hint})")
     return schema
 
 
@@ -174,7 +174,7 @@ def _check_utf8(path, rec, column, text, header=False):
     bad = next((i for i, ch in enumerate(text) if "\udc80" <= ch <= "\udcff"), None)
     if bad is not None:
         byte = ord(text[bad]) - 0xDC00
-        loc = f"{path}: line 1 (header)" if header else where(path, rec, column)
+        loc = f"{path}: header (line 1), column {column!r}" if header else where(path, rec, column)
         raise DataError(f"{loc}: bytes that are not UTF-8 (0x{byte:02x} at character {bad + 1})")
 
 
@@ -257,7 +257,7 @@ def to_pairs(path, schema, records, max_chars, on_too_long):
 # ---------------------------------------------------------------- splitting
 
 
-def split_pairs(pairs, val_fraction, test_fraction, seed):
+def split_pairs(pairs, val_fraction, test_fraction, seed, path="data"):
     """Seeded split into train/validation/test; all pairs of one prompt share a split.
 
     Prompts are shuffled with `seed`, then test and validation take whole prompt
@@ -273,12 +273,13 @@ def split_pairs(pairs, val_fraction, test_fraction, seed):
     for prompt in order:
         name = next((s for s in ("test", "validation") if len(splits[s]) < targets[s]), "train")
         splits[name].extend(groups[prompt])
-    for name, key in (("train", None), ("validation", "prepare.val_fraction"), ("test", "prepare.test_fraction")):
-        if not splits[name] and (key is None or targets[name] > 0):
-            raise DataError(
-                f"{len(pairs)} rows in {len(groups)} prompt groups leave the {name} split empty"
-                + (f"; lower {key}" if key is None else "; lower prepare.val_fraction and prepare.test_fraction")
-            )
+    empty = [name for name in SPLITS if not splits[name] and (name == "train" or targets[name] > 0)]
+    if empty:
+        raise DataError(
+            f"{path}: {len(pairs)} rows in {len(groups)} prompt groups are too few to split with "
+            f"prepare.val_fraction={val_fraction} and prepare.test_fraction={test_fraction}: "
+            f"the {empty[0]} split would be empty"
+        )
     return splits
 
 

@@ -29,7 +29,7 @@ def main(argv=None):
     columns, records = data.read_table(args.input)
     schema = data.detect_schema(args.input, columns, params.data.schema_)
     pairs, dropped = data.to_pairs(args.input, schema, records, cfg.max_chars, cfg.on_too_long)
-    splits = data.split_pairs(pairs, cfg.val_fraction, cfg.test_fraction, params.seed)
+    splits = data.split_pairs(pairs, cfg.val_fraction, cfg.test_fraction, params.seed, args.input)
     summary = data.describe(len(records), pairs, dropped, splits)
 
     with atomic_dir(args.out_dir) as tmp:

@@ -1,0 +1,142 @@
+"""Models and tokenizers from a hub id, a local directory, or a built-in preset.
+
+`models.policy` and `models.reward` in params.yaml name one of:
+
+1. a built-in preset (PRESETS below): the tokenizer is trained on the given
+   texts with the `tokenizers` library (byte-level BPE for GPT-2, WordPiece for
+   BERT) and the weights are initialised from a small config. Fully offline.
+2. a local directory written by `save_pretrained`: loaded with
+   local_files_only=True, so the network is never touched.
+3. a Hugging Face hub id such as `openai-community/gpt2-medium`: loaded with
+   `from_pretrained`, which uses the network or the local HF cache.
+
+The policy's tokenizer always comes from the policy's own source, and the
+reward encoder's from the reward's: a GPT-2 policy never gets a BERT tokenizer.
+"""
+
+import difflib
+import re
+from pathlib import Path
+
+from alignkit.errors import ModelError
+
+GPT2_SPECIAL = "<|endoftext|>"
+BERT_SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+# Built-in presets. Each is a small architecture named like a checkpoint; its
+# tokenizer is trained on the data, so `vocab_size` is an upper bound.
+PRESETS = {
+    "tiny-gpt2": {"family": "gpt2", "vocab_size": 4096, "n_positions": 256, "n_embd": 128, "n_layer": 2, "n_head": 4},
+    "tiny-bert": {"family": "bert", "vocab_size": 4096, "max_position_embeddings": 256, "hidden_size": 128,
+                  "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 512},
+}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+
+
+def source_kind(spec, key):
+    """Classify a model spec as 'preset', 'local' or 'hub'; ModelError if it is none of them."""
+    if spec in PRESETS:
+        return "preset"
+    if Path(spec).is_dir():
+        return "local"
+    close = difflib.get_close_matches(spec, list(PRESETS), n=1, cutoff=0.8)
+    if close or spec.startswith("tiny-"):
+        hint = f"did you mean '{close[0]}'?" if close else f"presets: {', '.join(PRESETS)}"
+        raise ModelError(f"{key}: unknown preset '{spec}' ({hint})")
+    if spec.startswith((".", "/", "~")) or Path(spec).exists() or not _HUB_ID.match(spec):
+        raise ModelError(f"{key}: '{spec}' is not a built-in preset ({', '.join(PRESETS)}), "
+                         "an existing directory, or a hub id like 'org/name'")
+    return "hub"
+
+
+def train_gpt2_tokenizer(texts, vocab_size):
+    """A GPT-2 style byte-level BPE tokenizer trained on `texts`; EOS doubles as BOS and UNK."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2TokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=[GPT2_SPECIAL],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    return GPT2TokenizerFast(tokenizer_object=tok, bos_token=GPT2_SPECIAL, eos_token=GPT2_SPECIAL,
+                             unk_token=GPT2_SPECIAL)
+
+
+def train_bert_tokenizer(texts, vocab_size):
+    """A BERT style lower-cased WordPiece tokenizer trained on `texts`, with [CLS] a [SEP] b [SEP] pairs."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=BERT_SPECIAL, show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    return BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]",
+                             cls_token="[CLS]", mask_token="[MASK]")
+
+
+def build_preset(name, texts, seed):
+    """(model, tokenizer) for a preset: tokenizer trained on `texts`, weights seeded from `seed`."""
+    import torch
+    from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel
+
+    spec = dict(PRESETS[name])
+    family = spec.pop("family")
+    texts = list(texts)
+    if not texts:
+        raise ModelError(f"preset '{name}' needs training text for its tokenizer, and none was given")
+    torch.manual_seed(seed)
+    if family == "gpt2":
+        tokenizer = train_gpt2_tokenizer(texts, spec.pop("vocab_size"))
+        config = GPT2Config(vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id,
+                            eos_token_id=tokenizer.eos_token_id, **spec)
+        return GPT2LMHeadModel(config), tokenizer
+    tokenizer = train_bert_tokenizer(texts, spec.pop("vocab_size"))
+    config = BertConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **spec)
+    return BertModel(config), tokenizer
+
+
+def _from_pretrained(auto_cls, spec, key, kind):
+    from transformers import AutoTokenizer
+
+    local = kind == "local"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(spec, local_files_only=local)
+        model = auto_cls.from_pretrained(spec, local_files_only=local)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0]
+        where = "local directory" if local else "hub id (is the network or the HF cache available?)"
+        raise ModelError(f"{key}: cannot load '{spec}' as a {where}: {first}") from None
+    return model, tokenizer
+
+
+def load_policy(spec, key="models.policy", texts=(), seed=0):
+    """(causal LM, its tokenizer) from a preset, local directory or hub id."""
+    from transformers import AutoModelForCausalLM
+
+    kind = source_kind(spec, key)
+    if kind == "preset":
+        if PRESETS[spec]["family"] != "gpt2":
+            raise ModelError(f"{key}: preset '{spec}' is an encoder; the policy needs a causal LM such as tiny-gpt2")
+        return build_preset(spec, texts, seed)
+    return _from_pretrained(AutoModelForCausalLM, spec, key, kind)
+
+
+def load_encoder(spec, key="models.reward", texts=(), seed=0):
+    """(encoder without a head, its tokenizer) from a preset, local directory or hub id."""
+    from transformers import AutoModel
+
+    kind = source_kind(spec, key)
+    if kind == "preset":
+        if PRESETS[spec]["family"] != "bert":
+            raise ModelError(f"{key}: preset '{spec}' is a causal LM; the reward model needs an encoder such as tiny-bert")
+        return build_preset(spec, texts, seed)
+    return _from_pretrained(AutoModel, spec, key, kind)

@@ -1,0 +1,70 @@
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def repo_params():
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def stage_env(root=REPO):
+    """Environment for a stage or DVC subprocess: this interpreter first on PATH, `root`'s library first."""
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env["PYTHONPATH"] = str(root)
+    env["DVC_NO_ANALYTICS"] = "1"
+    return env
+
+
+class PrepareRun:
+    """Runs stages/prepare.py on a given input, as DVC would, with outputs under tmp_path."""
+
+    def __init__(self, tmp_path):
+        self.tmp = tmp_path
+        self.out_dir = tmp_path / "out" / "prepared"
+        self.metrics = tmp_path / "out" / "metrics" / "data.json"
+
+    def __call__(self, input_path, **prepare):
+        params = repo_params()
+        params["prepare"].update(prepare.pop("prepare", {}))
+        params["data"].update(prepare.pop("data", {}))
+        assert not prepare, prepare
+        params_path = self.tmp / "params.yaml"
+        params_path.write_text(yaml.safe_dump(params))
+        return subprocess.run(
+            [sys.executable, str(REPO / "stages" / "prepare.py"), "--params", str(params_path),
+             "--input", str(input_path), "--out-dir", str(self.out_dir), "--metrics", str(self.metrics)],
+            capture_output=True, text=True, env=stage_env(), cwd=self.tmp,
+        )
+
+    def wrote_nothing(self):
+        out = self.tmp / "out"
+        return not out.exists() or not any(out.rglob("*"))
+
+
+@pytest.fixture
+def prepare(tmp_path):
+    return PrepareRun(tmp_path)
+
+
+@pytest.fixture
+def repo_copy(tmp_path):
+    """A fresh git repository holding the project's tracked files, as a clone would."""
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    dest = tmp_path / "repo"
+    for name in filter(None, files.decode().split("\0")):
+        if (REPO / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
+    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=dest, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
+    subprocess.run([*git, "commit", "-qm", "copy"], cwd=dest, check=True)
+    return dest

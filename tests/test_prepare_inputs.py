@@ -1,0 +1,230 @@
+"""The prepare stage on bad and unusual input: one-line errors naming file, row and
+column, a non-zero exit, and no output; or rows dropped and counted by reason."""
+
+import gzip
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+HEADER = "Question,More_Prefered,Less_Prefered\n"
+GOOD = [
+    "What is 2 plus 2?,2 plus 2 equals 4.,2 plus 2 equals 5.\n",
+    "What is the capital of France?,The capital of France is Paris.,I would rather not say.\n",
+    "What is a baby cat called?,A baby cat is called a kitten.,A baby cat is\n",
+    "Convert 2 hours to minutes.,2 hours is 120 minutes.,2 hours is 120 grams.\n",
+]
+TINY_SPLITS = {"val_fraction": 0.25, "test_fraction": 0.25}
+
+
+def csv_file(tmp_path, *rows, header=HEADER, name="prefs.csv"):
+    path = tmp_path / name
+    path.write_bytes((header + "".join(rows)).encode() if isinstance(header, str) else header + b"".join(rows))
+    return path
+
+
+def assert_error(result, path, *parts):
+    """Exit code 2, one line on stderr naming the file and each part, nothing else said."""
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: {path}"), lines[0]
+    for part in parts:
+        assert part in lines[0], (part, lines[0])
+    return lines[0]
+
+
+def test_missing_file(prepare, tmp_path):
+    path = tmp_path / "nope.csv"
+    assert_error(prepare(path), path, "file not found")
+    assert prepare.wrote_nothing()
+
+
+def test_misspelled_column_names_the_column_and_the_near_miss(prepare, tmp_path):
+    path = csv_file(tmp_path, *GOOD, header="Question,More_Preferred,Less_Prefered\n")
+    msg = assert_error(prepare(path), path, "header", "column 'More_Prefered'", "'More_Preferred'")
+    assert "reference schema" in msg
+    assert prepare.wrote_nothing()
+
+
+def test_missing_column(prepare, tmp_path):
+    path = csv_file(tmp_path, "What?,Yes.\n", header="Question,More_Prefered\n")
+    assert_error(prepare(path), path, "header", "column 'Less_Prefered'")
+    assert prepare.wrote_nothing()
+
+
+@pytest.mark.parametrize("cell", ['""', '"   "', '" \t "'])
+def test_empty_or_whitespace_cell(prepare, tmp_path, cell):
+    path = csv_file(tmp_path, GOOD[0], f"What is 3 plus 3?,{cell},3 plus 3 equals 7.\n", *GOOD[1:])
+    assert_error(prepare(path), path, "row 2 (line 3)", "column 'More_Prefered'", "empty cell")
+    assert prepare.wrote_nothing()
+
+
+@pytest.mark.parametrize("token", ["NaN", "nan", "NULL"])
+def test_nan_in_csv(prepare, tmp_path, token):
+    path = csv_file(tmp_path, *GOOD[:3], f"What is 3 plus 3?,3 plus 3 equals 6.,{token}\n")
+    assert_error(prepare(path), path, "row 4 (line 5)", "column 'Less_Prefered'", "missing value")
+    assert prepare.wrote_nothing()
+
+
+@pytest.mark.parametrize("value", ["null", "NaN"])
+def test_null_and_nan_in_jsonl(prepare, tmp_path, value):
+    path = tmp_path / "prefs.jsonl"
+    good = '{"prompt": "Hi?", "chosen": "Hello, how can I help?", "rejected": "Go away."}\n'
+    path.write_text(good + f'{{"prompt": "Yo?", "chosen": {value}, "rejected": "No."}}\n')
+    assert_error(prepare(path), path, "row 2", "column 'chosen'", "missing value")
+    assert prepare.wrote_nothing()
+
+
+def test_null_in_parquet(prepare, tmp_path):
+    path = tmp_path / "prefs.parquet"
+    pq.write_table(pa.table({"prompt": ["a?", "b?", "c?"], "chosen": ["A.", None, "C."], "rejected": ["x", "y", "z"]}), path)
+    assert_error(prepare(path), path, "row 2", "column 'chosen'", "missing value")
+    assert prepare.wrote_nothing()
+
+
+def test_bytes_that_are_not_utf8(prepare, tmp_path):
+    bad = b"What is 3 plus 3?,3 plus 3 equals 6.,3 plus 3 equals \xff\xfe.\n"
+    path = csv_file(tmp_path, GOOD[0].encode(), bad, header=HEADER.encode())
+    assert_error(prepare(path), path, "row 2 (line 3)", "column 'Less_Prefered'", "not UTF-8", "0xff")
+    assert prepare.wrote_nothing()
+
+
+def test_latin1_file_in_jsonl(prepare, tmp_path):
+    path = tmp_path / "prefs.jsonl"
+    path.write_bytes('{"prompt": "Caf\u00e9?", "chosen": "Yes.", "rejected": "No."}\n'.encode("latin-1"))
+    assert_error(prepare(path), path, "row 1", "column 'prompt'", "not UTF-8")
+    assert prepare.wrote_nothing()
+
+
+@pytest.mark.parametrize("sep, name", [(";", "semicolon"), ("\t", "tab")])
+def test_wrong_delimiter(prepare, tmp_path, sep, name):
+    rows = [r.replace(",", sep) for r in GOOD]
+    path = csv_file(tmp_path, *rows, header=HEADER.replace(",", sep))
+    assert_error(prepare(path), path, "header (line 1)", "column 'Question", f"{name}-delimited")
+    assert prepare.wrote_nothing()
+
+
+def test_row_with_too_many_fields(prepare, tmp_path):
+    path = csv_file(tmp_path, GOOD[0], "What is 1, 2 or 3?,It is 1.,It is 4.\n")
+    assert_error(prepare(path), path, "row 2 (line 3)", "expected 3 fields, got 4")
+    assert prepare.wrote_nothing()
+
+
+def test_text_longer_than_max_chars_stops(prepare, tmp_path):
+    path = csv_file(tmp_path, *GOOD[:2], "What is long?,Long answer " + "x" * 300 + ".,Short.\n")
+    msg = assert_error(prepare(path, prepare={"max_chars": 100}), path, "row 3 (line 4)", "column 'More_Prefered'")
+    assert "prepare.max_chars=100" in msg
+    assert prepare.wrote_nothing()
+
+
+def test_text_longer_than_max_chars_dropped_when_asked(prepare, tmp_path):
+    path = csv_file(tmp_path, *GOOD, "What is long?,Long answer " + "x" * 300 + ".,Short.\n")
+    result = prepare(path, prepare={"max_chars": 100, "on_too_long": "drop", **TINY_SPLITS})
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(prepare.metrics.read_text())
+    assert metrics["rows_in"] == 5 and metrics["rows_kept"] == 4
+    assert metrics["rows_dropped"] == {"duplicate": 0, "identical_pair": 0, "too_long": 1}
+
+
+def test_identical_pairs_and_duplicates_are_dropped_and_counted(prepare, tmp_path):
+    identical = "What is 5 plus 5?,5 plus 5 equals 10.,5 plus 5 equals 10.\n"
+    path = csv_file(tmp_path, *GOOD, GOOD[0], GOOD[1], identical)
+    result = prepare(path, prepare=TINY_SPLITS)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(prepare.metrics.read_text())
+    assert metrics["rows_in"] == 7 and metrics["rows_kept"] == 4
+    assert metrics["rows_dropped"] == {"duplicate": 2, "identical_pair": 1, "too_long": 0}
+    kept = [json.loads(l) for s in ("train", "validation", "test") for l in (prepare.out_dir / f"{s}.jsonl").open()]
+    assert sorted(r["row"] for r in kept) == [1, 2, 3, 4]
+
+
+def test_zero_rows_left_after_cleaning(prepare, tmp_path):
+    path = csv_file(tmp_path, "Same?,Yes.,Yes.\n", "Again?,No.,No.\n")
+    assert_error(prepare(path), path, "no rows left after cleaning", "2 read", "identical_pair=2")
+    assert prepare.wrote_nothing()
+
+
+def test_header_only_file(prepare, tmp_path):
+    path = csv_file(tmp_path)
+    assert_error(prepare(path), path, "no rows left after cleaning", "0 read")
+    assert prepare.wrote_nothing()
+
+
+def test_invalid_json_line(prepare, tmp_path):
+    path = tmp_path / "prefs.jsonl"
+    path.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a", \n')
+    assert_error(prepare(path), path, "row 2", "invalid JSON")
+    assert prepare.wrote_nothing()
+
+
+def test_unsupported_extension(prepare, tmp_path):
+    path = tmp_path / "prefs.xlsx"
+    path.write_bytes(b"PK")
+    assert_error(prepare(path), path, "unsupported file type '.xlsx'")
+
+
+# ------------------------------------------------------------ accepted inputs
+
+
+def read_outputs(prepare):
+    rows = {s: [json.loads(l) for l in (prepare.out_dir / f"{s}.jsonl").open()] for s in ("train", "validation", "test")}
+    return rows, json.loads(prepare.metrics.read_text())
+
+
+def test_prompt_chosen_rejected_jsonl_gz(prepare, tmp_path):
+    path = tmp_path / "prefs.jsonl.gz"
+    lines = [json.dumps({"prompt": f"Q{i}?", "chosen": f"Good {i}.", "rejected": f"Bad {i}."}) for i in range(8)]
+    path.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    result = prepare(path, prepare=TINY_SPLITS)
+    assert result.returncode == 0, result.stderr
+    rows, metrics = read_outputs(prepare)
+    assert metrics["splits"] == {"train": 4, "validation": 2, "test": 2}
+    assert {"prompt": "Q3?", "chosen": "Good 3.", "rejected": "Bad 3.", "row": 4} in sum(rows.values(), [])
+
+
+def test_reference_schema_parquet(prepare, tmp_path):
+    path = tmp_path / "prefs.parquet"
+    pq.write_table(pa.table({"Question": ["a?", "b?", "c?", "d?"], "More_Prefered": ["A", "B", "C", "D"],
+                             "Less_Prefered": ["x", "y", "z", "w"]}), path)
+    result = prepare(path, prepare=TINY_SPLITS)
+    assert result.returncode == 0, result.stderr
+    rows, metrics = read_outputs(prepare)
+    assert metrics["rows_kept"] == 4 and "reference schema" in result.stdout
+
+
+def test_anthropic_hh_dialogues(prepare, tmp_path):
+    dialogue = "\n\nHuman: Hi there\n\nAssistant: Hello!\n\nHuman: What is 2+2?\n\nAssistant:"
+    records = [
+        {"chosen": dialogue + " It is 4.", "rejected": dialogue + " I don't know."},
+        {"chosen": "\n\nHuman: Name a color.\n\nAssistant: Blue.", "rejected": "\n\nHuman: Name a color.\n\nAssistant: No."},
+        {"chosen": "\n\nHuman: Bye\n\nAssistant: Goodbye, take care!", "rejected": "\n\nHuman: Bye\n\nAssistant: Whatever."},
+        {"chosen": "\n\nHuman: Thanks\n\nAssistant: You're welcome.", "rejected": "\n\nHuman: Thanks\n\nAssistant: Sure"},
+    ]
+    path = tmp_path / "hh.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    result = prepare(path, prepare=TINY_SPLITS)
+    assert result.returncode == 0, result.stderr
+    assert "hh schema" in result.stdout
+    rows, _ = read_outputs(prepare)
+    first = next(r for r in sum(rows.values(), []) if r["row"] == 1)
+    assert first == {"prompt": dialogue.strip(), "chosen": "It is 4.", "rejected": "I don't know.", "row": 1}
+
+
+def test_hh_dialogues_without_shared_assistant_turn(prepare, tmp_path):
+    path = tmp_path / "hh.jsonl"
+    path.write_text(json.dumps({"chosen": "\n\nHuman: A\n\nAssistant: B", "rejected": "Something else"}) + "\n")
+    assert_error(prepare(path), path, "row 1", "column 'chosen'", "Assistant:")
+    assert prepare.wrote_nothing()
+
+
+def test_explicit_schema_that_does_not_match(prepare, tmp_path):
+    path = csv_file(tmp_path, *GOOD)
+    assert_error(prepare(path, data={"schema": "prompt_chosen_rejected"}), path, "column 'prompt'")
+
+
+def test_too_few_rows_to_split(prepare, tmp_path):
+    path = csv_file(tmp_path, *GOOD[:2])
+    assert_error(prepare(path, prepare=TINY_SPLITS), path, "too few to split", "train split would be empty")
+    assert prepare.wrote_nothing()
