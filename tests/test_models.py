@@ -1,0 +1,123 @@
+"""Model sources: built-in presets, local directories and hub ids, without the network."""
+
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from alignkit.errors import ModelError
+from alignkit.models import load_encoder, load_policy, source_kind
+from tests.conftest import stage_env
+
+TEXTS = [
+    "What is the capital of France?", "The capital of France is Paris.", "What is 2 plus 2?",
+    "2 plus 2 equals 4.", "A baby cat is called a kitten.", "I would rather not say.",
+] * 20
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a connection fails the test."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+
+
+def test_source_kind(tmp_path):
+    assert source_kind("tiny-gpt2", "k") == "preset"
+    assert source_kind(str(tmp_path), "k") == "local"
+    assert source_kind("openai-community/gpt2-medium", "k") == "hub"
+    assert source_kind("bert-base-uncased", "k") == "hub"
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("tiny-gtp2", "models.policy: unknown preset 'tiny-gtp2' (did you mean 'tiny-gpt2'?)"),
+    ("tiny-llama", "models.policy: unknown preset 'tiny-llama'"),
+    ("./no/such/dir", "models.policy: './no/such/dir' is not a built-in preset"),
+    ("a/b/c", "models.policy: 'a/b/c' is not a built-in preset"),
+])
+def test_bad_model_spec_names_the_key(spec, message):
+    with pytest.raises(ModelError) as err:
+        load_policy(spec, texts=TEXTS)
+    assert str(err.value).startswith(message)
+
+
+def test_presets_have_the_right_family():
+    with pytest.raises(ModelError, match="models.policy: preset 'tiny-bert' is an encoder"):
+        load_policy("tiny-bert", texts=TEXTS)
+    with pytest.raises(ModelError, match="models.reward: preset 'tiny-gpt2' is a causal LM"):
+        load_encoder("tiny-gpt2", texts=TEXTS)
+
+
+def test_tiny_gpt2_preset_tokenizer_is_byte_level_bpe_trained_on_the_text(no_network):
+    model, tok = load_policy("tiny-gpt2", texts=TEXTS, seed=0)
+    assert type(tok).__name__ == "GPT2TokenizerFast"
+    assert tok.eos_token == "<|endoftext|>" and model.config.eos_token_id == tok.eos_token_id
+    assert model.config.vocab_size == len(tok)
+    # Words seen often in training are single tokens; byte-level BPE still encodes anything.
+    assert tok.tokenize(" capital") == ["Ġcapital"]
+    weird = "Zürich ☃ 42"
+    assert tok.decode(tok(weird)["input_ids"]) == weird
+    logits = model(**tok(["The capital of"], return_tensors="pt")).logits
+    assert logits.shape == (1, 3, len(tok))
+
+
+def test_tiny_bert_preset_encodes_text_pairs(no_network):
+    model, tok = load_encoder("tiny-bert", texts=TEXTS, seed=0)
+    enc = tok("What is 2 plus 2?", "2 plus 2 equals 4.")
+    tokens = tok.convert_ids_to_tokens(enc["input_ids"])
+    assert tokens[0] == "[CLS]" and tokens.count("[SEP]") == 2 and tokens[-1] == "[SEP]"
+    assert enc["token_type_ids"][-1] == 1 and enc["token_type_ids"][0] == 0
+    assert tok.tokenize("PARIS") == ["paris"]  # lower-cased like bert-base-uncased
+    out = model(**tok(["a b"], return_tensors="pt"))
+    assert out.last_hidden_state.shape[-1] == model.config.hidden_size
+
+
+def test_preset_weights_are_seeded():
+    a, _ = load_policy("tiny-gpt2", texts=TEXTS, seed=3)
+    b, _ = load_policy("tiny-gpt2", texts=TEXTS, seed=3)
+    c, _ = load_policy("tiny-gpt2", texts=TEXTS, seed=4)
+    wa, wb, wc = (m.transformer.h[0].attn.c_attn.weight for m in (a, b, c))
+    assert torch.equal(wa, wb) and not torch.equal(wa, wc)
+
+
+def test_local_directories_load_without_the_network(tmp_path, no_network):
+    policy, ptok = load_policy("tiny-gpt2", texts=TEXTS, seed=0)
+    encoder, etok = load_encoder("tiny-bert", texts=TEXTS, seed=0)
+    policy.save_pretrained(tmp_path / "policy")
+    ptok.save_pretrained(tmp_path / "policy")
+    encoder.save_pretrained(tmp_path / "encoder")
+    etok.save_pretrained(tmp_path / "encoder")
+
+    policy2, ptok2 = load_policy(str(tmp_path / "policy"))
+    encoder2, etok2 = load_encoder(str(tmp_path / "encoder"))
+    assert ptok2.tokenize(" capital") == ptok.tokenize(" capital")
+    assert etok2("a", "b")["input_ids"] == etok("a", "b")["input_ids"]
+    ids = ptok(["The capital of France"], return_tensors="pt")["input_ids"]
+    assert torch.equal(policy.eval()(ids).logits, policy2.eval()(ids).logits)  # eval: no dropout
+    assert torch.equal(encoder.embeddings.word_embeddings.weight, encoder2.embeddings.word_embeddings.weight)
+
+
+def test_local_directory_without_a_model(tmp_path):
+    with pytest.raises(ModelError, match=r"models.reward: cannot load '.*' as a local directory"):
+        load_encoder(str(tmp_path))
+
+
+def test_hub_id_goes_to_from_pretrained_and_fails_clearly_offline():
+    """With HF_HUB_OFFLINE=1 and an empty cache, a hub id cannot load, and says so in one line."""
+    code = ("from alignkit.models import load_policy\n"
+            "load_policy('openai-community/gpt2-medium')\n")
+    env = stage_env() | {"HF_HUB_OFFLINE": "1", "HF_HOME": "/nonexistent-hf-home"}
+    result = subprocess.run([sys.executable, "-c", f"from alignkit.errors import run_stage\n"
+                             f"run_stage(lambda argv: exec({code!r}))"], capture_output=True, text=True, env=env)
+    assert result.returncode == 2
+    line = result.stderr.strip()
+    assert "\n" not in line
+    assert line.startswith("error: models.policy: cannot load 'openai-community/gpt2-medium' as a hub id")

@@ -1,0 +1,50 @@
+"""The shipped sample: reproducible from its script, clean, and not separable by length."""
+
+import csv
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+SAMPLE = REPO / "data" / "sample" / "preferences.csv"
+
+
+def rows():
+    with SAMPLE.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def test_sample_is_exactly_what_its_script_writes(tmp_path):
+    out = tmp_path / "sample.csv"
+    subprocess.run([sys.executable, str(REPO / "data" / "make_sample.py"), str(out)], check=True)
+    assert out.read_bytes() == SAMPLE.read_bytes()
+
+
+def test_sample_shape_and_cleanliness():
+    data = rows()
+    assert list(data[0]) == ["Question", "More_Prefered", "Less_Prefered"]
+    assert 2300 <= len(data) <= 2600
+    assert all(r["More_Prefered"] != r["Less_Prefered"] for r in data)
+    assert len({tuple(r.values()) for r in data}) == len(data)
+    assert all(v.strip() == v and v for r in data for v in r.values())
+
+
+def test_sample_covers_several_question_families():
+    data = rows()
+    families = {
+        "arithmetic": lambda q: any(op in q for op in (" plus ", " minus ", " times ")),
+        "conversion": lambda q: q.startswith(("How many", "Convert")) or " in " in q and q.startswith("What is"),
+        "capital": lambda q: "capital" in q,
+        "symbol": lambda q: "symbol" in q,
+        "opposite": lambda q: "opposite" in q,
+        "young": lambda q: "baby" in q or "young" in q,
+        "definition": lambda q: q.startswith(("Can you define", "Please explain")),
+    }
+    counts = {name: sum(test(r["Question"]) for r in data) for name, test in families.items()}
+    assert all(n >= 150 for n in counts.values()), counts
+
+
+def test_length_alone_does_not_separate_the_answers():
+    data = rows()
+    longer = sum(len(r["More_Prefered"]) > len(r["Less_Prefered"]) for r in data) / len(data)
+    assert 0.4 <= longer <= 0.65, longer
