@@ -25,7 +25,7 @@ def test_repro_builds_prepare_then_does_nothing(repo_copy):
     assert metrics["rows_in"] == metrics["rows_kept"] > 2000
     assert metrics["splits"]["test"] == metrics["splits"]["validation"] == 200
     # The committed dvc.lock already describes these outputs: rebuilding changed nothing.
-    diff = subprocess.run(["git", "diff", "--stat", "dvc.lock"], cwd=repo_copy, capture_output=True, text=True)
+    diff = subprocess.run(["git", "diff", "HEAD", "--stat", "--", "dvc.lock"], cwd=repo_copy, capture_output=True, text=True)
     assert diff.stdout == "", diff.stdout
 
     second = dvc(repo_copy, "repro")
