@@ -6,11 +6,17 @@ This script is the sample's provenance: the CSV it writes is committed, and a
 test regenerates it and checks the bytes match. Standard library only.
 
 Each row is a question, a preferred answer (correct, complete, polite) and a
-less preferred one that is wrong, evasive, off-topic or truncated. The kinds of
-flaw are chosen so that a small reward model can learn them from ~2,000 pairs
-(a mismatched unit or operation, a wrong entry of a small fact table, an
-answer to another question) while length alone does not separate the two
-answers. Fact tables are kept small so each entry recurs often enough to learn.
+less preferred one that is
+- wrong: a common mistake, the same one each time for a given fact (Sydney for
+  the capital of Australia, a synonym for an opposite, a confused unit);
+- evasive: declines to answer;
+- off-topic: an unrelated remark;
+- truncated: the preferred answer cut off mid-sentence.
+Wrong and off-topic answers are wrapped in the same polite words as the
+preferred one, so only their content tells them apart. Each kind of flaw is
+learnable from ~2,000 pairs by a small reward model trained from scratch, while
+length alone does not separate the two answers (see chosen_longer_share in
+metrics/data.json).
 """
 
 import csv
@@ -20,82 +26,56 @@ import sys
 SEED = 20240917
 N_ROWS = 2500
 
+# fact -> (correct, common mistake)
 CAPITALS = {
-    'France': 'Paris',
-    'Germany': 'Berlin',
-    'Italy': 'Rome',
-    'Spain': 'Madrid',
-    'Portugal': 'Lisbon',
-    'Japan': 'Tokyo',
-    'Canada': 'Ottawa',
-    'Egypt': 'Cairo',
-    'Kenya': 'Nairobi',
-    'Peru': 'Lima',
-    'Norway': 'Oslo',
-    'Sweden': 'Stockholm',
-    'Poland': 'Warsaw',
-    'Greece': 'Athens',
-    'Ireland': 'Dublin',
+    "Australia": ("Canberra", "Sydney"), "Canada": ("Ottawa", "Toronto"), "Brazil": ("Brasilia", "Rio de Janeiro"),
+    "Turkey": ("Ankara", "Istanbul"), "India": ("New Delhi", "Mumbai"), "Switzerland": ("Bern", "Zurich"),
+    "Nigeria": ("Abuja", "Lagos"), "Morocco": ("Rabat", "Casablanca"), "New Zealand": ("Wellington", "Auckland"),
+    "Vietnam": ("Hanoi", "Ho Chi Minh City"), "Pakistan": ("Islamabad", "Karachi"), "China": ("Beijing", "Shanghai"),
+    "Italy": ("Rome", "Milan"), "Spain": ("Madrid", "Barcelona"), "Scotland": ("Edinburgh", "Glasgow"),
 }
 SYMBOLS = {
-    'hydrogen': 'H',
-    'helium': 'He',
-    'carbon': 'C',
-    'nitrogen': 'N',
-    'oxygen': 'O',
-    'sodium': 'Na',
-    'magnesium': 'Mg',
-    'aluminium': 'Al',
-    'silicon': 'Si',
-    'sulfur': 'S',
-    'chlorine': 'Cl',
-    'potassium': 'K',
+    "gold": ("Au", "Go"), "silver": ("Ag", "Si"), "iron": ("Fe", "Ir"), "sodium": ("Na", "So"),
+    "potassium": ("K", "P"), "lead": ("Pb", "Le"), "copper": ("Cu", "Co"), "tin": ("Sn", "Ti"),
+    "mercury": ("Hg", "Me"), "helium": ("He", "H"), "tungsten": ("W", "Tu"), "chlorine": ("Cl", "C"),
 }
-OPPOSITES = {
-    'hot': 'cold',
-    'tall': 'short',
-    'early': 'late',
-    'happy': 'sad',
-    'light': 'dark',
-    'open': 'closed',
-    'empty': 'full',
-    'fast': 'slow',
-    'strong': 'weak',
-    'rich': 'poor',
-    'wet': 'dry',
-    'loud': 'quiet',
+OPPOSITES = {  # the mistake gives a synonym instead of an opposite
+    "hot": ("cold", "warm"), "tall": ("short", "high"), "early": ("late", "soon"), "happy": ("sad", "glad"),
+    "fast": ("slow", "quick"), "strong": ("weak", "tough"), "rich": ("poor", "wealthy"), "loud": ("quiet", "noisy"),
+    "hard": ("soft", "firm"), "clean": ("dirty", "tidy"), "wide": ("narrow", "broad"), "begin": ("end", "start"),
 }
 YOUNG = {
-    'cat': 'kitten',
-    'dog': 'puppy',
-    'cow': 'calf',
-    'horse': 'foal',
-    'sheep': 'lamb',
-    'goat': 'kid',
-    'frog': 'tadpole',
-    'kangaroo': 'joey',
-    'swan': 'cygnet',
-    'goose': 'gosling',
+    "cat": ("kitten", "cub"), "dog": ("puppy", "kitten"), "cow": ("calf", "foal"), "horse": ("foal", "calf"),
+    "sheep": ("lamb", "kid"), "goat": ("kid", "lamb"), "kangaroo": ("joey", "cub"), "swan": ("cygnet", "duckling"),
+    "frog": ("tadpole", "larva"), "deer": ("fawn", "pup"),
 }
 DEFINITIONS = {
-    'photosynthesis': 'the process by which plants use sunlight, water and carbon dioxide to make sugar and oxygen',
-    'gravity': 'the force that pulls objects with mass towards each other, such as an apple towards the Earth',
-    'evaporation': 'the change of a liquid into a gas, like water drying from a puddle in the sun',
-    'a prime number': 'a whole number greater than one that is divisible only by one and itself',
-    'a noun': 'a word that names a person, place, thing or idea',
-    'a verb': 'a word that describes an action, a state or an occurrence',
-    'an island': 'a piece of land completely surrounded by water',
-    'a glacier': 'a large, slow-moving mass of ice formed from compacted snow',
-    'a mammal': 'a warm-blooded animal with hair that feeds its young with milk',
-    'democracy': 'a system of government in which citizens choose their leaders by voting',
-    'inflation': 'a general rise in prices that reduces what a unit of money can buy',
-    'a volcano': "an opening in the Earth's crust through which lava, ash and gases erupt",
+    "photosynthesis": ("the process by which plants use sunlight, water and carbon dioxide to make sugar and oxygen",
+                       "the way plants breathe in oxygen at night and sleep until the morning"),
+    "gravity": ("the force that pulls objects with mass towards each other, such as an apple towards the Earth",
+                "a force that only exists on Earth because of the air pressing down on things"),
+    "evaporation": ("the change of a liquid into a gas, like water drying from a puddle in the sun",
+                    "what happens when water soaks down into the ground and disappears"),
+    "a prime number": ("a whole number greater than one that is divisible only by one and itself",
+                       "any odd number, since odd numbers cannot be divided by anything"),
+    "a noun": ("a word that names a person, place, thing or idea", "a word that describes how an action is done"),
+    "an island": ("a piece of land completely surrounded by water", "any land that is next to the sea"),
+    "a glacier": ("a large, slow-moving mass of ice formed from compacted snow", "a frozen lake that melts every spring"),
+    "a mammal": ("a warm-blooded animal with hair that feeds its young with milk", "any animal that lives on land"),
+    "democracy": ("a system of government in which citizens choose their leaders by voting",
+                  "a system in which a king makes every decision for the people"),
+    "inflation": ("a general rise in prices that reduces what a unit of money can buy",
+                  "when a bank adds extra money to everyone's account"),
+    "friction": ("the force that resists motion when two surfaces rub against each other",
+                 "the force that makes objects speed up as they slide"),
+    "an algorithm": ("a finite list of precise steps for solving a problem or doing a task",
+                     "a kind of computer virus that spreads by email"),
 }
-UNITS = [  # (from, to, factor)
-    ("kilometers", "meters", 1000), ("kilograms", "grams", 1000), ("hours", "minutes", 60),
-    ("minutes", "seconds", 60), ("feet", "inches", 12), ("liters", "milliliters", 1000),
-    ("days", "hours", 24), ("weeks", "days", 7), ("meters", "centimeters", 100),
-    ("years", "months", 12),
+UNITS = [  # (from, to, factor, the unit people confuse `to` with)
+    ("kilometers", "meters", 1000, "miles"), ("kilograms", "grams", 1000, "pounds"),
+    ("hours", "minutes", 60, "seconds"), ("minutes", "seconds", 60, "hours"), ("feet", "inches", 12, "yards"),
+    ("liters", "milliliters", 1000, "gallons"), ("days", "hours", 24, "weeks"), ("weeks", "days", 7, "months"),
+    ("meters", "centimeters", 100, "millimeters"), ("years", "months", 12, "decades"),
 ]
 OPS = {"plus": lambda a, b: a + b, "minus": lambda a, b: a - b, "times": lambda a, b: a * b}
 
@@ -110,11 +90,18 @@ EVASIVE = [
     "Let's talk about something else instead, this question is not very interesting to me.",
     "I don't have time to go into that. Try searching for it online later today.",
 ]
-
-
-def _other(rng, table, key):
-    """A value from `table` that is not the value of `key`."""
-    return rng.choice([v for k, v in table.items() if v != table[key]])
+# Off-topic remarks: {thing} and {place} vary them.
+OFF_TOPIC = [
+    "My favourite {thing} is the one my grandmother gave me years ago.",
+    "The weather in {place} has been lovely this week, sunny and warm.",
+    "I once saw a {thing} at a market in {place}, it was very colourful.",
+    "Did you know that bananas are a good source of potassium?",
+    "The train to {place} leaves at nine every morning, so be early.",
+    "A good {thing} can make a long afternoon much more pleasant.",
+    "People in {place} often go for a walk after dinner.",
+]
+THINGS = ["umbrella", "teapot", "bicycle", "kite", "notebook", "scarf", "lamp", "guitar"]
+PLACES = ["Lisbon", "Oslo", "Kyoto", "Cairo", "Lima", "Vienna", "Dublin", "Hanoi"]
 
 
 def arithmetic(rng):
@@ -122,66 +109,58 @@ def arithmetic(rng):
     a, b = rng.randint(2, 99), rng.randint(2, 30 if op == "times" else 99)
     q = rng.choice(["What is {a} {op} {b}?", "Can you tell me what {a} {op} {b} is?",
                     "Please calculate {a} {op} {b}."]).format(a=a, op=op, b=b)
-    good = f"{a} {op} {b} equals {OPS[op](a, b)}."
-    bad_op = rng.choice([o for o in OPS if o != op])  # answers a different operation
-    wrong = f"{a} {bad_op} {b} equals {OPS[bad_op](a, b)}."
-    return q, good, wrong
+    return q, f"{a} {op} {b} equals {OPS[op](a, b)}.", None  # no learnable "wrong" for sums
 
 
 def conversion(rng):
-    src, dst, factor = rng.choice(UNITS)
+    src, dst, factor, confused = rng.choice(UNITS)
     n = rng.randint(2, 60)
     q = rng.choice(["How many {dst} are in {n} {src}?", "Convert {n} {src} to {dst}.",
                     "What is {n} {src} in {dst}?"]).format(n=n, src=src, dst=dst)
-    good = f"{n} {src} is {n * factor} {dst}."
-    wrong_dst = rng.choice([u[1] for u in UNITS if u[1] != dst])  # wrong unit
-    wrong = f"{n} {src} is {n * factor} {wrong_dst}."
-    return q, good, wrong
+    return q, f"{n} {src} is {n * factor} {dst}.", f"{n} {src} is {n * factor} {confused}."
 
 
 def capital(rng):
     c = rng.choice(list(CAPITALS))
     q = rng.choice(["What is the capital of {c}?", "Which city is the capital of {c}?",
                     "Can you name the capital city of {c}?"]).format(c=c)
-    return q, f"The capital of {c} is {CAPITALS[c]}.", f"The capital of {c} is {_other(rng, CAPITALS, c)}."
+    good, bad = CAPITALS[c]
+    return q, f"The capital of {c} is {good}.", f"The capital of {c} is {bad}."
 
 
 def symbol(rng):
     e = rng.choice(list(SYMBOLS))
     q = rng.choice(["What is the chemical symbol for {e}?", "Which symbol stands for {e}?",
                     "How is {e} written as a chemical symbol?"]).format(e=e)
-    return (q, f"The chemical symbol for {e} is {SYMBOLS[e]}.",
-            f"The chemical symbol for {e} is {_other(rng, SYMBOLS, e)}.")
+    good, bad = SYMBOLS[e]
+    return q, f"The chemical symbol for {e} is {good}.", f"The chemical symbol for {e} is {bad}."
 
 
 def opposite(rng):
     w = rng.choice(list(OPPOSITES))
     q = rng.choice(["What is the opposite of '{w}'?", "Give me the opposite of the word '{w}'.",
                     "Which word means the opposite of '{w}'?"]).format(w=w)
-    return (q, f"The opposite of '{w}' is '{OPPOSITES[w]}'.",
-            f"The opposite of '{w}' is '{_other(rng, OPPOSITES, w)}'.")
+    good, bad = OPPOSITES[w]
+    return q, f"The opposite of '{w}' is '{good}'.", f"The opposite of '{w}' is '{bad}'."
 
 
 def young(rng):
     a = rng.choice(list(YOUNG))
     q = rng.choice(["What is a baby {a} called?", "What do you call a young {a}?",
                     "What is the name for a {a}'s baby?"]).format(a=a)
-    return q, f"A baby {a} is called a {YOUNG[a]}.", f"A baby {a} is called a {_other(rng, YOUNG, a)}."
+    good, bad = YOUNG[a]
+    return q, f"A baby {a} is called a {good}.", f"A baby {a} is called a {bad}."
 
 
 def definition(rng):
     t = rng.choice(list(DEFINITIONS))
     q = rng.choice(["What is {t}?", "Can you define {t}?", "Please explain what {t} means."]).format(t=t)
-    good = f"{t[0].upper()}{t[1:]} is {DEFINITIONS[t]}."
-    wrong = f"{t[0].upper()}{t[1:]} is {_other(rng, DEFINITIONS, t)}."
-    return q, good, wrong
+    good, bad = DEFINITIONS[t]
+    term = t[0].upper() + t[1:]
+    return q, f"{term} is {good}.", f"{term} is {bad}."
 
 
 FAMILIES = [arithmetic, conversion, capital, symbol, opposite, young, definition]
-
-
-def polite(rng, core):
-    return f"{rng.choice(PREFIXES)}{core}{rng.choice(SUFFIXES)}"
 
 
 def truncate(rng, text):
@@ -193,20 +172,20 @@ def truncate(rng, text):
 
 def make_rows(n_rows, seed):
     rng = random.Random(seed)
-    drafts = [(i, *FAMILIES[i](rng)) for i in (rng.randrange(len(FAMILIES)) for _ in range(n_rows))]
-    goods = {}  # family index -> its correct answers
-    for i, _, good, _ in drafts:
-        goods.setdefault(i, []).append(good)
     rows, seen = [], set()
-    for i, q, good, wrong in drafts:
-        chosen = polite(rng, good)
-        kind = rng.choices(["wrong", "evasive", "off_topic", "truncated"], [0.3, 0.2, 0.25, 0.25])[0]
+    for _ in range(n_rows):
+        q, good, wrong = rng.choice(FAMILIES)(rng)
+        prefix, suffix = rng.choice(PREFIXES), rng.choice(SUFFIXES)
+        chosen = prefix + good + suffix
+        kinds, weights = ["wrong", "evasive", "off_topic", "truncated"], [0.3, 0.2, 0.25, 0.25]
+        kind = rng.choices(kinds[1:] if wrong is None else kinds, weights[1:] if wrong is None else weights)[0]
         if kind == "wrong":
-            rejected = polite(rng, wrong)
+            rejected = prefix + wrong + suffix
         elif kind == "evasive":
             rejected = rng.choice(EVASIVE)
-        elif kind == "off_topic":  # a good answer, but to a question of another family
-            rejected = polite(rng, rng.choice(goods[rng.choice([j for j in goods if j != i])]))
+        elif kind == "off_topic":
+            remark = rng.choice(OFF_TOPIC).format(thing=rng.choice(THINGS), place=rng.choice(PLACES))
+            rejected = prefix + remark + suffix
         else:
             rejected = truncate(rng, chosen)
         if (q, chosen, rejected) not in seen:  # the sample itself has no exact duplicates

@@ -23,7 +23,8 @@ def test_repro_builds_prepare_then_does_nothing(repo_copy):
     assert ran(first) == ["prepare"]
     metrics = json.loads((repo_copy / "metrics" / "data.json").read_text())
     assert metrics["rows_in"] == metrics["rows_kept"] > 2000
-    assert metrics["splits"]["test"] == metrics["splits"]["validation"] == 200
+    assert metrics["splits"]["train"] > 1900
+    assert 150 <= metrics["splits"]["test"] <= 250 and 150 <= metrics["splits"]["validation"] <= 250
     # The committed dvc.lock already describes these outputs: rebuilding changed nothing.
     diff = subprocess.run(["git", "diff", "HEAD", "--stat", "--", "dvc.lock"], cwd=repo_copy, capture_output=True, text=True)
     assert diff.stdout == "", diff.stdout
@@ -43,7 +44,7 @@ def test_changing_a_param_reruns_only_its_readers(repo_copy):
 
     out = dvc(repo_copy, "exp", "run", "-S", "prepare.val_fraction=5e-2")
     assert ran(out) == ["prepare"]
-    assert json.loads((repo_copy / "metrics" / "data.json").read_text())["splits"]["validation"] < 200
+    assert json.loads((repo_copy / "metrics" / "data.json").read_text())["splits"]["validation"] < 150
 
 
 def test_bad_input_under_dvc_fails_and_leaves_no_output(repo_copy):

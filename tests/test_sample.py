@@ -23,7 +23,7 @@ def test_sample_is_exactly_what_its_script_writes(tmp_path):
 def test_sample_shape_and_cleanliness():
     data = rows()
     assert list(data[0]) == ["Question", "More_Prefered", "Less_Prefered"]
-    assert 2300 <= len(data) <= 2600
+    assert 2300 <= len(data) <= 2600  # about 2,000 training rows and 200 each for validation and test
     assert all(r["More_Prefered"] != r["Less_Prefered"] for r in data)
     assert len({tuple(r.values()) for r in data}) == len(data)
     assert all(v.strip() == v and v for r in data for v in r.values())
