@@ -16,6 +16,7 @@ reward encoder's from the reward's: a GPT-2 policy never gets a BERT tokenizer.
 
 import difflib
 import re
+from collections import Counter
 from pathlib import Path
 
 from alignkit.errors import ModelError
@@ -65,17 +66,29 @@ def train_gpt2_tokenizer(texts, vocab_size):
 
 
 def train_bert_tokenizer(texts, vocab_size):
-    """A BERT style lower-cased WordPiece tokenizer trained on `texts`, with [CLS] a [SEP] b [SEP] pairs."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    """A BERT style lower-cased WordPiece tokenizer whose vocabulary is learnt from `texts`.
+
+    The vocabulary is the special tokens, every character seen (alone and as a
+    ##continuation, so any word of those characters can be spelt out), then the
+    words seen at least twice, most frequent first, up to vocab_size. Ties are
+    broken alphabetically, so the same text always gives the same tokenizer; the
+    library's WordPieceTrainer breaks ties in hash order, which differs between
+    runs and would make every rerun's model differ.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import BertTokenizerFast
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=BERT_SPECIAL, show_progress=False)
-    tok.train_from_iterator(texts, trainer=trainer)
-    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    normalizer, pre_tokenizer = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    counts = Counter(word for text in texts
+                     for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    chars = sorted({ch for word in counts for ch in word})
+    words = sorted((w for w, n in counts.items() if n >= 2 and len(w) > 1), key=lambda w: (-counts[w], w))
+    vocab = BERT_SPECIAL + chars + ["##" + ch for ch in chars]
+    vocab += words[: max(0, vocab_size - len(vocab))]
+
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.normalizer, tok.pre_tokenizer, tok.decoder = normalizer, pre_tokenizer, decoders.WordPiece()
+    cls, sep = vocab.index("[CLS]"), vocab.index("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
     )

@@ -45,11 +45,24 @@ class PrepareParams(Section):
     on_too_long: Literal["error", "drop"]
 
 
+class RewardParams(Section):
+    lr: Annotated[float, Field(gt=0)]
+    epochs: PositiveInt
+    batch_size: PositiveInt
+    eval_batch_size: PositiveInt
+    max_length: Annotated[int, Field(ge=8)]
+    weight_decay: Annotated[float, Field(ge=0)]
+    warmup_ratio: Fraction
+    max_grad_norm: Annotated[float, Field(gt=0)]
+    precision: Literal["fp32", "bf16", "fp16"]
+
+
 class Params(Section):
     seed: Annotated[int, Field(ge=0)]
     data: DataParams
     models: ModelsParams
     prepare: PrepareParams
+    reward: RewardParams
 
 
 class _Loader(yaml.SafeLoader):

@@ -1,4 +1,4 @@
-"""The reward model: a BERT-family encoder with a linear score_head, and its scorer.
+"""The reward model: a BERT-family encoder with a linear score_head, its training, and its scorer.
 
 Input is a (question, answer) text pair, [CLS] question [SEP] answer [SEP]. When
 the pair is longer than max_length, the question loses tokens first (from its
@@ -6,12 +6,18 @@ start, keeping the words nearest the answer) so the answer survives; only an
 answer that alone exceeds the budget is cut, at its end.
 """
 
+import inspect
+import json
 from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
-WEIGHTS_NAME = "reward_model.pth"
+from alignkit.losses import bradley_terry_loss
+from alignkit.training import open_live, seeded_loader
+
+SETTINGS_NAME = "alignkit_reward.json"  # beside the tokenizer: how inputs were encoded
 
 
 class RewardModel(nn.Module):
@@ -23,10 +29,11 @@ class RewardModel(nn.Module):
         self.score_head = nn.Linear(encoder.config.hidden_size, 1)
         # DistilBERT and others have no pooler: then the [CLS] hidden state is the pooled output.
         self.use_pooler = getattr(encoder, "pooler", None) is not None
+        self.takes_token_types = "token_type_ids" in inspect.signature(encoder.forward).parameters
 
     def forward(self, input_ids, attention_mask, token_type_ids=None):
         """(B, T) token ids -> (B,) scores."""
-        kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None and self.takes_token_types else {}
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         pooled = out.pooler_output if self.use_pooler else out.last_hidden_state[:, 0]  # (B, H)
         return self.score_head(pooled).squeeze(-1)  # (B,)
@@ -55,24 +62,29 @@ def encode_pairs(tokenizer, questions, answers, max_length):
     return features
 
 
-def save_reward_model(model, tokenizer, weights_path, model_dir):
-    """State dict of the whole model to weights_path; tokenizer and encoder config to model_dir."""
+def save_reward_model(model, tokenizer, max_length, weights_path, model_dir):
+    """State dict of the whole model to weights_path; tokenizer, encoder config and
+    the encoding settings to model_dir, so the model can be rebuilt offline."""
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(model_dir)
     model.encoder.config.save_pretrained(model_dir)
-    torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, weights_path)
+    (model_dir / SETTINGS_NAME).write_text(json.dumps({"max_length": max_length}) + "\n")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with open(weights_path, "wb") as f:  # a file object: the archive's inner name does not vary with the path
+        torch.save(state, f)
 
 
 def load_reward_model(weights_path, model_dir):
-    """Rebuild a saved RewardModel offline: (model in eval mode, tokenizer)."""
+    """Rebuild a saved RewardModel offline: (model in eval mode, tokenizer, max_length)."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    settings = json.loads((Path(model_dir) / SETTINGS_NAME).read_text())
     model = RewardModel(AutoModel.from_config(config))
     model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
-    return model.eval(), tokenizer
+    return model.eval(), tokenizer, settings["max_length"]
 
 
 class RewardScorer:
@@ -82,10 +94,10 @@ class RewardScorer:
     are scored after decoding, re-tokenized by the reward model's own tokenizer.
     """
 
-    def __init__(self, weights_path, model_dir, max_length, batch_size, device="cpu"):
-        self.model, self.tokenizer = load_reward_model(weights_path, model_dir)
+    def __init__(self, weights_path, model_dir, batch_size, device="cpu"):
+        self.model, self.tokenizer, self.max_length = load_reward_model(weights_path, model_dir)
         self.model.to(device)
-        self.device, self.max_length, self.batch_size = device, max_length, batch_size
+        self.device, self.batch_size = device, batch_size
 
     @torch.inference_mode()
     def score(self, questions, answers):
@@ -96,3 +108,108 @@ class RewardScorer:
             batch = self.tokenizer.pad(features[start: start + self.batch_size], return_tensors="pt")
             scores.append(self.model(**{k: v.to(self.device) for k, v in batch.items()}).float().cpu())
         return torch.cat(scores) if scores else torch.zeros(0)
+
+
+# ---------------------------------------------------------------- training
+
+
+class PairDataset(torch.utils.data.Dataset):
+    """Encoded (question, chosen) and (question, rejected) inputs, one item per pair."""
+
+    def __init__(self, tokenizer, pairs, max_length):
+        prompts = [p.prompt for p in pairs]
+        self.chosen = encode_pairs(tokenizer, prompts, [p.chosen for p in pairs], max_length)
+        self.rejected = encode_pairs(tokenizer, prompts, [p.rejected for p in pairs], max_length)
+
+    def __len__(self):
+        return len(self.chosen)
+
+    def __getitem__(self, i):
+        return self.chosen[i], self.rejected[i]
+
+
+class PairCollator:
+    """N pairs -> one batch of 2N inputs, chosen first, padded to the longest of the 2N."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        # Inputs are tokenized once up front and padded per batch here, on purpose.
+        tokenizer.deprecation_warnings["Asking-to-pad-a-fast-tokenizer"] = True
+
+    def __call__(self, items):
+        chosen, rejected = zip(*items)
+        return self.tokenizer.pad([*chosen, *rejected], return_tensors="pt")
+
+
+def pair_scores(model, batch):
+    """One concatenated forward pass over 2N inputs -> (chosen_rewards (N,), rejected_rewards (N,))."""
+    scores = model(**batch).float()  # (2N,)
+    n = scores.shape[0] // 2
+    return scores[:n], scores[n:]
+
+
+@torch.no_grad()
+def evaluate(model, loader, accelerator):
+    """Mean loss, pairwise accuracy and mean margin over a loader of pairs (all processes)."""
+    model.eval()
+    chosen, rejected = [], []
+    for batch in loader:
+        c, r = pair_scores(model, batch)
+        c, r = accelerator.gather_for_metrics((c, r))
+        chosen.append(c)
+        rejected.append(r)
+    loss, accuracy, margin = bradley_terry_loss(torch.cat(chosen), torch.cat(rejected))
+    return {"loss": loss.item(), "accuracy": accuracy.item(), "margin": margin.item()}
+
+
+def train_reward_model(model, tokenizer, train_pairs, val_pairs, cfg, seed, accelerator, live_dir):
+    """Fine-tune encoder and score_head with the Bradley-Terry loss.
+
+    cfg: the `reward` params section. Returns (metrics for metrics/reward.json, the unwrapped model).
+    """
+    from transformers import get_linear_schedule_with_warmup
+
+    collate = PairCollator(tokenizer)
+    train_loader = seeded_loader(PairDataset(tokenizer, train_pairs, cfg.max_length), cfg.batch_size, seed, collate)
+    val_loader = seeded_loader(PairDataset(tokenizer, val_pairs, cfg.max_length), cfg.eval_batch_size, seed, collate,
+                               shuffle=False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # Counted as one process would: accelerate steps a prepared scheduler once per process.
+    total = cfg.epochs * len(train_loader)
+    scheduler = get_linear_schedule_with_warmup(optimizer, round(cfg.warmup_ratio * total), total)
+    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, val_loader, scheduler)
+    steps = cfg.epochs * len(train_loader)  # per process, after sharding
+
+    live = open_live(live_dir, accelerator)
+    # disable=None: a bar on a terminal, none in logs; only the main process draws it.
+    bar = tqdm(total=steps, desc="reward", disable=None if accelerator.is_main_process else True)
+    for epoch in range(cfg.epochs):
+        model.train()
+        epoch_losses = []
+        for batch in train_loader:
+            with accelerator.autocast():
+                chosen_rewards, rejected_rewards = pair_scores(model, batch)
+            loss, accuracy, _ = bradley_terry_loss(chosen_rewards, rejected_rewards)
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+
+            loss, accuracy = accelerator.reduce(torch.stack([loss.detach(), accuracy]), "mean").tolist()
+            epoch_losses.append(loss)
+            live.log_metric("train/loss", loss)
+            live.log_metric("train/accuracy", accuracy)
+            live.log_metric("train/lr", scheduler.get_last_lr()[0])
+            live.next_step()
+            bar.update()
+            bar.set_postfix(epoch=epoch, loss=f"{loss:.3f}", acc=f"{accuracy:.2f}")
+        val = evaluate(model, val_loader, accelerator)
+        for name, value in val.items():
+            live.log_metric(f"val/{name}", value, plot=False)
+        bar.write(f"epoch {epoch}: val loss {val['loss']:.4f}, accuracy {val['accuracy']:.4f}, margin {val['margin']:.3f}")
+    bar.close()
+    live.end()
+    return {"train_loss": sum(epoch_losses) / len(epoch_losses), "val_loss": val["loss"],
+            "val_accuracy": val["accuracy"], "val_margin": val["margin"]}, accelerator.unwrap_model(model)

@@ -54,11 +54,9 @@ def prepare(tmp_path):
     return PrepareRun(tmp_path)
 
 
-@pytest.fixture
-def repo_copy(tmp_path):
-    """A fresh git repository holding the project's tracked files, as a clone would."""
+def copy_repo(dest):
+    """Make `dest` a fresh git repository holding the project's tracked files, as a clone would."""
     files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
-    dest = tmp_path / "repo"
     for name in filter(None, files.decode().split("\0")):
         if (REPO / name).is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
@@ -68,3 +66,14 @@ def repo_copy(tmp_path):
     subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
     subprocess.run([*git, "commit", "-qm", "copy"], cwd=dest, check=True)
     return dest
+
+
+@pytest.fixture
+def repo_copy(tmp_path):
+    return copy_repo(tmp_path / "repo")
+
+
+@pytest.fixture(scope="module")
+def repo_copy_factory(tmp_path_factory):
+    """Module-scoped copies, for expensive fixtures shared by several tests."""
+    return lambda name: copy_repo(tmp_path_factory.mktemp(name) / "repo")

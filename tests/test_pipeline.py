@@ -1,10 +1,15 @@
 """DVC on the real dvc.yaml, in a fresh git copy of the repository (never the working tree)."""
 
 import json
+import shutil
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import stage_env
+
+STAGES = ["prepare", "reward"]
 
 
 def dvc(repo, *args):
@@ -18,33 +23,61 @@ def ran(output):
     return sorted(line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage"))
 
 
-def test_repro_builds_prepare_then_does_nothing(repo_copy):
-    first = dvc(repo_copy, "repro")
-    assert ran(first) == ["prepare"]
-    metrics = json.loads((repo_copy / "metrics" / "data.json").read_text())
-    assert metrics["rows_in"] == metrics["rows_kept"] > 2000
-    assert metrics["splits"]["train"] > 1900
-    assert 150 <= metrics["splits"]["test"] <= 250 and 150 <= metrics["splits"]["validation"] <= 250
+@pytest.fixture(scope="module")
+def built(repo_copy_factory):
+    """A copy of the repository after one full `dvc repro`, and what that run printed."""
+    repo = repo_copy_factory("built")
+    return repo, dvc(repo, "repro")
+
+
+@pytest.fixture
+def built_copy(built, tmp_path):
+    """A private copy of the built repository, for a test that changes it."""
+    dest = tmp_path / "repo"
+    shutil.copytree(built[0], dest, symlinks=True)
+    return dest
+
+
+def test_repro_builds_every_stage_then_does_nothing(built):
+    repo, first = built
+    assert ran(first) == STAGES
+    data = json.loads((repo / "metrics" / "data.json").read_text())
+    assert data["rows_in"] == data["rows_kept"] > 2000
+    assert data["splits"]["train"] > 1900
+    assert 150 <= data["splits"]["test"] <= 250 and 150 <= data["splits"]["validation"] <= 250
+    reward = json.loads((repo / "metrics" / "reward.json").read_text())
+    assert reward["val_accuracy"] >= 0.9
+    assert (repo / "models" / "reward_model.pth").is_file()
+    assert sorted(p.name for p in (repo / "dvclive" / "reward" / "plots" / "metrics" / "train").iterdir()) == [
+        "accuracy.tsv", "loss.tsv", "lr.tsv"]
     # The committed dvc.lock already describes these outputs: rebuilding changed nothing.
-    diff = subprocess.run(["git", "diff", "HEAD", "--stat", "--", "dvc.lock"], cwd=repo_copy, capture_output=True, text=True)
+    diff = subprocess.run(["git", "diff", "HEAD", "--stat", "--", "dvc.lock"], cwd=repo, capture_output=True,
+                          text=True)
     assert diff.stdout == "", diff.stdout
 
-    second = dvc(repo_copy, "repro")
+    second = dvc(repo, "repro")
     assert ran(second) == []
     assert "Data and pipelines are up to date" in second
-    assert "up to date" in dvc(repo_copy, "status")
+    assert "up to date" in dvc(repo, "status")
 
 
-def test_changing_a_param_reruns_only_its_readers(repo_copy):
-    dvc(repo_copy, "repro")
-    params_path = repo_copy / "params.yaml"
+def test_changing_a_param_reruns_only_its_readers(built_copy):
+    params_path = built_copy / "params.yaml"
     params = params_path.read_text()
     params_path.write_text(params.replace("policy: tiny-gpt2", "policy: openai-community/gpt2"))
-    assert ran(dvc(repo_copy, "repro")) == []  # prepare does not read models.*
+    assert ran(dvc(built_copy, "repro")) == []  # no stage built so far reads models.policy
 
-    out = dvc(repo_copy, "exp", "run", "-S", "prepare.val_fraction=5e-2")
-    assert ran(out) == ["prepare"]
-    assert json.loads((repo_copy / "metrics" / "data.json").read_text())["splits"]["validation"] < 150
+    assert ran(dvc(built_copy, "exp", "run", "-S", "reward.lr=5e-4")) == ["reward"]
+    out = dvc(built_copy, "exp", "run", "-S", "prepare.val_fraction=5e-2")
+    assert ran(out) == ["prepare", "reward"]
+    assert json.loads((built_copy / "metrics" / "data.json").read_text())["splits"]["validation"] < 150
+
+
+def test_plots_show_draws_the_training_curves(built_copy):
+    out = dvc(built_copy, "plots", "show", "-o", "plots_html")
+    html = (built_copy / "plots_html" / "index.html").read_text()
+    assert "dvclive/reward/plots/metrics/train/loss.tsv" in html
+    assert "plots_html" in out
 
 
 def test_bad_input_under_dvc_fails_and_leaves_no_output(repo_copy):
