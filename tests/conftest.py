@@ -77,3 +77,40 @@ def repo_copy(tmp_path):
 def repo_copy_factory(tmp_path_factory):
     """Module-scoped copies, for expensive fixtures shared by several tests."""
     return lambda name: copy_repo(tmp_path_factory.mktemp(name) / "repo")
+
+
+@pytest.fixture(scope="session")
+def prepared_sample(tmp_path_factory):
+    """The shipped sample, prepared with the repo's params, as data/prepared would hold it."""
+    from alignkit import data
+
+    params = repo_params()
+    path = REPO / params["data"]["path"]
+    columns, records = data.read_table(path)
+    schema = data.detect_schema(path, columns, params["data"]["schema"])
+    pairs, _ = data.to_pairs(path, schema, records, params["prepare"]["max_chars"], "error")
+    splits = data.split_pairs(pairs, params["prepare"]["val_fraction"], params["prepare"]["test_fraction"],
+                              params["seed"])
+    out = tmp_path_factory.mktemp("prepared")
+    for name, rows in splits.items():
+        data.write_split(out / f"{name}.jsonl", rows)
+    return out
+
+
+def write_params(path, **sections):
+    """The repo's params.yaml with some keys of some sections replaced; returns the path."""
+    params = repo_params()
+    for section, values in sections.items():
+        if isinstance(values, dict):
+            params[section].update(values)
+        else:
+            params[section] = values
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def stage_main(name):
+    """A stage script's main(argv), to run it in this process."""
+    import runpy
+
+    return runpy.run_path(str(REPO / "stages" / f"{name}.py"))["main"]
