@@ -117,13 +117,22 @@ def build_preset(name, texts, seed):
     return BertModel(config), tokenizer
 
 
-def _from_pretrained(auto_cls, spec, key, kind):
+def _load(spec, key, texts, seed, family, auto_class):
+    """(model, tokenizer) from a preset of `family`, or a local directory or hub id via `auto_class`."""
+    import transformers
     from transformers import AutoTokenizer
 
+    kind = source_kind(spec, key)
+    if kind == "preset":
+        if PRESETS[spec]["family"] != family:
+            wanted = [name for name, p in PRESETS.items() if p["family"] == family]
+            raise ModelError(f"{key}: preset '{spec}' is of the {PRESETS[spec]['family']} family; "
+                             f"this model needs {' or '.join(wanted)}")
+        return build_preset(spec, texts, seed)
     local = kind == "local"
     try:
         tokenizer = AutoTokenizer.from_pretrained(spec, local_files_only=local)
-        model = auto_cls.from_pretrained(spec, local_files_only=local)
+        model = getattr(transformers, auto_class).from_pretrained(spec, local_files_only=local)
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0]
         where = "local directory" if local else "hub id (is the network or the HF cache available?)"
@@ -133,23 +142,9 @@ def _from_pretrained(auto_cls, spec, key, kind):
 
 def load_policy(spec, key="models.policy", texts=(), seed=0):
     """(causal LM, its tokenizer) from a preset, local directory or hub id."""
-    from transformers import AutoModelForCausalLM
-
-    kind = source_kind(spec, key)
-    if kind == "preset":
-        if PRESETS[spec]["family"] != "gpt2":
-            raise ModelError(f"{key}: preset '{spec}' is an encoder; the policy needs a causal LM such as tiny-gpt2")
-        return build_preset(spec, texts, seed)
-    return _from_pretrained(AutoModelForCausalLM, spec, key, kind)
+    return _load(spec, key, texts, seed, "gpt2", "AutoModelForCausalLM")
 
 
 def load_encoder(spec, key="models.reward", texts=(), seed=0):
     """(encoder without a head, its tokenizer) from a preset, local directory or hub id."""
-    from transformers import AutoModel
-
-    kind = source_kind(spec, key)
-    if kind == "preset":
-        if PRESETS[spec]["family"] != "bert":
-            raise ModelError(f"{key}: preset '{spec}' is a causal LM; the reward model needs an encoder such as tiny-bert")
-        return build_preset(spec, texts, seed)
-    return _from_pretrained(AutoModel, spec, key, kind)
+    return _load(spec, key, texts, seed, "bert", "AutoModel")

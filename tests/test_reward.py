@@ -1,7 +1,6 @@
 """The reward model: input encoding, pooling, one concatenated forward, training and the scorer."""
 
 import json
-import socket
 
 import pytest
 import torch
@@ -119,15 +118,6 @@ def test_scorer_reloads_the_model_and_reproduces_validation_accuracy(trained, pr
     metrics = json.loads((trained / "reward.json").read_text())
     assert accuracy == pytest.approx(metrics["val_accuracy"], abs=1e-6)
     assert chosen.shape == (len(val),) and chosen.dtype == torch.float32
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network access attempted: {args}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 def test_stage_trains_from_a_local_distilbert_directory_offline(prepared_sample, tmp_path, no_network):
