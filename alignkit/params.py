@@ -57,12 +57,44 @@ class RewardParams(Section):
     precision: Literal["fp32", "bf16", "fp16"]
 
 
+Precision = Literal["fp32", "bf16", "fp16"]
+
+
+class SFTParams(Section):
+    lr: Annotated[float, Field(gt=0)]
+    epochs: Annotated[int, Field(ge=0)]
+    batch_size: PositiveInt
+    eval_batch_size: PositiveInt
+    max_length: Annotated[int, Field(ge=8)]
+    weight_decay: Annotated[float, Field(ge=0)]
+    warmup_ratio: Fraction
+    max_grad_norm: Annotated[float, Field(gt=0)]
+    precision: Precision
+
+
+class DPOParams(Section):
+    lr: Annotated[float, Field(gt=0)]
+    beta: Annotated[float, Field(gt=0)]
+    epochs: PositiveInt
+    batch_size: PositiveInt
+    eval_batch_size: PositiveInt
+    grad_accum_steps: PositiveInt
+    max_length: Annotated[int, Field(ge=8)]
+    weight_decay: Annotated[float, Field(ge=0)]
+    warmup_ratio: Fraction
+    max_grad_norm: Annotated[float, Field(gt=0)]
+    precision: Precision
+    gradient_checkpointing: bool
+
+
 class Params(Section):
     seed: Annotated[int, Field(ge=0)]
     data: DataParams
     models: ModelsParams
     prepare: PrepareParams
     reward: RewardParams
+    sft: SFTParams
+    dpo: DPOParams
 
 
 class _Loader(yaml.SafeLoader):

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from alignkit.losses import bradley_terry_loss
-from alignkit.training import open_live, seeded_loader
+from alignkit.training import fit, seeded_loader
 
 SETTINGS_NAME = "alignkit_reward.json"  # beside the tokenizer: how inputs were encoded
 
@@ -148,18 +147,28 @@ def pair_scores(model, batch):
     return scores[:n], scores[n:]
 
 
-@torch.no_grad()
-def evaluate(model, loader, accelerator):
-    """Mean loss, pairwise accuracy and mean margin over a loader of pairs (all processes)."""
-    model.eval()
-    chosen, rejected = [], []
-    for batch in loader:
-        c, r = pair_scores(model, batch)
-        c, r = accelerator.gather_for_metrics((c, r))
-        chosen.append(c)
-        rejected.append(r)
-    loss, accuracy, margin = bradley_terry_loss(torch.cat(chosen), torch.cat(rejected))
-    return {"loss": loss.item(), "accuracy": accuracy.item(), "margin": margin.item()}
+def _step(model, batch):
+    chosen_rewards, rejected_rewards = pair_scores(model, batch)
+    loss, accuracy, _ = bradley_terry_loss(chosen_rewards, rejected_rewards)
+    return loss, {"accuracy": accuracy}
+
+
+def make_evaluate(accelerator):
+    @torch.no_grad()
+    def evaluate(model, loader):
+        """Mean loss, pairwise accuracy and mean margin over a loader of pairs (all processes)."""
+        model.eval()
+        chosen, rejected = [], []
+        for batch in loader:
+            with accelerator.autocast():
+                c, r = pair_scores(model, batch)
+            c, r = accelerator.gather_for_metrics((c, r))
+            chosen.append(c)
+            rejected.append(r)
+        loss, accuracy, margin = bradley_terry_loss(torch.cat(chosen), torch.cat(rejected))
+        return {"loss": loss.item(), "accuracy": accuracy.item(), "margin": margin.item()}
+
+    return evaluate
 
 
 def train_reward_model(model, tokenizer, train_pairs, val_pairs, cfg, seed, accelerator, live_dir):
@@ -167,49 +176,11 @@ def train_reward_model(model, tokenizer, train_pairs, val_pairs, cfg, seed, acce
 
     cfg: the `reward` params section. Returns (metrics for metrics/reward.json, the unwrapped model).
     """
-    from transformers import get_linear_schedule_with_warmup
-
     collate = PairCollator(tokenizer)
     train_loader = seeded_loader(PairDataset(tokenizer, train_pairs, cfg.max_length), cfg.batch_size, seed, collate)
     val_loader = seeded_loader(PairDataset(tokenizer, val_pairs, cfg.max_length), cfg.eval_batch_size, seed, collate,
                                shuffle=False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    # Counted as one process would: accelerate steps a prepared scheduler once per process.
-    total = cfg.epochs * len(train_loader)
-    scheduler = get_linear_schedule_with_warmup(optimizer, round(cfg.warmup_ratio * total), total)
-    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
-        model, optimizer, train_loader, val_loader, scheduler)
-    steps = cfg.epochs * len(train_loader)  # per process, after sharding
-
-    live = open_live(live_dir, accelerator)
-    # disable=None: a bar on a terminal, none in logs; only the main process draws it.
-    bar = tqdm(total=steps, desc="reward", disable=None if accelerator.is_main_process else True)
-    for epoch in range(cfg.epochs):
-        model.train()
-        epoch_losses = []
-        for batch in train_loader:
-            with accelerator.autocast():
-                chosen_rewards, rejected_rewards = pair_scores(model, batch)
-            loss, accuracy, _ = bradley_terry_loss(chosen_rewards, rejected_rewards)
-            accelerator.backward(loss)
-            accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-
-            loss, accuracy = accelerator.reduce(torch.stack([loss.detach(), accuracy]), "mean").tolist()
-            epoch_losses.append(loss)
-            live.log_metric("train/loss", loss)
-            live.log_metric("train/accuracy", accuracy)
-            live.log_metric("train/lr", scheduler.get_last_lr()[0])
-            live.next_step()
-            bar.update()
-            bar.set_postfix(epoch=epoch, loss=f"{loss:.3f}", acc=f"{accuracy:.2f}")
-        val = evaluate(model, val_loader, accelerator)
-        for name, value in val.items():
-            live.log_metric(f"val/{name}", value, plot=False)
-        bar.write(f"epoch {epoch}: val loss {val['loss']:.4f}, accuracy {val['accuracy']:.4f}, margin {val['margin']:.3f}")
-    bar.close()
-    live.end()
-    return {"train_loss": sum(epoch_losses) / len(epoch_losses), "val_loss": val["loss"],
-            "val_accuracy": val["accuracy"], "val_margin": val["margin"]}, accelerator.unwrap_model(model)
+    _, after, model = fit(model, train_loader, val_loader, cfg, accelerator, live_dir, desc="reward", step=_step,
+                          evaluate=make_evaluate(accelerator))
+    return {"train_loss": after["train_loss"], "val_loss": after["loss"], "val_accuracy": after["accuracy"],
+            "val_margin": after["margin"]}, model

@@ -1,9 +1,11 @@
 """Pieces every training stage shares: accelerate setup, seeding, dvclive, batching."""
 
+import math
 import random
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from alignkit.errors import ParamsError
 
@@ -58,3 +60,67 @@ def seeded_loader(dataset, batch_size, seed, collate_fn, shuffle=True):
     generator = torch.Generator().manual_seed(seed)
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
                                        collate_fn=collate_fn)
+
+
+def fit(model, train_loader, val_loader, cfg, accelerator, live_dir, *, desc, step, evaluate, grad_accum_steps=1):
+    """The training loop the stages share: AdamW, linear warmup and decay, clipping, accumulation.
+
+    cfg: a params section with lr, weight_decay, warmup_ratio, max_grad_norm, epochs.
+    step(model, batch) -> (loss, {name: float}) for one micro-batch, under autocast.
+    evaluate(model, val_loader) -> {name: float}, computed on every process.
+    Curves go to dvclive once per optimizer step; `evaluate` runs before training
+    and after each epoch. Returns (metrics before training, after the last epoch
+    plus "train_loss", the mean over the last epoch; the unwrapped model).
+    """
+    from transformers import get_linear_schedule_with_warmup
+
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                                  weight_decay=cfg.weight_decay)
+    # Counted as one process would: accelerate steps a prepared scheduler once per process.
+    total = cfg.epochs * math.ceil(len(train_loader) / grad_accum_steps)
+    scheduler = get_linear_schedule_with_warmup(optimizer, round(cfg.warmup_ratio * total), total)
+    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, val_loader, scheduler)
+
+    live = open_live(live_dir, accelerator)
+    before = after = evaluate(model, val_loader)
+    steps = cfg.epochs * math.ceil(len(train_loader) / grad_accum_steps)  # per process, after sharding
+    # disable=None: a bar on a terminal, none in logs; only the main process draws it.
+    bar = tqdm(total=steps, desc=desc, disable=None if accelerator.is_main_process else True)
+    epoch_losses = []
+    for epoch in range(cfg.epochs):
+        model.train()
+        epoch_losses, pending = [], []
+        for batch in train_loader:
+            with accelerator.accumulate(model):
+                with accelerator.autocast():
+                    loss, logs = step(model, batch)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            pending.append({"loss": loss.detach(), **logs})
+            if not accelerator.sync_gradients:
+                continue
+            means = {k: torch.stack([torch.as_tensor(p[k], dtype=torch.float32) for p in pending]).mean()
+                     for k in pending[0]}
+            means = {k: v.item() for k, v in accelerator.reduce(means, "mean").items()}
+            pending = []
+            epoch_losses.append(means["loss"])
+            for name, value in means.items():
+                live.log_metric(f"train/{name}", value)
+            live.log_metric("train/lr", scheduler.get_last_lr()[0])
+            live.next_step()
+            bar.update()
+            bar.set_postfix(epoch=epoch, **{k: f"{v:.3f}" for k, v in means.items()})
+        after = evaluate(model, val_loader)
+        for name, value in after.items():
+            live.log_metric(f"val/{name}", value, plot=False)
+        bar.write(f"epoch {epoch}: " + ", ".join(f"val {k} {v:.4f}" for k, v in after.items()))
+    bar.close()
+    live.end()
+    if epoch_losses:
+        after = {**after, "train_loss": sum(epoch_losses) / len(epoch_losses)}
+    return before, after, accelerator.unwrap_model(model)

@@ -1,0 +1,112 @@
+"""Direct Preference Optimization against a frozen reference whose log-probs are computed once."""
+
+import torch
+
+from alignkit.losses import dpo_loss
+from alignkit.policy import collate, encode_examples, forward_logps
+from alignkit.training import fit, seeded_loader
+
+
+def encode_pairs(tokenizer, pairs, max_length):
+    """[(chosen example, rejected example)], each example (ids, prompt_len)."""
+    prompts = [p.prompt for p in pairs]
+    chosen = encode_examples(tokenizer, prompts, [p.chosen for p in pairs], max_length)
+    rejected = encode_examples(tokenizer, prompts, [p.rejected for p in pairs], max_length)
+    return list(zip(chosen, rejected))
+
+
+class PairCollator:
+    """N pairs -> one batch of 2N sequences (chosen first), with their reference log-probs."""
+
+    def __init__(self, pad_id):
+        self.pad_id = pad_id
+
+    def __call__(self, items):
+        chosen, rejected, ref_chosen, ref_rejected = zip(*items)
+        batch = collate([*chosen, *rejected], self.pad_id)
+        batch["reference_logps"] = torch.tensor([*ref_chosen, *ref_rejected])  # (2N,)
+        return batch
+
+
+@torch.no_grad()
+def reference_logps(reference, encoded, pad_id, batch_size, accelerator):
+    """Summed answer log-probs of the frozen reference for every pair: (chosen (N,), rejected (N,)).
+
+    Computed once, before training: the reference never changes, so a second
+    model forward per training step would only repeat this.
+    """
+    reference.eval()
+    chosen, rejected = [], []
+    for start in range(0, len(encoded), batch_size):
+        part = encoded[start: start + batch_size]
+        batch = collate([c for c, _ in part] + [r for _, r in part], pad_id)
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        with accelerator.autocast():
+            logps = forward_logps(reference, batch).cpu()
+        chosen.append(logps[: len(part)])
+        rejected.append(logps[len(part):])
+    return torch.cat(chosen), torch.cat(rejected)
+
+
+def _split(logps):
+    n = logps.shape[0] // 2
+    return logps[:n], logps[n:]
+
+
+def make_step(beta):
+    def step(model, batch):
+        policy_chosen_logps, policy_rejected_logps = _split(forward_logps(model, batch))  # one forward, 2N rows
+        reference_chosen_logps, reference_rejected_logps = _split(batch["reference_logps"])
+        losses, chosen_rewards, rejected_rewards = dpo_loss(
+            policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta)
+        return losses.mean(), {"reward_accuracy": (chosen_rewards > rejected_rewards).float().mean(),
+                               "margin": (chosen_rewards - rejected_rewards).mean()}
+
+    return step
+
+
+def make_evaluate(beta, accelerator):
+    @torch.no_grad()
+    def evaluate(model, loader):
+        model.eval()
+        parts = []
+        for batch in loader:
+            with accelerator.autocast():
+                policy = _split(forward_logps(model, batch))
+            losses, chosen, rejected = dpo_loss(*policy, *_split(batch["reference_logps"]), beta)
+            parts.append(accelerator.gather_for_metrics((losses, chosen, rejected)))
+        losses, chosen, rejected = (torch.cat(p) for p in zip(*parts))
+        return {"loss": losses.mean().item(), "reward_accuracy": (chosen > rejected).float().mean().item(),
+                "chosen_reward": chosen.mean().item(), "rejected_reward": rejected.mean().item(),
+                "margin": (chosen - rejected).mean().item()}
+
+    return evaluate
+
+
+def train_dpo(policy, reference, tokenizer, train_pairs, val_pairs, cfg, seed, accelerator, live_dir):
+    """DPO of `policy` against the frozen `reference`. cfg: the `dpo` params section.
+
+    Returns (metrics for metrics/dpo.json, the unwrapped policy).
+    """
+    reference.to(accelerator.device)
+    datasets = {}
+    for name, pairs in (("train", train_pairs), ("val", val_pairs)):
+        encoded = encode_pairs(tokenizer, pairs, cfg.max_length)
+        ref = reference_logps(reference, encoded, tokenizer.pad_token_id, cfg.eval_batch_size, accelerator)
+        datasets[name] = [(c, r, rc.item(), rr.item()) for (c, r), rc, rr in zip(encoded, *ref)]
+    reference.cpu()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if cfg.gradient_checkpointing:
+        policy.gradient_checkpointing_enable()
+        policy.config.use_cache = False
+
+    collator = PairCollator(tokenizer.pad_token_id)
+    train_loader = seeded_loader(datasets["train"], cfg.batch_size, seed, collator)
+    val_loader = seeded_loader(datasets["val"], cfg.eval_batch_size, seed, collator, shuffle=False)
+    before, after, policy = fit(policy, train_loader, val_loader, cfg, accelerator, live_dir, desc="dpo",
+                                step=make_step(cfg.beta), evaluate=make_evaluate(cfg.beta, accelerator),
+                                grad_accum_steps=cfg.grad_accum_steps)
+    return {"train_loss": after["train_loss"], "val_loss": after["loss"], "val_loss_before": before["loss"],
+            "val_reward_accuracy": after["reward_accuracy"], "val_chosen_reward": after["chosen_reward"],
+            "val_rejected_reward": after["rejected_reward"], "val_margin": after["margin"]}, policy

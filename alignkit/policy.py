@@ -1,0 +1,80 @@
+"""Policy inputs and log-probabilities: tokenizing prompt + answer, masks from lengths.
+
+A sequence is prompt ids + answer ids + EOS. Masks come from lengths, never from
+`input_ids != pad_token_id`: GPT-2 pads with EOS, so such a mask would also drop
+the real EOS that ends every answer.
+"""
+
+import torch
+
+from alignkit.prompts import answer_text, format_prompt
+
+
+def prepare_tokenizer(tokenizer):
+    """GPT-2 tokenizers have no pad token: pad with EOS (masks never rely on it)."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def encode_examples(tokenizer, questions, answers, max_length):
+    """[(ids, prompt_len)] for each (question, answer), at most max_length tokens.
+
+    Over-long examples lose prompt tokens from the left first, so the answer and
+    its EOS survive; an answer longer than max_length - 1 keeps its start.
+    """
+    prompts = tokenizer([format_prompt(q) for q in questions], add_special_tokens=False)["input_ids"]
+    answers = tokenizer([answer_text(a) for a in answers], add_special_tokens=False)["input_ids"]
+    out = []
+    for p, a in zip(prompts, answers):
+        a = (a + [tokenizer.eos_token_id])[: max_length - 1]
+        p = p[len(p) - min(len(p), max_length - len(a)):]
+        out.append((p + a, len(p)))
+    return out
+
+
+def collate(examples, pad_id):
+    """Right-pad [(ids, prompt_len)] into a batch.
+
+    Returns input_ids (B, T), attention_mask (B, T), and loss_mask (B, T): True on
+    the answer tokens (EOS included), False on the prompt and the padding.
+    """
+    longest = max(len(ids) for ids, _ in examples)
+    input_ids = torch.full((len(examples), longest), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), longest), dtype=torch.long)
+    loss_mask = torch.zeros((len(examples), longest), dtype=torch.bool)
+    for i, (ids, prompt_len) in enumerate(examples):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        attention_mask[i, : len(ids)] = 1
+        loss_mask[i, prompt_len: len(ids)] = True
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": loss_mask}
+
+
+def token_logps(logits, input_ids):
+    """Log-prob of each next token: (B, T, V) logits, (B, T) ids -> (B, T-1), in float32.
+
+    Position t scores token t+1 given tokens <= t (labels shifted by one).
+    Computed as logit - logsumexp so no (B, T, V) log-softmax tensor is kept.
+    """
+    logits = logits[:, :-1].float()  # float32 even under mixed precision
+    labels = input_ids[:, 1:].unsqueeze(-1)
+    return (logits.gather(-1, labels).squeeze(-1) - torch.logsumexp(logits, dim=-1))
+
+
+def sequence_logps(logits, input_ids, loss_mask):
+    """Sum of answer-token log-probs per sequence: (B,). Prompt and padding never count."""
+    return (token_logps(logits, input_ids) * loss_mask[:, 1:]).sum(-1)
+
+
+def forward_logps(model, batch):
+    """One forward pass -> (B,) summed answer log-probs."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return sequence_logps(logits, batch["input_ids"], batch["loss_mask"])
+
+
+def disable_dropout(model):
+    """Dropout off, so the policy and its frozen reference agree exactly at step 0."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    return model

@@ -1,0 +1,57 @@
+"""Supervised fine-tuning of the policy on preferred answers (loss on answer tokens only)."""
+
+import math
+
+import torch
+
+from alignkit.losses import answer_nll
+from alignkit.policy import collate, encode_examples, token_logps
+from alignkit.training import fit, seeded_loader
+
+
+def _collator(tokenizer):
+    return lambda examples: collate(examples, tokenizer.pad_token_id)
+
+
+def _step(model, batch):
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
+    nll, _ = answer_nll(token_logps(logits, batch["input_ids"]), batch["loss_mask"])
+    return nll, {}
+
+
+def make_evaluate(accelerator):
+    @torch.no_grad()
+    def evaluate(model, loader):
+        """Answer-token NLL (per token, over the whole split) and its perplexity."""
+        model.eval()
+        total, count = torch.zeros((), device=accelerator.device), torch.zeros((), device=accelerator.device)
+        for batch in loader:
+            with accelerator.autocast():
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            nll, n = answer_nll(token_logps(logits, batch["input_ids"]), batch["loss_mask"])
+            total += nll * n
+            count += n
+        total, count = accelerator.reduce(total, "sum"), accelerator.reduce(count, "sum")
+        loss = (total / count).item()
+        return {"loss": loss, "perplexity": math.exp(loss)}
+
+    return evaluate
+
+
+def train_sft(model, tokenizer, train_pairs, val_pairs, cfg, seed, accelerator, live_dir):
+    """Causal-LM fine-tuning on prompt + chosen answer. cfg: the `sft` params section.
+
+    Returns (metrics for metrics/sft.json, the unwrapped model). With cfg.epochs == 0
+    the model is returned unchanged and only evaluated.
+    """
+    def examples(pairs):
+        return encode_examples(tokenizer, [p.prompt for p in pairs], [p.chosen for p in pairs], cfg.max_length)
+
+    train_loader = seeded_loader(examples(train_pairs), cfg.batch_size, seed, _collator(tokenizer))
+    val_loader = seeded_loader(examples(val_pairs), cfg.eval_batch_size, seed, _collator(tokenizer), shuffle=False)
+    before, after, model = fit(model, train_loader, val_loader, cfg, accelerator, live_dir, desc="sft", step=_step,
+                               evaluate=make_evaluate(accelerator))
+    metrics = {"val_loss": after["loss"], "val_perplexity": after["perplexity"], "val_loss_before": before["loss"]}
+    if "train_loss" in after:
+        metrics["train_loss"] = after["train_loss"]
+    return metrics, model

@@ -1,0 +1,58 @@
+"""dpo: Direct Preference Optimization of the SFT policy against its frozen copy.
+
+    python stages/dpo.py --params params.yaml --data data/prepared --sft models/sft \
+        --out models/dpo --metrics metrics/dpo.json --live dvclive/dpo
+
+Reads params: seed, dpo.*. The policy starts from --sft; the reference is the
+same weights, frozen (requires_grad=False, eval mode), and its log-probs are
+computed once before training. Writes --out (save_pretrained, safetensors,
+tokenizer included), validation loss, reward accuracy and implicit rewards to
+--metrics, and curves under --live. Runs under `accelerate launch`.
+"""
+
+import argparse
+import time
+from pathlib import Path
+
+from alignkit.data import read_split
+from alignkit.dpo import train_dpo
+from alignkit.errors import run_stage
+from alignkit.io import atomic_dir, write_json
+from alignkit.models import load_policy
+from alignkit.params import load_params
+from alignkit.policy import disable_dropout, prepare_tokenizer
+from alignkit.training import make_accelerator, seed_everything
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for flag in ("--params", "--data", "--sft", "--out", "--metrics", "--live"):
+        parser.add_argument(flag, required=True)
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    cfg = params.dpo
+
+    accelerator = make_accelerator(cfg.precision, "dpo.precision", cfg.grad_accum_steps)
+    seed_everything(params.seed)
+    train = read_split(Path(args.data) / "train.jsonl")
+    val = read_split(Path(args.data) / "validation.jsonl")
+    policy, tokenizer = load_policy(args.sft, args.sft)
+    reference, _ = load_policy(args.sft, args.sft)
+    reference.requires_grad_(False)
+    prepare_tokenizer(tokenizer)
+    disable_dropout(policy)
+    disable_dropout(reference.eval())
+
+    start = time.perf_counter()
+    metrics, policy = train_dpo(policy, reference, tokenizer, train, val, cfg, params.seed, accelerator, args.live)
+    if accelerator.is_main_process:
+        with atomic_dir(args.out) as tmp:
+            policy.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+        write_json(args.metrics, metrics)
+        print(f"dpo: val reward accuracy {metrics['val_reward_accuracy']:.4f}, val loss "
+              f"{metrics['val_loss_before']:.4f} -> {metrics['val_loss']:.4f} ({time.perf_counter() - start:.0f}s)")
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,58 @@
+"""sft: supervised fine-tuning of the policy on prompt + preferred answer.
+
+    python stages/sft.py --params params.yaml --data data/prepared \
+        --out models/sft --metrics metrics/sft.json --live dvclive/sft
+
+Reads params: seed, models.policy, sft.*. The loss covers answer tokens only
+(prompt and padding masked). For a preset, the tokenizer is trained here on the
+training text and saved with the model. sft.epochs: 0 saves the base model
+unchanged. Writes --out (save_pretrained, safetensors, tokenizer included), the
+validation loss and perplexity on preferred answers to --metrics, and curves
+under --live.
+"""
+
+import argparse
+import time
+from pathlib import Path
+
+from alignkit.data import read_split
+from alignkit.errors import run_stage
+from alignkit.io import atomic_dir, write_json
+from alignkit.models import load_policy
+from alignkit.params import load_params
+from alignkit.policy import prepare_tokenizer
+from alignkit.prompts import answer_text, format_prompt
+from alignkit.sft import train_sft
+from alignkit.training import make_accelerator, seed_everything
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for flag in ("--params", "--data", "--out", "--metrics", "--live"):
+        parser.add_argument(flag, required=True)
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    cfg = params.sft
+
+    accelerator = make_accelerator(cfg.precision, "sft.precision")
+    seed_everything(params.seed)
+    train = read_split(Path(args.data) / "train.jsonl")
+    val = read_split(Path(args.data) / "validation.jsonl")
+    texts = [t for p in train for t in (format_prompt(p.prompt), answer_text(p.chosen), answer_text(p.rejected))]
+    model, tokenizer = load_policy(params.models.policy, "models.policy", texts, params.seed)
+    prepare_tokenizer(tokenizer)
+
+    start = time.perf_counter()
+    metrics, model = train_sft(model, tokenizer, train, val, cfg, params.seed, accelerator, args.live)
+    if accelerator.is_main_process:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        with atomic_dir(args.out) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+        write_json(args.metrics, metrics)
+        print(f"sft: val loss {metrics['val_loss_before']:.4f} -> {metrics['val_loss']:.4f} "
+              f"(perplexity {metrics['val_perplexity']:.2f}; {time.perf_counter() - start:.0f}s)")
+
+
+if __name__ == "__main__":
+    run_stage(main)
