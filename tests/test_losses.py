@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from alignkit.losses import bradley_terry_loss
+from alignkit.losses import answer_nll, bradley_terry_loss, dpo_loss
 
 
 def test_bradley_terry_hand_values():
@@ -40,3 +40,40 @@ def test_bradley_terry_is_stable_for_large_margins():
     assert torch.isinf(-torch.log(torch.sigmoid(torch.tensor(-200.0))))
     loss, accuracy, _ = bradley_terry_loss(torch.tensor([200.0]), torch.tensor([0.0]))
     assert loss.item() == 0.0 and accuracy.item() == 1.0
+
+
+def test_dpo_loss_hand_values():
+    """policy logps: chosen -1, rejected -3; reference logps: chosen -2, rejected -2; beta 0.5.
+    chosen log-ratio  = -1 - (-2) =  1 -> chosen reward   = 0.5 * 1  =  0.5
+    rejected log-ratio = -3 - (-2) = -1 -> rejected reward = 0.5 * -1 = -0.5
+    loss = -log sigmoid(0.5 * (1 - (-1))) = log(1 + e^-1) = 0.3132617"""
+    losses, chosen, rejected = dpo_loss(torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]),
+                                        torch.tensor([-2.0]), beta=0.5)
+    assert math.isclose(losses.item(), 0.3132617, abs_tol=1e-6)
+    assert chosen.item() == 0.5 and rejected.item() == -0.5
+
+
+def test_dpo_loss_is_log2_when_policy_equals_reference():
+    """Equal policy and reference log-ratios are 0 whatever the log-probs: -log sigmoid(0) = log 2."""
+    torch.manual_seed(0)
+    chosen, rejected = torch.randn(64) * 30, torch.randn(64) * 30
+    losses, chosen_rewards, rejected_rewards = dpo_loss(chosen, rejected, chosen, rejected, beta=0.1)
+    assert torch.equal(losses, torch.full((64,), math.log(2)))
+    assert not chosen_rewards.any() and not rejected_rewards.any()
+
+
+def test_dpo_rewards_carry_no_gradient_and_the_loss_does():
+    policy = torch.tensor([-1.0, -2.0], requires_grad=True)
+    losses, chosen_rewards, _ = dpo_loss(policy[:1], policy[1:], torch.tensor([-1.5]), torch.tensor([-1.5]), 0.1)
+    assert not chosen_rewards.requires_grad
+    losses.sum().backward()
+    assert policy.grad[0] < 0 < policy.grad[1]  # raise chosen, lower rejected
+
+
+def test_answer_nll_hand_values():
+    """Token log-probs of two sequences; answer tokens are marked in loss_mask (shifted by one):
+    sequence 1 answer logps -1, -3; sequence 2 answer logp -2  -> mean NLL = (1 + 3 + 2) / 3 = 2."""
+    token_logps = torch.tensor([[-9.0, -1.0, -3.0], [-9.0, -2.0, -7.0]])  # (B, T-1)
+    loss_mask = torch.tensor([[0, 0, 1, 1], [0, 0, 1, 0]], dtype=torch.bool)  # (B, T)
+    nll, n = answer_nll(token_logps, loss_mask)
+    assert nll.item() == 2.0 and n.item() == 3

@@ -50,7 +50,7 @@ def test_reference_profile_has_the_same_keys_as_params():
     (None, "seed", "forty-two", "seed: expected a non-negative integer, got 'forty-two'"),
     (None, "seed", True, "seed: expected a non-negative integer, got True"),
     ("prepare", "val_fracton", 0.1, "prepare.val_fracton: unknown key (did you mean 'val_fraction'?)"),
-    (None, "dpo", {"lr": 1e-5}, "dpo: unknown key"),
+    (None, "dpo_v2", {"lr": 1e-5}, "dpo_v2: unknown key"),
 ])
 def test_bad_value_names_the_key(tmp_path, section, key, value, message):
     path = write(tmp_path, with_change(section, key, value))
