@@ -9,13 +9,14 @@ one line naming the file and the dotted key, e.g.
 
 import difflib
 import re
+import types
 import typing
 from pathlib import Path
 from typing import Annotated, Literal
 
 import annotated_types as at
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from alignkit.errors import ParamsError
 
@@ -87,6 +88,47 @@ class DPOParams(Section):
     gradient_checkpointing: bool
 
 
+class PPOParams(Section):
+    lr: Annotated[float, Field(gt=0)]
+    epochs: PositiveInt
+    max_steps_per_epoch: PositiveInt | None
+    batch_size: PositiveInt
+    mini_batch_size: PositiveInt
+    gradient_accumulation_steps: PositiveInt
+    ppo_epochs: PositiveInt
+    init_kl_coef: Annotated[float, Field(ge=0)]
+    adap_kl_ctrl: bool
+    kl_target: Annotated[float, Field(gt=0)]
+    kl_horizon: Annotated[float, Field(gt=0)]
+    target_kl: Annotated[float, Field(gt=0)]
+    early_stopping: bool
+    cliprange: Annotated[float, Field(gt=0)]
+    cliprange_value: Annotated[float, Field(gt=0)]
+    vf_coef: Annotated[float, Field(ge=0)]
+    max_grad_norm: Annotated[float, Field(gt=0)]
+    weight_decay: Annotated[float, Field(ge=0)]
+    warmup_steps: Annotated[int, Field(ge=0)]
+    temperature: Annotated[float, Field(gt=0)]
+    top_p: Annotated[float, Field(gt=0, le=1)]
+    top_k: Annotated[int, Field(ge=0)]
+    max_new_tokens: PositiveInt
+    reward_baseline: Literal["reference", "none"]
+    reward_clip: Annotated[float, Field(gt=0)]
+    reward_device: Literal["cpu", "auto"]
+    reward_batch_size: PositiveInt
+    precision: Precision
+
+    @model_validator(mode="after")
+    def _batches_divide(self):
+        backward = self.mini_batch_size * self.gradient_accumulation_steps
+        if self.batch_size % backward:
+            raise ValueError(
+                f"ppo.batch_size ({self.batch_size}) must be a multiple of ppo.mini_batch_size x "
+                f"ppo.gradient_accumulation_steps ({self.mini_batch_size} x {self.gradient_accumulation_steps} = "
+                f"{backward}), as trl 0.11's PPOTrainer requires")
+        return self
+
+
 class Params(Section):
     seed: Annotated[int, Field(ge=0)]
     data: DataParams
@@ -95,6 +137,7 @@ class Params(Section):
     reward: RewardParams
     sft: SFTParams
     dpo: DPOParams
+    ppo: PPOParams
 
 
 class _Loader(yaml.SafeLoader):
@@ -139,6 +182,8 @@ def _describe_error(e):
         return f"{key}: unknown key ({hint})"
     if e["type"] == "missing":
         return f"{key}: missing key"
+    if e["type"] == "value_error":  # a check across keys; its message names them
+        return e["msg"].removeprefix("Value error, ")
     return f"{key}: expected {_expected(loc)}, got {e['input']!r}"
 
 
@@ -159,28 +204,34 @@ def _model_at(loc):
 def _expected(loc):
     """Describe what a field accepts: 'a positive float', "one of 'a', 'b'"."""
     field = _field_at(loc)
-    ann = field.annotation
+    return _describe(field.annotation, field.metadata)
+
+
+def _describe(ann, metadata):
+    if typing.get_origin(ann) in (typing.Union, types.UnionType):  # X | None
+        (inner,) = [a for a in typing.get_args(ann) if a is not type(None)]
+        return _describe(inner, metadata) + " or null"
+    if typing.get_origin(ann) is Annotated:
+        base, *extras = typing.get_args(ann)
+        return _describe(base, [m for x in extras for m in getattr(x, "metadata", [x])])
     if typing.get_origin(ann) is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(ann))
     if isinstance(ann, type) and issubclass(ann, BaseModel):
         return "a mapping"
     kind = {int: "integer", float: "float", str: "string", bool: "boolean (true or false)"}[ann]
-    bounds = {type(m): m for m in field.metadata}
+    bounds = {type(m): m for m in metadata}
     lo = bounds.get(at.Gt) or bounds.get(at.Ge)
     hi = bounds.get(at.Lt) or bounds.get(at.Le)
-    if lo and not hi and getattr(lo, "gt", None) == 0:
-        return f"a positive {kind}"
-    if lo and not hi and getattr(lo, "ge", None) == 0:
-        return f"a non-negative {kind}"
+    low = getattr(lo, "gt", getattr(lo, "ge", None))
+    high = getattr(hi, "lt", getattr(hi, "le", None))
+    if lo and not hi and low == 0:
+        return f"a {'positive' if isinstance(lo, at.Gt) else 'non-negative'} {kind}"
     article = "an" if kind[0] in "aeiou" else "a"
     if lo and hi:
-        left = "(" if isinstance(lo, at.Gt) else "["
-        right = ")" if isinstance(hi, at.Lt) else "]"
-        low = getattr(lo, "gt", getattr(lo, "ge", None))
-        high = getattr(hi, "lt", getattr(hi, "le", None))
+        left, right = "(" if isinstance(lo, at.Gt) else "[", ")" if isinstance(hi, at.Lt) else "]"
         return f"{article} {kind} in {left}{low}, {high}{right}"
     if lo:
-        return f"{article} {kind} {'>' if isinstance(lo, at.Gt) else '>='} {getattr(lo, 'gt', getattr(lo, 'ge', None))}"
+        return f"{article} {kind} {'>' if isinstance(lo, at.Gt) else '>='} {low}"
     if hi:
-        return f"{article} {kind} {'<' if isinstance(hi, at.Lt) else '<='} {getattr(hi, 'lt', getattr(hi, 'le', None))}"
+        return f"{article} {kind} {'<' if isinstance(hi, at.Lt) else '<='} {high}"
     return f"{article} {kind}"

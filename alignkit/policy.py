@@ -14,6 +14,7 @@ def prepare_tokenizer(tokenizer):
     """GPT-2 tokenizers have no pad token: pad with EOS (masks never rely on it)."""
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.deprecation_warnings["Asking-to-pad-a-fast-tokenizer"] = True  # trl pads token ids on purpose
     return tokenizer
 
 

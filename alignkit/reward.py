@@ -95,6 +95,7 @@ class RewardScorer:
 
     def __init__(self, weights_path, model_dir, batch_size, device="cpu"):
         self.model, self.tokenizer, self.max_length = load_reward_model(weights_path, model_dir)
+        self.tokenizer.deprecation_warnings["Asking-to-pad-a-fast-tokenizer"] = True  # pre-tokenized on purpose
         self.model.to(device)
         self.device, self.batch_size = device, batch_size
 

@@ -128,3 +128,24 @@ def stage_main(name):
     import runpy
 
     return runpy.run_path(str(REPO / "stages" / f"{name}.py"))["main"]
+
+
+@pytest.fixture(scope="session")
+def reward_model(prepared_sample, tmp_path_factory):
+    """The reward stage on the sample, shortened to one epoch: a dir with reward_model.pth, reward/, reward.json."""
+    out = tmp_path_factory.mktemp("reward")
+    params = write_params(out / "params.yaml", reward={"epochs": 1})
+    stage_main("reward")(["--params", str(params), "--data", str(prepared_sample),
+                          "--weights", str(out / "reward_model.pth"), "--model-dir", str(out / "reward"),
+                          "--metrics", str(out / "reward.json"), "--live", str(out / "live")])
+    return out
+
+
+@pytest.fixture(scope="session")
+def sft_model(prepared_sample, tmp_path_factory):
+    """The sft stage on the sample, shortened to three epochs: a dir with sft/ and sft.json."""
+    out = tmp_path_factory.mktemp("sft")
+    params = write_params(out / "params.yaml", sft={"epochs": 3})
+    stage_main("sft")(["--params", str(params), "--data", str(prepared_sample), "--out", str(out / "sft"),
+                       "--metrics", str(out / "sft.json"), "--live", str(out / "live")])
+    return out

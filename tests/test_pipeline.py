@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import stage_env
 
-STAGES = ["dpo", "prepare", "reward", "sft"]
+STAGES = ["dpo", "ppo", "prepare", "reward", "sft"]
 
 
 def dvc(repo, *args):
@@ -50,8 +50,12 @@ def test_repro_builds_every_stage_then_does_nothing(built):
     assert (repo / "models" / "reward_model.pth").is_file()
     assert json.loads((repo / "metrics" / "sft.json").read_text())["val_loss"] < 2.0
     assert json.loads((repo / "metrics" / "dpo.json").read_text())["val_reward_accuracy"] >= 0.7
+    ppo = json.loads((repo / "metrics" / "ppo.json").read_text())
+    assert ppo["val_score_after"] > ppo["val_score_before"]
     for stage, curves in (("reward", ["accuracy", "loss", "lr"]), ("sft", ["loss", "lr"]),
-                          ("dpo", ["loss", "lr", "margin", "reward_accuracy"])):
+                          ("dpo", ["loss", "lr", "margin", "reward_accuracy"]),
+                          ("ppo", ["clipfrac", "entropy", "kl", "kl_coef", "loss", "lr", "response_length",
+                                   "reward", "score"])):
         found = sorted(p.stem for p in (repo / "dvclive" / stage / "plots" / "metrics" / "train").iterdir())
         assert found == curves, (stage, found)
     # The committed dvc.lock already describes these outputs: rebuilding changed nothing.
@@ -68,6 +72,7 @@ def test_repro_builds_every_stage_then_does_nothing(built):
 def test_changing_a_param_reruns_only_its_readers(built_copy):
     assert ran(dvc(built_copy, "exp", "run", "-S", "reward.lr=5e-4")) == ["reward"]
     assert ran(dvc(built_copy, "exp", "run", "-S", "dpo.lr=1e-5")) == ["dpo"]
+    assert ran(dvc(built_copy, "exp", "run", "-S", "ppo.lr=5e-5")) == ["ppo"]
     assert json.loads((built_copy / "metrics" / "dpo.json").read_text())["val_reward_accuracy"] > 0.5
     table = dvc(built_copy, "exp", "show", "--no-pager", "--csv")
     assert "dpo.lr" in table.splitlines()[0] and "1e-05" in table
@@ -77,7 +82,7 @@ def test_changing_a_param_reruns_only_its_readers(built_copy):
 def test_plots_show_draws_the_training_curves(built_copy):
     out = dvc(built_copy, "plots", "show", "-o", "plots_html")
     html = (built_copy / "plots_html" / "index.html").read_text()
-    for stage in ("reward", "sft", "dpo"):
+    for stage in ("reward", "sft", "dpo", "ppo"):
         assert f"dvclive/{stage}/plots/metrics/train/loss.tsv" in html
     assert "plots_html" in out
 

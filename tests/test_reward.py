@@ -81,41 +81,30 @@ def test_fp16_on_a_cpu_is_a_params_error():
         make_accelerator("fp16", "reward.precision")
 
 
-@pytest.fixture(scope="module")
-def trained(prepared_sample, tmp_path_factory):
-    """The reward stage on the sample with a reduced configuration (one epoch)."""
-    out = tmp_path_factory.mktemp("reward")
-    params = write_params(out / "params.yaml", reward={"epochs": 1})
-    stage_main("reward")(["--params", str(params), "--data", str(prepared_sample),
-                          "--weights", str(out / "reward_model.pth"), "--model-dir", str(out / "reward"),
-                          "--metrics", str(out / "reward.json"), "--live", str(out / "live")])
-    return out
-
-
-def test_reduced_training_is_well_above_chance(trained):
-    metrics = json.loads((trained / "reward.json").read_text())
+def test_reduced_training_is_well_above_chance(reward_model):
+    metrics = json.loads((reward_model / "reward.json").read_text())
     assert set(metrics) == {"train_loss", "val_loss", "val_accuracy", "val_margin"}
     assert metrics["val_accuracy"] >= 0.8
     assert metrics["val_margin"] > 0
-    curves = trained / "live" / "plots" / "metrics" / "train"
+    curves = reward_model / "live" / "plots" / "metrics" / "train"
     assert len((curves / "loss.tsv").read_text().splitlines()) > 10
 
 
-def test_saved_weights_are_a_plain_state_dict(trained):
-    state = torch.load(trained / "reward_model.pth", weights_only=True)
+def test_saved_weights_are_a_plain_state_dict(reward_model):
+    state = torch.load(reward_model / "reward_model.pth", weights_only=True)
     assert "score_head.weight" in state and "score_head.bias" in state
     assert any(k.startswith("encoder.embeddings.") for k in state)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
 
 
-def test_scorer_reloads_the_model_and_reproduces_validation_accuracy(trained, prepared_sample):
+def test_scorer_reloads_the_model_and_reproduces_validation_accuracy(reward_model, prepared_sample):
     val = read_split(prepared_sample / "validation.jsonl")
-    scorer = RewardScorer(trained / "reward_model.pth", trained / "reward", batch_size=64)
+    scorer = RewardScorer(reward_model / "reward_model.pth", reward_model / "reward", batch_size=64)
     prompts = [p.prompt for p in val]
     chosen = scorer.score(prompts, [p.chosen for p in val])
     rejected = scorer.score(prompts, [p.rejected for p in val])
     accuracy = (chosen > rejected).float().mean().item()
-    metrics = json.loads((trained / "reward.json").read_text())
+    metrics = json.loads((reward_model / "reward.json").read_text())
     assert accuracy == pytest.approx(metrics["val_accuracy"], abs=1e-6)
     assert chosen.shape == (len(val),) and chosen.dtype == torch.float32
 

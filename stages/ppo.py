@@ -1,0 +1,61 @@
+"""ppo: RLHF of the SFT policy with trl 0.11's PPOTrainer, scored by the BERT reward model.
+
+    python stages/ppo.py --params params.yaml --data data/prepared --sft models/sft \
+        --reward-weights models/reward_model.pth --reward-dir models/reward \
+        --out models/ppo --metrics metrics/ppo.json --live dvclive/ppo
+
+Reads params: seed, ppo.*. The policy (with a value head) and a frozen reference
+start from --sft. Responses are decoded and scored as text by the reward model.
+Writes --out (save_pretrained of the policy with its value head, safetensors,
+tokenizer included), --metrics, and per-step curves under --live.
+"""
+
+import argparse
+import time
+from pathlib import Path
+
+from alignkit.data import read_split
+from alignkit.errors import run_stage
+from alignkit.io import atomic_dir, write_json
+from alignkit.params import load_params
+from alignkit.policy import prepare_tokenizer
+from alignkit.ppo import batches, load_value_head_model, make_trainer, train_ppo
+from alignkit.reward import RewardScorer
+from alignkit.training import open_live, seed_everything
+
+
+def main(argv=None, step_hook=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for flag in ("--params", "--data", "--sft", "--reward-weights", "--reward-dir", "--out", "--metrics", "--live"):
+        parser.add_argument(flag, required=True)
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    cfg = params.ppo
+    from transformers import AutoTokenizer
+
+    seed_everything(params.seed)
+    train = read_split(Path(args.data) / "train.jsonl")
+    val = read_split(Path(args.data) / "validation.jsonl")
+    tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(args.sft, local_files_only=True))
+    policy = load_value_head_model(args.sft)
+    reference = load_value_head_model(args.sft, frozen=True)
+    steps = cfg.epochs * len(batches(train, cfg.batch_size, 0)[: cfg.max_steps_per_epoch])
+    trainer = make_trainer(cfg, params.seed, policy, reference, tokenizer, steps)
+    device = "cpu" if cfg.reward_device == "cpu" else trainer.accelerator.device
+    scorer = RewardScorer(args.reward_weights, args.reward_dir, cfg.reward_batch_size, device)
+    live = open_live(args.live, trainer.accelerator)
+
+    start = time.perf_counter()
+    metrics = train_ppo(trainer, scorer, tokenizer, train, val, cfg, params.seed, live, step_hook)
+    live.end()
+    if trainer.accelerator.is_main_process:
+        with atomic_dir(args.out) as tmp:
+            trainer.accelerator.unwrap_model(trainer.model).save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+        write_json(args.metrics, metrics)
+        print(f"ppo: held-out reward-model score {metrics['val_score_before']:.4f} -> {metrics['val_score_after']:.4f}, "
+              f"KL {metrics['kl']:.4f} ({steps} steps, {time.perf_counter() - start:.0f}s)")
+
+
+if __name__ == "__main__":
+    run_stage(main)
