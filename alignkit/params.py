@@ -46,45 +46,34 @@ class PrepareParams(Section):
     on_too_long: Literal["error", "drop"]
 
 
-class RewardParams(Section):
-    lr: Annotated[float, Field(gt=0)]
-    epochs: PositiveInt
-    batch_size: PositiveInt
-    eval_batch_size: PositiveInt
-    max_length: Annotated[int, Field(ge=8)]
-    weight_decay: Annotated[float, Field(ge=0)]
-    warmup_ratio: Fraction
-    max_grad_norm: Annotated[float, Field(gt=0)]
-    precision: Literal["fp32", "bf16", "fp16"]
-
-
 Precision = Literal["fp32", "bf16", "fp16"]
 
 
-class SFTParams(Section):
-    lr: Annotated[float, Field(gt=0)]
-    epochs: Annotated[int, Field(ge=0)]
-    batch_size: PositiveInt
-    eval_batch_size: PositiveInt
-    max_length: Annotated[int, Field(ge=8)]
-    weight_decay: Annotated[float, Field(ge=0)]
-    warmup_ratio: Fraction
-    max_grad_norm: Annotated[float, Field(gt=0)]
-    precision: Precision
+class TrainingParams(Section):
+    """What every supervised training stage (reward, sft, dpo) reads."""
 
-
-class DPOParams(Section):
     lr: Annotated[float, Field(gt=0)]
-    beta: Annotated[float, Field(gt=0)]
     epochs: PositiveInt
     batch_size: PositiveInt
     eval_batch_size: PositiveInt
-    grad_accum_steps: PositiveInt
     max_length: Annotated[int, Field(ge=8)]
     weight_decay: Annotated[float, Field(ge=0)]
     warmup_ratio: Fraction
     max_grad_norm: Annotated[float, Field(gt=0)]
     precision: Precision
+
+
+class RewardParams(TrainingParams):
+    pass
+
+
+class SFTParams(TrainingParams):
+    epochs: Annotated[int, Field(ge=0)]  # 0 saves the base model unchanged
+
+
+class DPOParams(TrainingParams):
+    beta: Annotated[float, Field(gt=0)]
+    grad_accum_steps: PositiveInt
     gradient_checkpointing: bool
 
 

@@ -79,3 +79,14 @@ def disable_dropout(model):
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
     return model
+
+
+def save_policy(model, tokenizer, out):
+    """save_pretrained of model (safetensors; with trl's value head, if it has one) and tokenizer, atomically."""
+    from alignkit.io import atomic_dir
+
+    language_model = model.pretrained_model if hasattr(model, "v_head") else model
+    language_model.generation_config.pad_token_id = tokenizer.pad_token_id
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)

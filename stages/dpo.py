@@ -17,10 +17,10 @@ from pathlib import Path
 from alignkit.data import read_split
 from alignkit.dpo import train_dpo
 from alignkit.errors import run_stage
-from alignkit.io import atomic_dir, write_json
+from alignkit.io import write_json
 from alignkit.models import load_policy
 from alignkit.params import load_params
-from alignkit.policy import disable_dropout, prepare_tokenizer
+from alignkit.policy import disable_dropout, prepare_tokenizer, save_policy
 from alignkit.training import make_accelerator, seed_everything
 
 
@@ -46,9 +46,7 @@ def main(argv=None):
     start = time.perf_counter()
     metrics, policy = train_dpo(policy, reference, tokenizer, train, val, cfg, params.seed, accelerator, args.live)
     if accelerator.is_main_process:
-        with atomic_dir(args.out) as tmp:
-            policy.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
+        save_policy(policy, tokenizer, args.out)
         write_json(args.metrics, metrics)
         print(f"dpo: val reward accuracy {metrics['val_reward_accuracy']:.4f}, val loss "
               f"{metrics['val_loss_before']:.4f} -> {metrics['val_loss']:.4f} ({time.perf_counter() - start:.0f}s)")

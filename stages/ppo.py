@@ -16,9 +16,9 @@ from pathlib import Path
 
 from alignkit.data import read_split
 from alignkit.errors import run_stage
-from alignkit.io import atomic_dir, write_json
+from alignkit.io import write_json
 from alignkit.params import load_params
-from alignkit.policy import prepare_tokenizer
+from alignkit.policy import prepare_tokenizer, save_policy
 from alignkit.ppo import batches, load_value_head_model, make_trainer, train_ppo
 from alignkit.reward import RewardScorer
 from alignkit.training import open_live, seed_everything
@@ -49,9 +49,7 @@ def main(argv=None, step_hook=None):
     metrics = train_ppo(trainer, scorer, tokenizer, train, val, cfg, params.seed, live, step_hook)
     live.end()
     if trainer.accelerator.is_main_process:
-        with atomic_dir(args.out) as tmp:
-            trainer.accelerator.unwrap_model(trainer.model).save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
+        save_policy(trainer.accelerator.unwrap_model(trainer.model), tokenizer, args.out)
         write_json(args.metrics, metrics)
         print(f"ppo: held-out reward-model score {metrics['val_score_before']:.4f} -> {metrics['val_score_after']:.4f}, "
               f"KL {metrics['kl']:.4f} ({steps} steps, {time.perf_counter() - start:.0f}s)")

@@ -17,10 +17,10 @@ from pathlib import Path
 
 from alignkit.data import read_split
 from alignkit.errors import run_stage
-from alignkit.io import atomic_dir, write_json
+from alignkit.io import write_json
 from alignkit.models import load_policy
 from alignkit.params import load_params
-from alignkit.policy import prepare_tokenizer
+from alignkit.policy import prepare_tokenizer, save_policy
 from alignkit.prompts import answer_text, format_prompt
 from alignkit.sft import train_sft
 from alignkit.training import make_accelerator, seed_everything
@@ -45,10 +45,7 @@ def main(argv=None):
     start = time.perf_counter()
     metrics, model = train_sft(model, tokenizer, train, val, cfg, params.seed, accelerator, args.live)
     if accelerator.is_main_process:
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-        with atomic_dir(args.out) as tmp:
-            model.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
+        save_policy(model, tokenizer, args.out)
         write_json(args.metrics, metrics)
         print(f"sft: val loss {metrics['val_loss_before']:.4f} -> {metrics['val_loss']:.4f} "
               f"(perplexity {metrics['val_perplexity']:.2f}; {time.perf_counter() - start:.0f}s)")
