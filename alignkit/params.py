@@ -118,6 +118,20 @@ class PPOParams(Section):
         return self
 
 
+class EvalParams(Section):
+    batch_size: PositiveInt
+    max_length: Annotated[int, Field(ge=8)]
+    temperature: Annotated[float, Field(gt=0)] | None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None
+    top_k: Annotated[int, Field(ge=0)] | None
+    max_new_tokens: PositiveInt | None
+
+    def generation(self, ppo):
+        """Sampling settings: each eval.* that is null takes the ppo.* value."""
+        keys = ("temperature", "top_p", "top_k", "max_new_tokens")
+        return {k: getattr(ppo, k) if getattr(self, k) is None else getattr(self, k) for k in keys}
+
+
 class Params(Section):
     seed: Annotated[int, Field(ge=0)]
     data: DataParams
@@ -127,6 +141,7 @@ class Params(Section):
     sft: SFTParams
     dpo: DPOParams
     ppo: PPOParams
+    eval: EvalParams
 
 
 class _Loader(yaml.SafeLoader):

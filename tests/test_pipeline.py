@@ -1,15 +1,18 @@
 """DVC on the real dvc.yaml, in a fresh git copy of the repository (never the working tree)."""
 
+import csv
+import io
 import json
 import shutil
 import subprocess
 import sys
 
 import pytest
+import yaml
 
 from tests.conftest import stage_env
 
-STAGES = ["dpo", "ppo", "prepare", "reward", "sft"]
+STAGES = ["dpo", "evaluate@dpo", "evaluate@ppo", "evaluate@sft", "ppo", "prepare", "reward", "sft"]
 
 
 def dvc(repo, *args):
@@ -50,6 +53,9 @@ def test_repro_builds_every_stage_then_does_nothing(built):
     assert (repo / "models" / "reward_model.pth").is_file()
     assert json.loads((repo / "metrics" / "sft.json").read_text())["val_loss"] < 2.0
     assert json.loads((repo / "metrics" / "dpo.json").read_text())["val_reward_accuracy"] >= 0.7
+    evals = {m: json.loads((repo / "metrics" / "eval" / f"{m}.json").read_text()) for m in ("sft", "ppo", "dpo")}
+    assert len({frozenset(e) for e in evals.values()}) == 1  # one schema for every model
+    assert evals["ppo"]["reward_mean"] > evals["sft"]["reward_mean"]
     ppo = json.loads((repo / "metrics" / "ppo.json").read_text())
     assert ppo["val_score_after"] > ppo["val_score_before"]
     for stage, curves in (("reward", ["accuracy", "loss", "lr"]), ("sft", ["loss", "lr"]),
@@ -69,15 +75,43 @@ def test_repro_builds_every_stage_then_does_nothing(built):
     assert "up to date" in dvc(repo, "status")
 
 
+def dry_run(repo, section, key, value):
+    """The stages `dvc repro` would run after setting one param, without running them."""
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params[section][key] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    try:
+        return ran(dvc(repo, "repro", "--dry"))
+    finally:
+        subprocess.run(["git", "checkout", "params.yaml"], cwd=repo, check=True)
+
+
 def test_changing_a_param_reruns_only_its_readers(built_copy):
-    # reward and what depends on it (ppo scores with the reward model); never prepare, sft or dpo
-    assert ran(dvc(built_copy, "exp", "run", "-S", "reward.lr=5e-4")) == ["ppo", "reward"]
-    assert ran(dvc(built_copy, "exp", "run", "-S", "dpo.lr=1e-5")) == ["dpo"]
-    assert ran(dvc(built_copy, "exp", "run", "-S", "ppo.lr=5e-5")) == ["ppo"]
-    assert json.loads((built_copy / "metrics" / "dpo.json").read_text())["val_reward_accuracy"] > 0.5
-    table = dvc(built_copy, "exp", "show", "--no-pager", "--csv")
-    assert "dpo.lr" in table.splitlines()[0] and "1e-05" in table
-    assert "up to date" in dvc(built_copy, "status")
+    """`repro --dry` lists the stages whose own inputs changed; the stages downstream of them
+    rerun as their inputs change (the experiment test below shows evaluate@dpo following dpo)."""
+    assert dry_run(built_copy, "reward", "lr", 5e-4) == ["reward"]
+    assert dry_run(built_copy, "ppo", "lr", 5e-5) == ["ppo"]
+    assert dry_run(built_copy, "eval", "batch_size", 16) == ["evaluate@dpo", "evaluate@ppo", "evaluate@sft"]
+    assert dry_run(built_copy, "ppo", "top_p", 0.9) == ["evaluate@dpo", "evaluate@ppo", "evaluate@sft", "ppo"]
+    assert dry_run(built_copy, "models", "reward", "bert-base-uncased") == ["reward"]
+
+
+def test_experiment_on_dpo_lr_reruns_exactly_dpo_and_its_evaluation(built_copy):
+    out = dvc(built_copy, "exp", "run", "-n", "dpo-lr-1e-5", "-S", "dpo.lr=1e-5")
+    assert ran(out) == ["dpo", "evaluate@dpo"]
+
+    table = list(csv.DictReader(io.StringIO(dvc(built_copy, "exp", "show", "--no-pager", "--csv"))))
+    row = next(r for r in table if r["Experiment"] == "dpo-lr-1e-5")
+    assert float(row["dpo.lr"]) == 1e-5
+    assert row["metrics/eval/dpo.json:reward_mean"] and row["metrics/dpo.json:val_loss"]
+
+    diff = json.loads(dvc(built_copy, "metrics", "diff", "--json"))  # baseline (HEAD) vs the experiment
+    changed = {path for path, values in diff.items() if any(v.get("diff") for v in values.values())}
+    assert {"metrics/dpo.json", "metrics/eval/dpo.json"} <= changed
+    assert not changed & {"metrics/eval/sft.json", "metrics/eval/ppo.json", "metrics/sft.json", "metrics/ppo.json",
+                          "metrics/reward.json"}
+    shown = dvc(built_copy, "metrics", "show")
+    assert all(f"metrics/eval/{m}.json" in shown for m in ("sft", "ppo", "dpo"))
 
 
 def test_plots_show_draws_the_training_curves(built_copy):
@@ -85,6 +119,7 @@ def test_plots_show_draws_the_training_curves(built_copy):
     html = (built_copy / "plots_html" / "index.html").read_text()
     for stage in ("reward", "sft", "dpo", "ppo"):
         assert f"dvclive/{stage}/plots/metrics/train/loss.tsv" in html
+    assert "Model comparison on the test split" in html
     assert "plots_html" in out
 
 

@@ -1,0 +1,59 @@
+"""The evaluate stage: one metrics schema per model, offline, seeded."""
+
+import json
+import math
+
+import pytest
+
+from tests.conftest import stage_main, write_params
+
+SCHEMA = {"bleu", "rouge1", "rouge2", "rougeL", "reward_mean", "reward_std", "win_rate_vs_sft",
+          "win_rate_vs_reference", "preference_accuracy", "preference_accuracy_normalized", "kl_to_reference",
+          "mean_length", "distinct_1", "distinct_2"}
+
+
+@pytest.fixture(scope="module")
+def evaluated(sft_model, reward_model, prepared_sample, tmp_path_factory):
+    """evaluate@sft on the test split, with the network cut off."""
+    import socket
+
+    out = tmp_path_factory.mktemp("eval")
+    mp = pytest.MonkeyPatch()
+    mp.setattr(socket.socket, "connect", lambda *a: (_ for _ in ()).throw(AssertionError("network access")))
+    try:
+        stage_main("evaluate")([
+            "--params", str(write_params(out / "params.yaml")), "--name", "sft", "--model", str(sft_model / "sft"),
+            "--sft", str(sft_model / "sft"), "--data", str(prepared_sample),
+            "--reward-weights", str(reward_model / "reward_model.pth"), "--reward-dir", str(reward_model / "reward"),
+            "--metrics", str(out / "sft.json"), "--generations", str(out / "sft.jsonl"), "--plot", str(out / "plot.json")])
+    finally:
+        mp.undo()
+    return out
+
+
+def test_metrics_schema_and_ranges(evaluated):
+    metrics = json.loads((evaluated / "sft.json").read_text())
+    assert set(metrics) == SCHEMA
+    for key in SCHEMA - {"reward_mean", "reward_std", "kl_to_reference", "mean_length"}:
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert all(math.isfinite(v) for v in metrics.values())
+    assert metrics["mean_length"] > 2
+
+
+def test_a_model_against_itself(evaluated):
+    """The SFT model evaluated as itself: identical seeded samples tie every time (win rate 0.5), KL 0."""
+    metrics = json.loads((evaluated / "sft.json").read_text())
+    assert metrics["win_rate_vs_sft"] == 0.5
+    assert metrics["kl_to_reference"] == 0.0
+
+
+def test_generations_are_readable_and_match_the_reward(evaluated, prepared_sample):
+    rows = [json.loads(line) for line in open(evaluated / "sft.jsonl")]
+    tests = [json.loads(line) for line in open(prepared_sample / "test.jsonl")]
+    assert len(rows) == len(tests)
+    assert set(rows[0]) == {"question", "reference", "answer", "reward"}
+    assert [r["question"] for r in rows] == [t["prompt"] for t in tests]
+    metrics = json.loads((evaluated / "sft.json").read_text())
+    assert sum(r["reward"] for r in rows) / len(rows) == pytest.approx(metrics["reward_mean"], abs=1e-3)
+    plot = json.loads((evaluated / "plot.json").read_text())
+    assert {p["model"] for p in plot} == {"sft"} and {p["metric"] for p in plot} <= SCHEMA
