@@ -149,3 +149,26 @@ def sft_model(prepared_sample, tmp_path_factory):
     stage_main("sft")(["--params", str(params), "--data", str(prepared_sample), "--out", str(out / "sft"),
                        "--metrics", str(out / "sft.json"), "--live", str(out / "live")])
     return out
+
+
+def dvc(repo, *args, env=None):
+    """Run a DVC command in `repo`; fail the test with its output if it fails."""
+    result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, capture_output=True, text=True,
+                            env=stage_env(repo) | (env or {}))
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+@pytest.fixture(scope="session")
+def built_repo(tmp_path_factory):
+    """A copy of the repository after one full `dvc repro`, and what that run printed."""
+    repo = copy_repo(tmp_path_factory.mktemp("built") / "repo")
+    return repo, dvc(repo, "repro")
+
+
+@pytest.fixture
+def built_copy(built_repo, tmp_path):
+    """A private copy of the built repository, for a test that changes it."""
+    dest = tmp_path / "repo"
+    shutil.copytree(built_repo[0], dest, symlinks=True)
+    return dest

@@ -3,23 +3,15 @@
 import csv
 import io
 import json
-import shutil
 import subprocess
 import sys
 
 import pytest
 import yaml
 
-from tests.conftest import stage_env
+from tests.conftest import dvc, stage_env
 
 STAGES = ["dpo", "evaluate@dpo", "evaluate@ppo", "evaluate@sft", "ppo", "prepare", "reward", "sft"]
-
-
-def dvc(repo, *args):
-    result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, capture_output=True, text=True,
-                            env=stage_env(repo))
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
 
 
 def ran(output):
@@ -27,18 +19,8 @@ def ran(output):
 
 
 @pytest.fixture(scope="module")
-def built(repo_copy_factory):
-    """A copy of the repository after one full `dvc repro`, and what that run printed."""
-    repo = repo_copy_factory("built")
-    return repo, dvc(repo, "repro")
-
-
-@pytest.fixture
-def built_copy(built, tmp_path):
-    """A private copy of the built repository, for a test that changes it."""
-    dest = tmp_path / "repo"
-    shutil.copytree(built[0], dest, symlinks=True)
-    return dest
+def built(built_repo):
+    return built_repo
 
 
 def test_repro_builds_every_stage_then_does_nothing(built):
