@@ -1,4 +1,4 @@
-"""Text metrics computed locally: no hub downloads, no nltk.download.
+"""Text metrics computed locally: no hub downloads and no downloaded NLTK data.
 
 The `evaluate` package fetches its metric scripts from the hub at run time,
 which fails offline, so BLEU comes from nltk and ROUGE from rouge_score directly.
