@@ -3,7 +3,6 @@
 Naming follows the DPO reference code: {policy,reference}_{chosen,rejected}_{logps,rewards}.
 """
 
-import torch
 import torch.nn.functional as F
 
 
