@@ -315,3 +315,8 @@ def read_split(path):
     """Read one prepared split (JSONL written by write_split) back into Pairs."""
     with open(path, encoding="utf-8") as f:
         return [Pair(**json.loads(line)) for line in f]
+
+
+def read_splits(directory, *names):
+    """read_split of each named split ('train', 'validation', 'test') in a prepared directory."""
+    return [read_split(Path(directory) / f"{name}.jsonl") for name in names]

@@ -24,6 +24,16 @@ class ModelError(AlignError):
     """A model or tokenizer that cannot be found or built."""
 
 
+def stage_args(doc, flags, argv):
+    """Parse a stage's command line: every flag (a path, as dvc.yaml passes it) is required."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    for flag in flags:
+        parser.add_argument(flag, required=True)
+    return parser.parse_args(argv)
+
+
 def run_stage(main, argv=None):
     """Run a stage's main(argv); an AlignError exits 2 with its one-line message."""
     try:

@@ -5,7 +5,7 @@ import statistics
 import torch
 from tqdm.auto import tqdm
 
-from alignkit.policy import collate, encode_examples, sequence_logps, token_logps
+from alignkit.policy import collate, encode_examples, forward_logps, max_prompt_tokens
 from alignkit.prompts import format_prompt
 from alignkit.textmetrics import bleu, distinct_n, rouge, win_rate
 
@@ -21,7 +21,7 @@ def generate(model, tokenizer, questions, gen, batch_size, seed, desc):
     torch.manual_seed(seed)
     model.eval()
     tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
-    max_prompt = model.config.max_position_embeddings - gen["max_new_tokens"]
+    max_prompt = max_prompt_tokens(model.config, gen["max_new_tokens"])
     texts, ids = [], []
     for start in tqdm(range(0, len(questions), batch_size), desc=desc, disable=None):
         enc = tokenizer([format_prompt(q) for q in questions[start: start + batch_size]], return_tensors="pt",
@@ -37,38 +37,32 @@ def generate(model, tokenizer, questions, gen, batch_size, seed, desc):
 
 
 @torch.no_grad()
-def answer_logps(model, tokenizer, questions, answer_ids, batch_size):
-    """Summed log-probs (B,) of given answer token ids after each question's prompt."""
-    prompts = tokenizer([format_prompt(q) for q in questions], add_special_tokens=False)["input_ids"]
-    examples = [(p + a, len(p)) for p, a in zip(prompts, answer_ids)]
+def summed_logps(model, examples, pad_id, batch_size):
+    """Summed answer log-probs (N,) of [(ids, prompt_len)] examples, in batches, on the CPU."""
     out = []
     for start in range(0, len(examples), batch_size):
-        batch = collate(examples[start: start + batch_size], tokenizer.pad_token_id)
-        logits = model(input_ids=batch["input_ids"].to(model.device),
-                       attention_mask=batch["attention_mask"].to(model.device)).logits
-        out.append(sequence_logps(logits, batch["input_ids"].to(model.device), batch["loss_mask"].to(model.device)))
+        batch = {k: v.to(model.device) for k, v in collate(examples[start: start + batch_size], pad_id).items()}
+        out.append(forward_logps(model, batch))
     return torch.cat(out).cpu()
 
 
-@torch.no_grad()
+def answer_logps(model, tokenizer, questions, answer_ids, batch_size):
+    """Summed log-probs (N,) of given answer token ids after each question's prompt."""
+    prompts = tokenizer([format_prompt(q) for q in questions], add_special_tokens=False)["input_ids"]
+    examples = [(p + a, len(p)) for p, a in zip(prompts, answer_ids)]
+    return summed_logps(model, examples, tokenizer.pad_token_id, batch_size)
+
+
 def preference_accuracy(model, tokenizer, pairs, max_length, batch_size):
     """Share of pairs where the policy gives the chosen answer a higher log-prob than the rejected:
     (by summed log-prob, by mean log-prob per answer token)."""
     prompts = [p.prompt for p in pairs]
-    scores = {}
+    sums, means = {}, {}
     for side in ("chosen", "rejected"):
         examples = encode_examples(tokenizer, prompts, [getattr(p, side) for p in pairs], max_length)
-        sums, means = [], []
-        for start in range(0, len(examples), batch_size):
-            batch = {k: v.to(model.device) for k, v in collate(examples[start: start + batch_size],
-                                                                tokenizer.pad_token_id).items()}
-            per_token = token_logps(model(input_ids=batch["input_ids"],
-                                          attention_mask=batch["attention_mask"]).logits, batch["input_ids"])
-            mask = batch["loss_mask"][:, 1:]
-            sums.append((per_token * mask).sum(-1))
-            means.append((per_token * mask).sum(-1) / mask.sum(-1))
-        scores[side] = (torch.cat(sums), torch.cat(means))
-    return tuple((c > r).float().mean().item() for c, r in zip(scores["chosen"], scores["rejected"]))
+        sums[side] = summed_logps(model, examples, tokenizer.pad_token_id, batch_size)
+        means[side] = sums[side] / torch.tensor([len(ids) - prompt_len for ids, prompt_len in examples])
+    return tuple((s["chosen"] > s["rejected"]).float().mean().item() for s in (sums, means))
 
 
 def evaluate_policy(name, policy, sft, tokenizer, scorer, pairs, cfg, gen, seed):

@@ -34,6 +34,11 @@ def encode_examples(tokenizer, questions, answers, max_length):
     return out
 
 
+def max_prompt_tokens(config, max_new_tokens):
+    """Prompt tokens that leave room for max_new_tokens within the model's context window."""
+    return config.max_position_embeddings - max_new_tokens
+
+
 def collate(examples, pad_id):
     """Right-pad [(ids, prompt_len)] into a batch.
 

@@ -17,7 +17,7 @@ import warnings
 import torch
 from tqdm.auto import tqdm
 
-from alignkit.policy import disable_dropout
+from alignkit.policy import disable_dropout, max_prompt_tokens
 from alignkit.prompts import format_prompt
 from alignkit.training import PRECISIONS
 
@@ -103,9 +103,8 @@ def mean_score(trainer, scorer, tokenizer, questions, cfg, seed):
 
 
 def max_prompt(cfg, trainer):
-    """Prompt tokens that leave room for max_new_tokens within the model's context window."""
-    config = trainer.accelerator.unwrap_model(trainer.model).pretrained_model.config
-    return config.max_position_embeddings - cfg.max_new_tokens
+    return max_prompt_tokens(trainer.accelerator.unwrap_model(trainer.model).pretrained_model.config,
+                             cfg.max_new_tokens)
 
 
 STEP_CURVES = {  # dvclive name -> trl stats key

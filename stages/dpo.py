@@ -10,13 +10,11 @@ tokenizer included), validation loss, reward accuracy and implicit rewards to
 --metrics, and curves under --live. Runs under `accelerate launch`.
 """
 
-import argparse
 import time
-from pathlib import Path
 
-from alignkit.data import read_split
+from alignkit.data import read_splits
 from alignkit.dpo import train_dpo
-from alignkit.errors import run_stage
+from alignkit.errors import run_stage, stage_args
 from alignkit.io import write_json
 from alignkit.models import load_policy
 from alignkit.params import load_params
@@ -25,17 +23,13 @@ from alignkit.training import make_accelerator, seed_everything
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for flag in ("--params", "--data", "--sft", "--out", "--metrics", "--live"):
-        parser.add_argument(flag, required=True)
-    args = parser.parse_args(argv)
+    args = stage_args(__doc__, ("--params", "--data", "--sft", "--out", "--metrics", "--live"), argv)
     params = load_params(args.params)
     cfg = params.dpo
 
     accelerator = make_accelerator(cfg.precision, "dpo.precision", cfg.grad_accum_steps)
     seed_everything(params.seed)
-    train = read_split(Path(args.data) / "train.jsonl")
-    val = read_split(Path(args.data) / "validation.jsonl")
+    train, val = read_splits(args.data, "train", "validation")
     policy, tokenizer = load_policy(args.sft, args.sft)
     reference, _ = load_policy(args.sft, args.sft)
     reference.requires_grad_(False)

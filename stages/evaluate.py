@@ -9,12 +9,10 @@ eval.* left null. Writes the metrics (one schema for every model), the
 generations (question, reference, answer, reward) and a plot file for `dvc plots`.
 """
 
-import argparse
 import json
-from pathlib import Path
 
-from alignkit.data import read_split
-from alignkit.errors import run_stage
+from alignkit.data import read_splits
+from alignkit.errors import run_stage, stage_args
 from alignkit.evaluation import evaluate_policy
 from alignkit.io import atomic_file, write_json
 from alignkit.models import load_policy
@@ -27,15 +25,11 @@ PLOTTED = ("reward_mean", "win_rate_vs_sft", "win_rate_vs_reference", "preferenc
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for flag in ("--params", "--name", "--model", "--sft", "--data", "--reward-weights", "--reward-dir",
-                 "--metrics", "--generations", "--plot"):
-        parser.add_argument(flag, required=True)
-    args = parser.parse_args(argv)
+    args = stage_args(__doc__, ("--params", "--name", "--model", "--sft", "--data", "--reward-weights", "--reward-dir", "--metrics", "--generations", "--plot"), argv)
     params = load_params(args.params)
     seed_everything(params.seed)
 
-    test = read_split(Path(args.data) / "test.jsonl")
+    (test,) = read_splits(args.data, "test")
     policy, tokenizer = load_policy(args.model, args.model)
     sft, _ = load_policy(args.sft, args.sft)
     prepare_tokenizer(tokenizer)

@@ -10,12 +10,10 @@ Writes --out (save_pretrained of the policy with its value head, safetensors,
 tokenizer included), --metrics, and per-step curves under --live.
 """
 
-import argparse
 import time
-from pathlib import Path
 
-from alignkit.data import read_split
-from alignkit.errors import run_stage
+from alignkit.data import read_splits
+from alignkit.errors import run_stage, stage_args
 from alignkit.io import write_json
 from alignkit.params import load_params
 from alignkit.policy import prepare_tokenizer, save_policy
@@ -25,17 +23,13 @@ from alignkit.training import open_live, seed_everything
 
 
 def main(argv=None, step_hook=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for flag in ("--params", "--data", "--sft", "--reward-weights", "--reward-dir", "--out", "--metrics", "--live"):
-        parser.add_argument(flag, required=True)
-    args = parser.parse_args(argv)
+    args = stage_args(__doc__, ("--params", "--data", "--sft", "--reward-weights", "--reward-dir", "--out", "--metrics", "--live"), argv)
     params = load_params(args.params)
     cfg = params.ppo
     from transformers import AutoTokenizer
 
     seed_everything(params.seed)
-    train = read_split(Path(args.data) / "train.jsonl")
-    val = read_split(Path(args.data) / "validation.jsonl")
+    train, val = read_splits(args.data, "train", "validation")
     tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(args.sft, local_files_only=True))
     policy = load_value_head_model(args.sft)
     reference = load_value_head_model(args.sft, frozen=True)

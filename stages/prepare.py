@@ -8,21 +8,15 @@ Reads params: seed, data.schema, prepare.*. Writes <out-dir>/{train,validation,t
 before anything is written, and each output appears whole or not at all.
 """
 
-import argparse
 
 from alignkit import data
-from alignkit.errors import run_stage
+from alignkit.errors import run_stage, stage_args
 from alignkit.io import atomic_dir, write_json
 from alignkit.params import load_params
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", required=True)
-    parser.add_argument("--input", required=True, help="raw preference data (csv, jsonl, parquet)")
-    parser.add_argument("--out-dir", required=True)
-    parser.add_argument("--metrics", required=True)
-    args = parser.parse_args(argv)
+    args = stage_args(__doc__, ("--params", "--input", "--out-dir", "--metrics"), argv)
     params = load_params(args.params)
     cfg = params.prepare
 

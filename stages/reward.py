@@ -10,12 +10,10 @@ the tokenizer, encoder config and encoding settings to --model-dir; validation
 metrics to --metrics; per-step curves under --live. Runs under `accelerate launch`.
 """
 
-import argparse
 import time
-from pathlib import Path
 
-from alignkit.data import read_split
-from alignkit.errors import run_stage
+from alignkit.data import read_splits
+from alignkit.errors import run_stage, stage_args
 from alignkit.io import atomic_dir, atomic_file, write_json
 from alignkit.models import load_encoder
 from alignkit.params import load_params
@@ -24,17 +22,13 @@ from alignkit.training import make_accelerator, seed_everything
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for flag in ("--params", "--data", "--weights", "--model-dir", "--metrics", "--live"):
-        parser.add_argument(flag, required=True)
-    args = parser.parse_args(argv)
+    args = stage_args(__doc__, ("--params", "--data", "--weights", "--model-dir", "--metrics", "--live"), argv)
     params = load_params(args.params)
     cfg = params.reward
 
     accelerator = make_accelerator(cfg.precision, "reward.precision")
     seed_everything(params.seed)
-    train = read_split(Path(args.data) / "train.jsonl")
-    val = read_split(Path(args.data) / "validation.jsonl")
+    train, val = read_splits(args.data, "train", "validation")
     texts = [t for p in train for t in (p.prompt, p.chosen, p.rejected)]  # for a preset's tokenizer
     encoder, tokenizer = load_encoder(params.models.reward, "models.reward", texts, params.seed)
 

@@ -11,12 +11,10 @@ validation loss and perplexity on preferred answers to --metrics, and curves
 under --live.
 """
 
-import argparse
 import time
-from pathlib import Path
 
-from alignkit.data import read_split
-from alignkit.errors import run_stage
+from alignkit.data import read_splits
+from alignkit.errors import run_stage, stage_args
 from alignkit.io import write_json
 from alignkit.models import load_policy
 from alignkit.params import load_params
@@ -27,17 +25,13 @@ from alignkit.training import make_accelerator, seed_everything
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for flag in ("--params", "--data", "--out", "--metrics", "--live"):
-        parser.add_argument(flag, required=True)
-    args = parser.parse_args(argv)
+    args = stage_args(__doc__, ("--params", "--data", "--out", "--metrics", "--live"), argv)
     params = load_params(args.params)
     cfg = params.sft
 
     accelerator = make_accelerator(cfg.precision, "sft.precision")
     seed_everything(params.seed)
-    train = read_split(Path(args.data) / "train.jsonl")
-    val = read_split(Path(args.data) / "validation.jsonl")
+    train, val = read_splits(args.data, "train", "validation")
     texts = [t for p in train for t in (format_prompt(p.prompt), answer_text(p.chosen), answer_text(p.rejected))]
     model, tokenizer = load_policy(params.models.policy, "models.policy", texts, params.seed)
     prepare_tokenizer(tokenizer)
