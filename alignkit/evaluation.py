@@ -14,7 +14,7 @@ from alignkit.textmetrics import bleu, distinct_n, rouge, win_rate
 def generate(model, tokenizer, questions, gen, batch_size, seed, desc):
     """Sampled answers, batched with left padding: ([answer text], [answer ids, EOS included if produced]).
 
-    gen: temperature, top_p, top_k, max_new_tokens. Prompts are cut from the left to
+    gen: temperature, top_p, top_k, max_new_tokens (and do_sample=False for greedy). Prompts are cut from the left to
     leave room for max_new_tokens in the context window. Seeded, so every model
     evaluated with the same seed sees the same sampling noise.
     """
@@ -26,8 +26,8 @@ def generate(model, tokenizer, questions, gen, batch_size, seed, desc):
     for start in tqdm(range(0, len(questions), batch_size), desc=desc, disable=None):
         enc = tokenizer([format_prompt(q) for q in questions[start: start + batch_size]], return_tensors="pt",
                         padding=True, truncation=True, max_length=max_prompt, add_special_tokens=False)
-        out = model.generate(**enc.to(model.device), do_sample=True, pad_token_id=tokenizer.eos_token_id,
-                             eos_token_id=tokenizer.eos_token_id, **gen)
+        out = model.generate(**enc.to(model.device), pad_token_id=tokenizer.eos_token_id,
+                             eos_token_id=tokenizer.eos_token_id, **{"do_sample": True, **gen})
         for row in out[:, enc["input_ids"].shape[1]:].tolist():
             if tokenizer.eos_token_id in row:
                 row = row[: row.index(tokenizer.eos_token_id) + 1]

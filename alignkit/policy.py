@@ -74,7 +74,8 @@ def sequence_logps(logits, input_ids, loss_mask):
 
 def forward_logps(model, batch):
     """One forward pass -> (B,) summed answer log-probs."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    # use_cache=False: no key/value cache is wanted when scoring whole sequences.
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
     return sequence_logps(logits, batch["input_ids"], batch["loss_mask"])
 
 

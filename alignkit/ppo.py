@@ -113,20 +113,44 @@ STEP_CURVES = {  # dvclive name -> trl stats key
 }
 
 
+def reward_baselines(scorer, pairs, cfg):
+    """{(prompt, chosen): b} for reward_baseline=reference (b = RM(question, preferred answer)), else {}.
+
+    The baseline never changes, so it is scored once, in batches, not every step."""
+    if cfg.reward_baseline != "reference":
+        return {}
+    scores = scorer.score([p.prompt for p in pairs], [p.chosen for p in pairs])
+    return dict(zip(((p.prompt, p.chosen) for p in pairs), scores.tolist()))
+
+
+def ppo_iteration(trainer, scorer, tokenizer, batch, baseline, cfg, step_hook=None):
+    """Generate, score, step for one batch of pairs: (queries, responses, scores, rewards, trl stats).
+
+    Generation is batched with left padding, the reward model scores the whole batch
+    in one call, and nothing empties a cache or waits on the host in between.
+    """
+    device = trainer.accelerator.device
+    questions = [p.prompt for p in batch]
+    queries = [q.to(device) for q in query_tensors(tokenizer, questions, max_prompt(cfg, trainer))]
+    responses, texts = respond(trainer, queries, cfg, tokenizer)
+    scores = scorer.score(questions, texts)  # (B,), one batched call
+    b = torch.tensor([baseline[(p.prompt, p.chosen)] for p in batch]) if baseline else torch.zeros(len(batch))
+    rewards = shaped_rewards(scores, b, cfg.reward_clip)
+    if step_hook is not None:
+        step_hook(queries, responses, rewards)
+    stats = trainer.step(queries, responses, [r.to(device) for r in rewards])
+    return queries, responses, scores, rewards, stats
+
+
 def train_ppo(trainer, scorer, tokenizer, train_pairs, val_pairs, cfg, seed, live, step_hook=None):
     """PPO epochs over the training prompts. Returns metrics for metrics/ppo.json.
 
     step_hook(queries, responses, rewards), if given, sees what each PPOTrainer.step receives.
     """
-    device = trainer.accelerator.device
     held_out = [p.prompt for p in val_pairs]  # one sampled answer per validation row
     before = mean_score(trainer, scorer, tokenizer, held_out, cfg, seed)
 
-    # The baseline b = RM(question, preferred answer) is the same every epoch: score it once.
-    baseline = {}
-    if cfg.reward_baseline == "reference":
-        scores = scorer.score([p.prompt for p in train_pairs], [p.chosen for p in train_pairs])
-        baseline = dict(zip(((p.prompt, p.chosen) for p in train_pairs), scores.tolist()))
+    baseline = reward_baselines(scorer, train_pairs, cfg)
 
     per_epoch, stats, lengths = {}, {}, []
     plan = [batches(train_pairs, cfg.batch_size, seed + epoch)[: cfg.max_steps_per_epoch] for epoch in range(cfg.epochs)]
@@ -134,15 +158,8 @@ def train_ppo(trainer, scorer, tokenizer, train_pairs, val_pairs, cfg, seed, liv
     for epoch, epoch_batches in enumerate(plan):
         epoch_scores = []
         for batch in epoch_batches:
-            questions = [p.prompt for p in batch]
-            queries = [q.to(device) for q in query_tensors(tokenizer, questions, max_prompt(cfg, trainer))]
-            responses, texts = respond(trainer, queries, cfg, tokenizer)
-            scores = scorer.score(questions, texts)  # (B,), one batched call
-            b = torch.tensor([baseline[(p.prompt, p.chosen)] for p in batch]) if baseline else torch.zeros(len(batch))
-            rewards = shaped_rewards(scores, b, cfg.reward_clip)
-            if step_hook is not None:
-                step_hook(queries, responses, rewards)
-            stats = trainer.step(queries, responses, [r.to(device) for r in rewards])
+            queries, responses, scores, rewards, stats = ppo_iteration(trainer, scorer, tokenizer, batch, baseline,
+                                                                       cfg, step_hook)
 
             epoch_scores.append(scores.mean().item())
             lengths.append(sum(len(r) for r in responses) / len(responses))

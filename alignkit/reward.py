@@ -148,7 +148,8 @@ def pair_scores(model, batch):
     return scores[:n], scores[n:]
 
 
-def _step(model, batch):
+def batch_loss(model, batch):
+    """The training step's loss: Bradley-Terry over one concatenated forward of chosen and rejected."""
     chosen_rewards, rejected_rewards = pair_scores(model, batch)
     loss, accuracy, _ = bradley_terry_loss(chosen_rewards, rejected_rewards)
     return loss, {"accuracy": accuracy}
@@ -181,7 +182,7 @@ def train_reward_model(model, tokenizer, train_pairs, val_pairs, cfg, seed, acce
     train_loader = seeded_loader(PairDataset(tokenizer, train_pairs, cfg.max_length), cfg.batch_size, seed, collate)
     val_loader = seeded_loader(PairDataset(tokenizer, val_pairs, cfg.max_length), cfg.eval_batch_size, seed, collate,
                                shuffle=False)
-    _, after, model = fit(model, train_loader, val_loader, cfg, accelerator, live_dir, desc="reward", step=_step,
+    _, after, model = fit(model, train_loader, val_loader, cfg, accelerator, live_dir, desc="reward", step=batch_loss,
                           evaluate=make_evaluate(accelerator))
     return {"train_loss": after["train_loss"], "val_loss": after["loss"], "val_accuracy": after["accuracy"],
             "val_margin": after["margin"]}, model

@@ -1,0 +1,295 @@
+"""Each benchmark section, run in a worker process of its own (so each gets a fresh
+accelerate state in one precision, and its own peak memory).
+
+A worker reads the benchmark's own pipeline run in `work` (params.yaml,
+data/prepared, models/) and returns a dict. Ours is always the library function
+the stage runs; the peer comes from peers.py. Both sides get the same model
+weights, the same batches in the same order, `warmup` untimed steps, then the
+median of `repeats` timed ones.
+"""
+
+import copy
+import tempfile
+from pathlib import Path
+
+import torch
+
+import peers
+from harness import device, peak_memory_mib, sync, timed
+from alignkit.data import read_splits
+from alignkit.params import load_params
+from alignkit.training import make_accelerator, make_optimizer, train_step
+
+AGREE_TOL = 1e-4  # |loss ours - loss theirs| on the same batch, float32, dropout off
+
+
+def _to(batch, dev):
+    return {k: v.to(dev) for k, v in batch.items()}
+
+
+def _agreement(ours, theirs):
+    diff = abs(ours - theirs)
+    if diff > AGREE_TOL:
+        raise AssertionError(f"ours and the peer disagree on the same batch: {ours:.6f} vs {theirs:.6f}")
+    return {"ours_loss": ours, "theirs_loss": theirs, "abs_diff": diff}
+
+
+def _ours_trainer(model, cfg, precision, key, steps):
+    accelerator = make_accelerator(precision, key)
+    optimizer, scheduler = make_optimizer(model, cfg, steps)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    model.train()
+    return model, lambda step, batch: train_step(model, _to(batch, accelerator.device), step, optimizer, scheduler,
+                                                 accelerator, cfg.max_grad_norm)
+
+
+# ---------------------------------------------------------------- reward model
+
+
+def reward(work, precision, warmup, repeats, with_peer=True, **_):
+    from alignkit.reward import PairCollator, PairDataset, batch_loss, load_reward_model
+
+    cfg = load_params(work / "params.yaml").reward
+    (train,) = read_splits(work / "data" / "prepared", "train")
+    model, tokenizer, _ = load_reward_model(work / "models" / "reward_model.pth", work / "models" / "reward")
+    n, bs = warmup + repeats, cfg.batch_size
+    data = PairDataset(tokenizer, train[: n * bs], cfg.max_length)
+    collate = PairCollator(tokenizer)
+    ours_batches = [collate([data[i] for i in range(k * bs, (k + 1) * bs)]) for k in range(n)]
+    out = {"batch_size": bs, "precision": precision,
+           "mean_tokens": sum(b["attention_mask"].sum().item() for b in ours_batches) / n}
+
+    if with_peer:
+        theirs = peers.reward_trainer(copy.deepcopy(model), tokenizer, bs, cfg, precision, tempfile.mkdtemp())
+        theirs_batches = peers.reward_batches(theirs, data.chosen, data.rejected, bs)
+        with torch.no_grad():  # the same loss on the same batch, dropout off
+            ours_loss = batch_loss(model.eval(), ours_batches[0])[0].item()
+            theirs_loss = theirs.compute_loss(theirs.model.eval(), theirs_batches[0]).item()
+        out["agreement"] = _agreement(ours_loss, theirs_loss)
+
+    model, step = _ours_trainer(model, cfg, precision, "reward.precision", n)
+    ours_s, _ = timed(lambda b: step(batch_loss, b), ours_batches, warmup)
+    out["ours_step_s"] = ours_s
+    if with_peer:
+        theirs_s, _ = timed(peers.TrainerStepper(theirs, n), theirs_batches, warmup)
+        out["theirs_step_s"] = theirs_s
+    return out
+
+
+# ---------------------------------------------------------------- DPO
+
+
+def dpo(work, precision, warmup, repeats, with_peer=True, **_):
+    from alignkit import dpo as ours
+    from alignkit.models import load_policy
+    from alignkit.policy import disable_dropout, prepare_tokenizer
+
+    cfg = load_params(work / "params.yaml").dpo
+    (train,) = read_splits(work / "data" / "prepared", "train")
+    dev = device()
+    # Policy: the dpo stage's result; reference: the SFT model it started from (so the loss is not log 2).
+    policy, tokenizer = load_policy(str(work / "models" / "dpo"))
+    reference, _ = load_policy(str(work / "models" / "sft"))
+    prepare_tokenizer(tokenizer)
+    disable_dropout(policy)
+    disable_dropout(reference.eval()).requires_grad_(False)
+    n, bs = warmup + repeats, cfg.batch_size
+    encoded = ours.encode_pairs(tokenizer, train[: n * bs], cfg.max_length)
+    accelerator = make_accelerator(precision, "dpo.precision")
+    reference.to(dev)
+    ref_chosen, ref_rejected = ours.reference_logps(reference, encoded, tokenizer.pad_token_id, cfg.eval_batch_size,
+                                                    accelerator)
+    items = [(c, r, rc.item(), rr.item()) for (c, r), rc, rr in zip(encoded, ref_chosen, ref_rejected)]
+    collate = ours.PairCollator(tokenizer.pad_token_id)
+    ours_batches = [collate(items[k * bs: (k + 1) * bs]) for k in range(n)]
+    step_fn = ours.make_step(cfg.beta)
+    out = {"batch_size": bs, "precision": precision,
+           "mean_tokens": sum(b["attention_mask"].sum().item() for b in ours_batches) / n}
+
+    peer_runs = {}
+    if with_peer:
+        for name, precompute in (("default", False), ("precompute", True)):
+            trainer = peers.dpo_trainer(copy.deepcopy(policy).to(dev), reference, tokenizer, bs, cfg, precision,
+                                        tempfile.mkdtemp(), precompute)
+            batches = [peers.dpo_batch(encoded[k * bs: (k + 1) * bs], tokenizer.pad_token_id, dev) for k in range(n)]
+            if precompute:  # trl's own precomputation, before training, outside the timed steps
+                for b in batches:
+                    b["reference_chosen_logps"], b["reference_rejected_logps"] = trainer.compute_reference_log_probs(b)
+            peer_runs[name] = (trainer, batches)
+        with torch.no_grad():
+            ours_loss = step_fn(policy.to(dev).eval(), _to(ours_batches[0], dev))[0].item()
+            for name, (trainer, batches) in peer_runs.items():
+                theirs_loss = trainer.get_batch_loss_metrics(trainer.model.eval(), batches[0])[0].item()
+                out[f"agreement_{name}"] = _agreement(ours_loss, theirs_loss)
+
+    model, step = _ours_trainer(policy, cfg, precision, "dpo.precision", n)
+    out["ours_step_s"], _ = timed(lambda b: step(step_fn, b), ours_batches, warmup)
+    for name, (trainer, batches) in peer_runs.items():
+        out[f"theirs_{name}_step_s"], _ = timed(peers.TrainerStepper(trainer, n), batches, warmup)
+    return out
+
+
+# ---------------------------------------------------------------- PPO
+
+
+def ppo(work, precision, warmup, repeats, **_):
+    import time
+
+    from alignkit import ppo as ours
+    from alignkit.policy import prepare_tokenizer
+    from alignkit.reward import RewardScorer, load_reward_model
+    from transformers import AutoTokenizer
+
+    params = load_params(work / "params.yaml")
+    cfg = params.ppo.model_copy(update={"precision": precision})
+    (train,) = read_splits(work / "data" / "prepared", "train")
+    sft, weights, reward_dir = work / "models" / "sft", work / "models" / "reward_model.pth", work / "models" / "reward"
+    tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(sft, local_files_only=True))
+    n = warmup + repeats
+    plan = list(enumerate(ours.batches(train, cfg.batch_size, params.seed)[:n]))
+
+    def trainer():
+        return ours.make_trainer(cfg, params.seed, ours.load_value_head_model(sft),
+                                 ours.load_value_head_model(sft, frozen=True), tokenizer, n)
+
+    reward_device = "cpu" if cfg.reward_device == "cpu" else device()
+    scorer = RewardScorer(weights, reward_dir, cfg.reward_batch_size, reward_device)
+    reward_model, reward_tokenizer, max_length = load_reward_model(weights, reward_dir)
+
+    # Agreement: the batched scorer and one-at-a-time scoring give the same rewards.
+    pairs = [p for _, batch in plan[:1] for p in batch]
+    questions, answers = [p.prompt for p in pairs] * 2, [p.chosen for p in pairs] + [p.rejected for p in pairs]
+    batched = scorer.score(questions, answers)
+    alone = peers.score_one_at_a_time(reward_model, reward_tokenizer, questions, answers, max_length)
+    diff = (batched - alone).abs().max().item()
+    if diff > AGREE_TOL:
+        raise AssertionError(f"batched and one-at-a-time reward scores differ by {diff}")
+    out = {"batch_size": cfg.batch_size, "precision": precision, "agreement": {"max_abs_score_diff": diff}}
+
+    used = [p for _, batch in plan for p in batch]
+    start = time.perf_counter()
+    baseline = ours.reward_baselines(scorer, used, cfg)  # scored once per run in the stage: its share is added
+    baseline_s = (time.perf_counter() - start) / n
+
+    t = trainer()
+
+    def ours_iteration(item):
+        i, batch = item
+        torch.manual_seed(params.seed + i)
+        return ours.ppo_iteration(t, scorer, tokenizer, batch, baseline, cfg)
+
+    out["ours_step_s"], results = timed(ours_iteration, plan, warmup)
+    out["ours_step_s"] += baseline_s
+    out["ours_response_tokens"] = sum(len(r) for res in results for r in res[1]) / (n * cfg.batch_size)
+    del t
+
+    t = trainer()
+
+    def notebook_iteration(item):
+        i, batch = item
+        torch.manual_seed(params.seed + i)
+        queries = [q.to(t.accelerator.device)
+                   for q in ours.query_tensors(tokenizer, [p.prompt for p in batch], ours.max_prompt(cfg, t))]
+        return peers.notebook_ppo_iteration(t, reward_model, reward_tokenizer, max_length, tokenizer, batch, cfg,
+                                            queries)
+
+    out["theirs_step_s"], _ = timed(notebook_iteration, plan, warmup)
+    return out
+
+
+# ---------------------------------------------------------------- evaluation generation
+
+
+def generation(work, precision, warmup, repeats, prompts=64, **_):
+    from alignkit.evaluation import generate
+    from alignkit.models import load_policy
+    from alignkit.policy import max_prompt_tokens, prepare_tokenizer
+
+    params = load_params(work / "params.yaml")
+    (test,) = read_splits(work / "data" / "prepared", "test")
+    questions = [p.prompt for p in test[:prompts]]
+    model, tokenizer = load_policy(str(work / "models" / "sft"))
+    prepare_tokenizer(tokenizer)
+    model.to(device())
+    gen = params.eval.generation(params.ppo)
+    max_prompt = max_prompt_tokens(model.config, gen["max_new_tokens"])
+    bs = params.eval.batch_size
+
+    # Agreement: greedy answers, batched with left padding vs one prompt at a time.
+    greedy = {**gen, "do_sample": False}
+    batched, _ = generate(model, tokenizer, questions, greedy, bs, params.seed, "greedy")
+    alone = peers.generate_one_at_a_time(model, tokenizer, questions, greedy, max_prompt)
+    same = sum(a == b for a, b in zip(batched, alone)) / len(questions)
+    if same < 0.9:
+        raise AssertionError(f"batched greedy answers match one-at-a-time answers on only {same:.0%} of prompts")
+
+    runs = range(warmup + repeats)
+    ours_s, _ = timed(lambda i: generate(model, tokenizer, questions, gen, bs, params.seed + i, "generate"), runs,
+                      warmup)
+    theirs_s, _ = timed(lambda i: peers.generate_one_at_a_time(model, tokenizer, questions, gen, max_prompt), runs,
+                        warmup)
+    return {"prompts": len(questions), "batch_size": bs, "agreement": {"greedy_identical_share": same},
+            "ours_s": ours_s, "theirs_s": theirs_s}
+
+
+# ---------------------------------------------------------------- hardware efficiency
+
+
+def matmul_peak(precision, size, warmup, repeats):
+    """FLOP/s of a size x size x size matmul in the dtype the model's matmuls run in."""
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    a = torch.randn(size, size, device=device()).to(dtype)
+    b = torch.randn(size, size, device=device()).to(dtype)
+    seconds, _ = timed(lambda _: a @ b, range(warmup + repeats), warmup)
+    return 2 * size**3 / seconds
+
+
+def dpo_step_flops(config, n_params, batch_rows, seq_len):
+    """Model FLOPs of one training step (forward + backward), as nanoGPT's estimate_mfu counts them:
+    6 per parameter per token (position embeddings excluded) + 12 * layers * width * seq_len per
+    token for attention. Recomputation under gradient checkpointing is not counted (it is not model work)."""
+    n = n_params - config.n_positions * config.n_embd
+    per_token = 6 * n + 12 * config.n_layer * config.n_embd * seq_len
+    return per_token * batch_rows * seq_len
+
+
+def dpo_step_at_scale(work, precision, warmup, repeats, model, pairs, seq_len, checkpointing=False, matmul_size=4096,
+                      **_):
+    """One DPO training step of ours on a model of the given GPT-2 architecture, weights from its
+    config (so the compute equals the real model's): step time, FLOP/s, MFU, peak memory."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from alignkit import dpo as ours
+    from alignkit.policy import collate, disable_dropout, forward_logps
+
+    cfg = load_params(work / "params.yaml").dpo.model_copy(update={"gradient_checkpointing": checkpointing})
+    config = GPT2Config(**model)
+    torch.manual_seed(0)
+    policy = disable_dropout(GPT2LMHeadModel(config))
+    if checkpointing:
+        policy.gradient_checkpointing_enable()
+        policy.config.use_cache = False
+    n_params = sum(p.numel() for p in policy.parameters())
+    # Full-length sequences (nothing padded): a quarter prompt, the rest answer.
+    g = torch.Generator().manual_seed(0)
+    rows = [(torch.randint(config.vocab_size, (seq_len,), generator=g).tolist(), seq_len // 4) for _ in range(2 * pairs)]
+    batch = collate(rows, 0)
+    policy.to(device())
+    with torch.no_grad():
+        batch["reference_logps"] = forward_logps(policy, _to(batch, device())).cpu() - 1.0
+    model_, step = _ours_trainer(policy, cfg, precision, "dpo.precision", warmup + repeats)
+    step_fn = ours.make_step(cfg.beta)
+    seconds, _ = timed(lambda _: step(step_fn, batch), range(warmup + repeats), warmup)
+    flops = dpo_step_flops(config, n_params, 2 * pairs, seq_len)
+    peak = matmul_peak(precision, matmul_size, 1, 3)
+    sync()
+    return {"precision": precision, "checkpointing": checkpointing, "params": n_params, "pairs": pairs,
+            "seq_len": seq_len, "step_s": seconds, "flops_per_step": flops, "achieved_flops": flops / seconds,
+            "matmul_peak_flops": peak, "mfu": flops / seconds / peak, "peak_memory_mib": peak_memory_mib()}
+
+
+SECTIONS = {"reward": reward, "dpo": dpo, "ppo": ppo, "generation": generation, "dpo_step_at_scale": dpo_step_at_scale}
+
+
+def run_section(name, work, **kwargs):
+    return SECTIONS[name](Path(work), **kwargs)

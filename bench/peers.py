@@ -1,0 +1,181 @@
+"""The tools a user would otherwise pick, driven on the same models and batches as ours.
+
+- trl 0.11.4's RewardTrainer and DPOTrainer, stepped exactly as transformers'
+  Trainer loop steps them (training_step, clip, optimizer and scheduler step,
+  zero_grad), on batches built from our tokenized pairs, so both sides see the
+  same token ids; data loading is outside the timed step on both sides.
+- The PPO loop of the reference notebooks: one query at a time through
+  PPOTrainer.generate, each reward scored alone on the CPU, caches emptied every step.
+- Generation one prompt at a time.
+"""
+
+import gc
+import warnings
+
+import torch
+from torch import nn
+
+from alignkit.prompts import format_prompt
+
+
+class TrainerStepper:
+    """One optimizer step of a transformers Trainer, as its inner training loop runs it."""
+
+    def __init__(self, trainer, total_steps):
+        self.trainer = trainer
+        trainer.create_optimizer_and_scheduler(num_training_steps=total_steps)
+        # What Trainer._inner_training_loop does before its first step.
+        self.model, trainer.optimizer = trainer.accelerator.prepare(trainer.model, trainer.optimizer)
+        trainer.model_wrapped = self.model
+
+    def __call__(self, batch):
+        trainer = self.trainer
+        loss = trainer.training_step(self.model, batch)
+        trainer.accelerator.clip_grad_norm_(self.model.parameters(), trainer.args.max_grad_norm)
+        trainer.optimizer.step()
+        trainer.lr_scheduler.step()
+        self.model.zero_grad()
+        return loss
+
+
+# ---------------------------------------------------------------- reward model
+
+
+class SequenceClassifier(nn.Module):
+    """Our RewardModel behind the interface RewardTrainer calls: model(input_ids, attention_mask)["logits"].
+
+    RewardTrainer passes no token_type_ids, so they are rebuilt from the first [SEP]
+    (0 up to and including it, 1 after), making the peer compute what ours computes.
+    """
+
+    def __init__(self, reward_model, sep_token_id):
+        super().__init__()
+        self.reward_model, self.sep_token_id = reward_model, sep_token_id
+
+    def forward(self, input_ids, attention_mask, return_dict=True):
+        sep = (input_ids == self.sep_token_id).long()
+        token_type_ids = ((sep.cumsum(-1) - sep).clamp(max=1)) * attention_mask
+        return {"logits": self.reward_model(input_ids, attention_mask, token_type_ids).unsqueeze(-1)}
+
+
+def reward_trainer(reward_model, tokenizer, batch_size, cfg, precision, out_dir):
+    """trl's RewardTrainer on a copy of reward_model, with the reward stage's optimizer settings."""
+    from datasets import Dataset
+    from trl import RewardConfig, RewardTrainer
+
+    args = RewardConfig(output_dir=str(out_dir), per_device_train_batch_size=batch_size, learning_rate=cfg.lr,
+                        weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
+                        warmup_ratio=cfg.warmup_ratio, max_length=cfg.max_length, bf16=precision == "bf16",
+                        fp16=precision == "fp16", report_to=[], remove_unused_columns=False, seed=0,
+                        use_cpu=not torch.cuda.is_available())
+    dummy = Dataset.from_dict({k: [[0]] for k in ("input_ids_chosen", "attention_mask_chosen",
+                                                 "input_ids_rejected", "attention_mask_rejected")})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return RewardTrainer(model=SequenceClassifier(reward_model, tokenizer.sep_token_id), args=args,
+                             tokenizer=tokenizer, train_dataset=dummy)
+
+
+def reward_batches(trainer, chosen, rejected, batch_size):
+    """RewardTrainer's own collator over our encoded pairs: chosen and rejected padded separately."""
+    batches = []
+    for start in range(0, len(chosen) - batch_size + 1, batch_size):
+        features = [{"input_ids_chosen": c["input_ids"], "attention_mask_chosen": c["attention_mask"],
+                     "input_ids_rejected": r["input_ids"], "attention_mask_rejected": r["attention_mask"]}
+                    for c, r in zip(chosen[start: start + batch_size], rejected[start: start + batch_size])]
+        batches.append(trainer.data_collator(features))
+    return batches
+
+
+# ---------------------------------------------------------------- DPO
+
+
+def dpo_trainer(policy, reference, tokenizer, batch_size, cfg, precision, out_dir, precompute):
+    """trl's DPOTrainer (sigmoid loss, the dpo stage's beta and optimizer settings)."""
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    args = DPOConfig(output_dir=str(out_dir), per_device_train_batch_size=batch_size, learning_rate=cfg.lr,
+                     weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, warmup_ratio=cfg.warmup_ratio,
+                     beta=cfg.beta, max_length=cfg.max_length, max_prompt_length=cfg.max_length // 2,
+                     bf16=precision == "bf16", fp16=precision == "fp16", report_to=[], seed=0,
+                     precompute_ref_log_probs=precompute, gradient_checkpointing=cfg.gradient_checkpointing,
+                     use_cpu=not torch.cuda.is_available())
+    dummy = Dataset.from_dict({"prompt": ["Question: ?\nAnswer:"], "chosen": [" yes"], "rejected": [" no"]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return DPOTrainer(model=policy, ref_model=reference, args=args, tokenizer=tokenizer, train_dataset=dummy)
+
+
+def dpo_batch(examples, pad_id, device):
+    """DPOTrainer's batch format from our [(chosen (ids, prompt_len), rejected (ids, prompt_len))]:
+    labels are the ids with the prompt and padding set to -100."""
+    batch = {}
+    for side, part in (("chosen", [c for c, _ in examples]), ("rejected", [r for _, r in examples])):
+        longest = max(len(ids) for ids, _ in part)
+        ids = torch.full((len(part), longest), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(part), longest), dtype=torch.long)
+        labels = torch.full((len(part), longest), -100, dtype=torch.long)
+        for i, (seq, prompt_len) in enumerate(part):
+            ids[i, : len(seq)] = torch.tensor(seq)
+            mask[i, : len(seq)] = 1
+            labels[i, prompt_len: len(seq)] = torch.tensor(seq[prompt_len:])
+        batch.update({f"{side}_input_ids": ids.to(device), f"{side}_attention_mask": mask.to(device),
+                      f"{side}_labels": labels.to(device)})
+    return batch
+
+
+# ---------------------------------------------------------------- PPO
+
+
+def notebook_ppo_iteration(trainer, reward_model, reward_tokenizer, max_length, tokenizer, batch, cfg, queries):
+    """One PPO iteration as the reference notebooks ran it: each query generated alone, each
+    reward scored alone on the CPU, then PPOTrainer.step, then caches emptied."""
+    from alignkit.ppo import generation_kwargs
+    from alignkit.reward import encode_pairs
+
+    gen = generation_kwargs(cfg, tokenizer)
+    responses = [trainer.generate(q, return_prompt=False, **gen).squeeze(0) for q in queries]
+    rewards = []
+    for pair, response in zip(batch, responses):
+        text = tokenizer.decode(response, skip_special_tokens=True).strip()
+        with torch.no_grad():
+            score = _score_one(reward_model, reward_tokenizer, pair.prompt, text, max_length, encode_pairs)
+            baseline = _score_one(reward_model, reward_tokenizer, pair.prompt, pair.chosen, max_length, encode_pairs)
+        rewards.append(torch.clamp(score - baseline, -cfg.reward_clip, cfg.reward_clip).to(trainer.accelerator.device))
+    stats = trainer.step(queries, responses, rewards)
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return stats, torch.stack([r.cpu() for r in rewards])
+
+
+def _score_one(reward_model, tokenizer, question, answer, max_length, encode_pairs):
+    feature = encode_pairs(tokenizer, [question], [answer], max_length)[0]
+    inputs = {k: torch.tensor([v]) for k, v in feature.items()}
+    return reward_model(**inputs)[0]
+
+
+def score_one_at_a_time(reward_model, tokenizer, questions, answers, max_length):
+    from alignkit.reward import encode_pairs
+
+    with torch.no_grad():
+        return torch.stack([_score_one(reward_model, tokenizer, q, a, max_length, encode_pairs)
+                            for q, a in zip(questions, answers)])
+
+
+# ---------------------------------------------------------------- generation
+
+
+@torch.no_grad()
+def generate_one_at_a_time(model, tokenizer, questions, gen, max_prompt):
+    """model.generate per prompt: no padding, batch size 1. Returns the answer texts."""
+    model.eval()
+    texts = []
+    for q in questions:
+        ids = tokenizer(format_prompt(q), return_tensors="pt", add_special_tokens=False)["input_ids"][:, -max_prompt:]
+        out = model.generate(ids.to(model.device), attention_mask=torch.ones_like(ids).to(model.device),
+                             pad_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+                             **{"do_sample": True, **gen})
+        texts.append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip())
+    return texts

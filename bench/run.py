@@ -1,0 +1,199 @@
+"""Benchmark: every training and evaluation path of the pipeline against the tool a user would
+otherwise pick, measured side by side in one run.
+
+    python bench/run.py                  # about 9 minutes on 2 CPU cores; writes bench/results.json
+    python bench/run.py --profile tiny   # a minute or two: keeps the benchmark working (the test)
+
+It first runs the whole pipeline in a temporary copy of the repository (each stage's time
+and peak memory, then `dvc status` and a no-op `dvc repro`), then runs each comparison in
+a worker process of its own on that run's data and models, and prints a table.
+Settings: bench/config.yaml. Throughputs are higher-is-better; ratio = ours / theirs.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+
+
+def load_settings(path, profile, gpu):
+    config = yaml.safe_load(Path(path).read_text())
+    if profile not in config:
+        raise SystemExit(f"error: {path}: no profile '{profile}' (profiles: {', '.join(config)})")
+    settings = merge(config["default"], config[profile])
+    return merge(settings, config.get("gpu", {})) if gpu and profile == "default" else settings
+
+
+def merge(base, over):
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
+
+
+def worker(section, work, **kwargs):
+    """Run one section of compare.py in a fresh process; its result dict."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as result:
+        cmd = [sys.executable, str(BENCH / "run.py"), "--worker", section, "--work", str(work),
+               "--kwargs", json.dumps(kwargs), "--result", result.name]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"error: benchmark section {section} {kwargs} failed:\n{proc.stdout[-2000:]}"
+                             f"{proc.stderr[-4000:]}")
+        return json.loads(Path(result.name).read_text())
+
+
+def run(settings, out_path, keep):
+    from harness import machine
+    from pipeline import run_pipeline
+
+    log = lambda msg: print(msg, flush=True)  # noqa: E731
+    started = time.perf_counter()
+    work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="alignkit-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    precision = "fp32"  # both sides of every comparison; bf16 is reported separately
+    reduced = "bf16"
+    w, r = settings["warmup"], settings["repeats"]
+
+    log(f"pipeline run in {work}")
+    stages, dvc = run_pipeline(REPO, work, settings["pipeline"], log)
+    log("reward model: ours vs trl RewardTrainer")
+    reward = worker("reward", work, precision=precision, warmup=w, repeats=r)
+    reward_bf16 = worker("reward", work, precision=reduced, warmup=w, repeats=r, with_peer=False)
+    log("DPO: ours vs trl DPOTrainer (default, precompute_ref_log_probs=True)")
+    dpo = worker("dpo", work, precision=precision, warmup=w, repeats=r)
+    dpo_bf16 = worker("dpo", work, precision=reduced, warmup=w, repeats=r, with_peer=False)
+    log("PPO: ours vs the notebook loop")
+    ppo = worker("ppo", work, precision=precision, warmup=settings["ppo_warmup"], repeats=settings["ppo_repeats"])
+    log("generation: batched vs one prompt at a time")
+    gen = worker("generation", work, precision=precision, warmup=1, repeats=settings["generation_repeats"],
+                 prompts=settings["generation_prompts"])
+    scale = settings["at_scale"]
+    at_scale = []
+    for p in scale["precisions"]:
+        log(f"DPO step at scale, {p}")
+        at_scale.append(worker("dpo_step_at_scale", work, precision=p, **{k: v for k, v in scale.items()
+                                                                         if k != "precisions"}))
+    log(f"DPO step at scale, {scale['precisions'][-1]}, gradient checkpointing")
+    at_scale.append(worker("dpo_step_at_scale", work, precision=scale["precisions"][-1], checkpointing=True,
+                           **{k: v for k, v in scale.items() if k != "precisions"}))
+
+    results = {
+        "machine": machine(),
+        "settings": settings,
+        "comparisons": comparisons(reward, dpo, ppo, gen, at_scale),
+        "precision": precision_rows(reward, reward_bf16, dpo, dpo_bf16, at_scale),
+        "memory": {"stages": stages, "dpo_step_at_scale": [
+            {"precision": a["precision"], "checkpointing": a["checkpointing"], "peak_mib": a["peak_memory_mib"]}
+            for a in at_scale]},
+        "dvc": dvc,
+        "details": {"reward": reward, "reward_bf16": reward_bf16, "dpo": dpo, "dpo_bf16": dpo_bf16, "ppo": ppo,
+                    "generation": gen, "dpo_step_at_scale": at_scale},
+        "seconds": time.perf_counter() - started,
+    }
+    Path(out_path).write_text(json.dumps(results, indent=2) + "\n")
+    print(table(results))
+    log(f"wrote {out_path} ({results['seconds']:.0f}s)")
+    return results
+
+
+def comparisons(reward, dpo, ppo, gen, at_scale):
+    from harness import ratio_row
+
+    rows = [
+        ratio_row("reward-model training", "pairs/s", reward["batch_size"] / reward["ours_step_s"],
+                  reward["batch_size"] / reward["theirs_step_s"], 1.3, "reward stage step",
+                  "trl RewardTrainer", agreement=reward["agreement"]),
+        ratio_row("DPO training", "pairs/s", dpo["batch_size"] / dpo["ours_step_s"],
+                  dpo["batch_size"] / dpo["theirs_default_step_s"], 1.3, "dpo stage step",
+                  "trl DPOTrainer (default)", agreement=dpo["agreement_default"]),
+        ratio_row("DPO training", "pairs/s", dpo["batch_size"] / dpo["ours_step_s"],
+                  dpo["batch_size"] / dpo["theirs_precompute_step_s"], 1.0, "dpo stage step",
+                  "trl DPOTrainer (precompute_ref_log_probs)", agreement=dpo["agreement_precompute"]),
+        ratio_row("PPO iteration", "samples/s", ppo["batch_size"] / ppo["ours_step_s"],
+                  ppo["batch_size"] / ppo["theirs_step_s"], 2.0, "ppo stage loop",
+                  "notebook loop (one at a time, caches emptied)", agreement=ppo["agreement"]),
+        ratio_row("evaluation generation", "answers/s", gen["prompts"] / gen["ours_s"],
+                  gen["prompts"] / gen["theirs_s"], 5.0, "batched, left-padded", "one prompt at a time",
+                  agreement=gen["agreement"]),
+    ]
+    for a in at_scale:
+        if not a["checkpointing"]:
+            rows.append({"path": f"hardware efficiency ({a['precision']})", "unit": "FLOP/s",
+                         "ours": a["achieved_flops"], "theirs": a["matmul_peak_flops"], "ratio": a["mfu"],
+                         "goal": 0.4, "met": a["mfu"] >= 0.4,
+                         "ours_is": f"DPO step, {a['params'] / 1e6:.0f}M-parameter GPT-2",
+                         "theirs_is": f"{a['precision']} matmul peak"})
+    return rows
+
+
+def precision_rows(reward, reward_bf16, dpo, dpo_bf16, at_scale):
+    rows = [{"path": "reward step (tiny-bert)", "fp32_s": reward["ours_step_s"], "bf16_s": reward_bf16["ours_step_s"]},
+            {"path": "DPO step (tiny-gpt2)", "fp32_s": dpo["ours_step_s"], "bf16_s": dpo_bf16["ours_step_s"]}]
+    by = {a["precision"]: a for a in at_scale if not a["checkpointing"]}
+    if "fp32" in by and "bf16" in by:
+        rows.append({"path": f"DPO step ({by['fp32']['params'] / 1e6:.0f}M-parameter GPT-2)", "fp32_s": by["fp32"]["step_s"],
+                     "bf16_s": by["bf16"]["step_s"]})
+    for row in rows:
+        row["speedup"] = row["fp32_s"] / row["bf16_s"]
+    return rows
+
+
+def _num(x):
+    return f"{x:.3g}" if abs(x) < 1000 else f"{x:.3e}"
+
+
+def table(results):
+    m = results["machine"]
+    lines = [f"machine: {m['gpu'] or m['cpu']}, {m['cores']} cores, torch {m['torch']}, trl {m['trl']}", "",
+             "| path | unit | ours | peer | peer is | ours / peer | goal | met |", "|---|---|---|---|---|---|---|---|"]
+    for c in results["comparisons"]:
+        lines.append(f"| {c['path']} | {c['unit']} | {_num(c['ours'])} | {_num(c['theirs'])} | {c['theirs_is']} | "
+                     f"{c['ratio']:.2f} | ≥ {c['goal']} | {'yes' if c['met'] else 'no'} |")
+    lines += ["", "| step | fp32 s | bf16 s | bf16 speed-up |", "|---|---|---|---|"]
+    for p in results["precision"]:
+        lines.append(f"| {p['path']} | {p['fp32_s']:.4g} | {p['bf16_s']:.4g} | {p['speedup']:.2f}x |")
+    gpu = m["gpu"] is not None
+    lines += ["", f"| stage | seconds | peak {'GPU memory (torch)' if gpu else 'RSS'} MiB |", "|---|---|---|"]
+    for name, s in results["memory"]["stages"].items():
+        lines.append(f"| {name} | {s['seconds']:.1f} | {s['peak_gpu_mib' if gpu else 'peak_rss_mib']:.0f} |")
+    for a in results["memory"]["dpo_step_at_scale"]:
+        lines.append(f"| one DPO step at scale, {a['precision']}, gradient checkpointing "
+                     f"{'on' if a['checkpointing'] else 'off'} | | {a['peak_mib']:.0f} |")
+    d = results["dvc"]
+    lines += ["", f"dvc status: {d['status_s']:.2f}s; no-op dvc repro: {d['repro_noop_s']:.2f}s"]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=str(BENCH / "config.yaml"))
+    ap.add_argument("--profile", default="default", help="a profile of --config: default or tiny")
+    ap.add_argument("--out", default=str(BENCH / "results.json"))
+    ap.add_argument("--keep", help="run the pipeline in this directory and keep it (default: a temporary one)")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--work", help=argparse.SUPPRESS)
+    ap.add_argument("--kwargs", help=argparse.SUPPRESS)
+    ap.add_argument("--result", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        from compare import run_section
+
+        result = run_section(args.worker, args.work, **json.loads(args.kwargs))
+        Path(args.result).write_text(json.dumps(result))
+        return
+    import torch
+
+    run(load_settings(args.config, args.profile, torch.cuda.is_available()), args.out, args.keep)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""The benchmark keeps working: a tiny configuration end to end, and its pure pieces by hand.
+
+Timings are reported by the benchmark, never asserted here.
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import REPO, stage_env
+
+sys.path.insert(0, str(REPO / "bench"))
+
+import compare  # noqa: E402
+import peers  # noqa: E402
+from run import merge  # noqa: E402
+
+
+def test_dpo_step_flops_by_hand():
+    """n_layer 2, n_embd 4, n_positions 8, 1000 parameters, 2 rows of 8 tokens:
+    N = 1000 - 8*4 = 968; per token 6*968 + 12*2*4*8 = 5808 + 768 = 6576; 16 tokens -> 105216."""
+    from transformers import GPT2Config
+
+    config = GPT2Config(n_layer=2, n_embd=4, n_head=1, n_positions=8, vocab_size=10)
+    assert compare.dpo_step_flops(config, 1000, 2, 8) == 105216
+
+
+def test_peer_rebuilds_bert_token_types():
+    """[CLS] q q [SEP] a [SEP] [PAD]: type 0 through the first [SEP], 1 after it, 0 on padding."""
+    seen = {}
+
+    class Probe(torch.nn.Module):
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            seen["types"] = token_type_ids.tolist()
+            return torch.zeros(input_ids.shape[0])
+
+    cls, sep, pad = 2, 3, 0
+    ids = torch.tensor([[cls, 7, 8, sep, 9, sep, pad]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1, 0]])
+    peers.SequenceClassifier(Probe(), sep)(ids, mask)
+    assert seen["types"] == [[0, 0, 0, 0, 1, 1, 0]]
+
+
+def test_peer_dpo_batch_labels_mask_prompt_and_padding():
+    batch = peers.dpo_batch([(([5, 6, 7], 2), ([5, 6, 8, 9], 2))], pad_id=0, device="cpu")
+    assert batch["chosen_input_ids"].tolist() == [[5, 6, 7]]
+    assert batch["chosen_labels"].tolist() == [[-100, -100, 7]]
+    assert batch["rejected_labels"].tolist() == [[-100, -100, 8, 9]]
+    assert batch["rejected_attention_mask"].tolist() == [[1, 1, 1, 1]]
+
+
+def test_settings_merge_overrides_nested_keys_only():
+    base = {"warmup": 2, "at_scale": {"pairs": 1, "seq_len": 256}}
+    assert merge(base, {"at_scale": {"pairs": 8}}) == {"warmup": 2, "at_scale": {"pairs": 8, "seq_len": 256}}
+
+
+def test_tiny_benchmark_writes_results_and_table(tmp_path):
+    out = tmp_path / "results.json"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--profile", "tiny", "--out", str(out),
+                           "--keep", str(tmp_path / "work")], capture_output=True, text=True, env=stage_env(),
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+
+    paths = [c["path"] for c in results["comparisons"]]
+    assert paths[:5] == ["reward-model training", "DPO training", "DPO training", "PPO iteration",
+                         "evaluation generation"]
+    assert {"hardware efficiency (fp32)", "hardware efficiency (bf16)"} <= set(paths)
+    for c in results["comparisons"]:
+        assert c["ours"] > 0 and c["theirs"] > 0
+        assert c["ratio"] == pytest.approx(c["ours"] / c["theirs"])
+    # Speed is compared only where both sides computed the same thing on the same batch.
+    for c in results["comparisons"][:3]:
+        assert c["agreement"]["abs_diff"] <= compare.AGREE_TOL
+    assert results["comparisons"][3]["agreement"]["max_abs_score_diff"] <= compare.AGREE_TOL
+    assert results["comparisons"][4]["agreement"]["greedy_identical_share"] >= 0.9
+
+    stages = results["memory"]["stages"]
+    assert list(stages)[0] == "prepare"
+    assert set(stages) == {"prepare", "reward", "sft", "dpo", "ppo", "evaluate@sft", "evaluate@ppo", "evaluate@dpo"}
+    assert all(s["peak_rss_mib"] > 0 for s in stages.values())
+    assert [(a["precision"], a["checkpointing"]) for a in results["memory"]["dpo_step_at_scale"]] == [
+        ("fp32", False), ("bf16", False), ("bf16", True)]
+    assert results["dvc"]["status_s"] > 0 and results["dvc"]["repro_noop_s"] > 0
+    assert [p["path"] for p in results["precision"]][:2] == ["reward step (tiny-bert)", "DPO step (tiny-gpt2)"]
+    assert results["precision"][2]["path"].startswith("DPO step (")
+    assert "| reward-model training | pairs/s |" in proc.stdout
+    assert "no-op dvc repro" in proc.stdout
