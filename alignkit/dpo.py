@@ -83,7 +83,7 @@ def make_evaluate(beta, accelerator):
     return evaluate
 
 
-def train_dpo(policy, reference, tokenizer, train_pairs, val_pairs, cfg, seed, accelerator, live_dir):
+def train_dpo(policy, reference, tokenizer, train_pairs, val_pairs, cfg, seed, accelerator, live_dir, checkpoint=None):
     """DPO of `policy` against the frozen `reference`. cfg: the `dpo` params section.
 
     Returns (metrics for metrics/dpo.json, the unwrapped policy).
@@ -106,7 +106,7 @@ def train_dpo(policy, reference, tokenizer, train_pairs, val_pairs, cfg, seed, a
     val_loader = seeded_loader(datasets["val"], cfg.eval_batch_size, seed, collator, shuffle=False)
     before, after, policy = fit(policy, train_loader, val_loader, cfg, accelerator, live_dir, desc="dpo",
                                 step=make_step(cfg.beta), evaluate=make_evaluate(cfg.beta, accelerator),
-                                grad_accum_steps=cfg.grad_accum_steps)
+                                grad_accum_steps=cfg.grad_accum_steps, checkpoint=checkpoint)
     return {"train_loss": after["train_loss"], "val_loss": after["loss"], "val_loss_before": before["loss"],
             "val_reward_accuracy": after["reward_accuracy"], "val_chosen_reward": after["chosen_reward"],
             "val_rejected_reward": after["rejected_reward"], "val_margin": after["margin"]}, policy

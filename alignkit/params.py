@@ -61,6 +61,7 @@ class TrainingParams(Section):
     warmup_ratio: Fraction
     max_grad_norm: Annotated[float, Field(gt=0)]
     precision: Precision
+    checkpoint_every: Annotated[int, Field(ge=0)]  # 0: no checkpoints
 
 
 class RewardParams(TrainingParams):
@@ -78,6 +79,7 @@ class DPOParams(TrainingParams):
 
 
 class PPOParams(Section):
+    checkpoint_every: Annotated[int, Field(ge=0)]
     lr: Annotated[float, Field(gt=0)]
     epochs: PositiveInt
     max_steps_per_epoch: PositiveInt | None
@@ -109,6 +111,9 @@ class PPOParams(Section):
 
     @model_validator(mode="after")
     def _batches_divide(self):
+        if self.mini_batch_size > self.batch_size:
+            raise ValueError(f"ppo.mini_batch_size ({self.mini_batch_size}) is larger than ppo.batch_size "
+                             f"({self.batch_size}): a mini-batch is a part of a PPO batch")
         backward = self.mini_batch_size * self.gradient_accumulation_steps
         if self.batch_size % backward:
             raise ValueError(

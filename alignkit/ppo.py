@@ -11,9 +11,11 @@ only by early stopping, which is off unless early_stopping=True, and then stops
 a step's PPO epochs once the policy's KL to its rollout exceeds 1.5 x target_kl.
 """
 
+import math
 import random
 import warnings
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -82,8 +84,13 @@ def make_trainer(cfg, seed, policy, reference, tokenizer, total_steps):
     with warnings.catch_warnings():
         # The legacy PPOTrainer is deprecated in favour of PPOv2Trainer, and we batch the prompts ourselves.
         warnings.filterwarnings("ignore", message=".*(deprecated|No dataset is provided).*")
-        return PPOTrainer(config=config, model=policy, ref_model=reference, tokenizer=tokenizer,
-                          optimizer=optimizer, lr_scheduler=scheduler)
+        trainer = PPOTrainer(config=config, model=policy, ref_model=reference, tokenizer=tokenizer,
+                             optimizer=optimizer, lr_scheduler=scheduler)
+    # trl 0.11.4 keeps the parameters to clip as a one-shot `filter` iterator: it is used up by the
+    # first clip_grad_norm_, so max_grad_norm would act on the first optimizer step only (and a
+    # run resumed from a checkpoint would clip where the uninterrupted one did not). A list clips every step.
+    trainer.model_params = [p for p in trainer.model.parameters() if p.requires_grad]
+    return trainer
 
 
 def respond(trainer, queries, cfg, tokenizer):
@@ -142,43 +149,100 @@ def ppo_iteration(trainer, scorer, tokenizer, batch, baseline, cfg, step_hook=No
     return queries, responses, scores, rewards, stats
 
 
-def train_ppo(trainer, scorer, tokenizer, train_pairs, val_pairs, cfg, seed, live, step_hook=None):
+def kl_state(value):
+    """The KL controller's coefficient, saved with its exact type: trl's adaptive controller turns
+    the Python float it starts from into a NumPy float32, and the two round differently."""
+    if isinstance(value, np.generic):
+        return {"numpy": torch.from_numpy(np.asarray(value).reshape(1).copy())}
+    return {"python": float(value)}
+
+
+def kl_value(state):
+    return state["numpy"].numpy()[0] if "numpy" in state else state["python"]
+
+
+def train_ppo(trainer, scorer, tokenizer, train_pairs, val_pairs, cfg, seed, live_dir, checkpoint=None, step_hook=None):
     """PPO epochs over the training prompts. Returns metrics for metrics/ppo.json.
 
-    step_hook(queries, responses, rewards), if given, sees what each PPOTrainer.step receives.
+    checkpoint: a Checkpointer or None; with one, a saved run resumes (policy and value
+    head, optimizer, scheduler, KL controller, RNG states, position) and a checkpoint is
+    written every checkpoint.every PPO steps. A non-finite loss or score stops with a
+    TrainingError naming the step. step_hook(queries, responses, rewards), if given,
+    sees what each PPOTrainer.step receives.
     """
+    from alignkit.checkpoint import TrainingError, rng_state, set_rng_state
+    from alignkit.training import open_live
+
+    accelerator = trainer.accelerator
     held_out = [p.prompt for p in val_pairs]  # one sampled answer per validation row
-    before = mean_score(trainer, scorer, tokenizer, held_out, cfg, seed)
+    saved = checkpoint.load(accelerator.unwrap_model(trainer.model)) if checkpoint else None
+    if saved:
+        trainer.optimizer.load_state_dict(saved["optimizer"])
+        trainer.lr_scheduler.load_state_dict(saved["scheduler"])
+        trainer.kl_ctl.value = kl_value(saved["kl_coef"])
+        # Where trl's gradient accumulation stands: early stopping makes it vary from step to step.
+        accelerator.step = saved["accumulation_step"]
+        checkpoint.restore_live(live_dir)
+        position, before = saved["position"], saved["before"]
+        print(f"ppo: resumed from checkpoint at step {position['global_step']}", flush=True)
+    else:
+        before = mean_score(trainer, scorer, tokenizer, held_out, cfg, seed)
+        position = {"epoch": 0, "batches_done": 0, "global_step": 0, "per_epoch": {}, "epoch_scores": [],
+                    "lengths": [], "stats": {}}
+    live = open_live(live_dir, accelerator, resume=bool(saved))
 
     baseline = reward_baselines(scorer, train_pairs, cfg)
-
-    per_epoch, stats, lengths = {}, {}, []
+    per_epoch, lengths, last = position["per_epoch"], position["lengths"], position["stats"]
+    global_step = position["global_step"]
     plan = [batches(train_pairs, cfg.batch_size, seed + epoch)[: cfg.max_steps_per_epoch] for epoch in range(cfg.epochs)]
-    bar = tqdm(total=sum(map(len, plan)), desc="ppo", disable=None)
-    for epoch, epoch_batches in enumerate(plan):
-        epoch_scores = []
-        for batch in epoch_batches:
+    bar = tqdm(total=sum(map(len, plan)), initial=global_step, desc="ppo", disable=None)
+    if saved:
+        set_rng_state(saved["rng"])
+    for epoch in range(position["epoch"], len(plan)):
+        resuming = saved is not None and epoch == position["epoch"]
+        epoch_scores = position["epoch_scores"] if resuming else []
+        for done, batch in enumerate(plan[epoch], start=1):
+            if resuming and done <= position["batches_done"]:
+                continue
             queries, responses, scores, rewards, stats = ppo_iteration(trainer, scorer, tokenizer, batch, baseline,
                                                                        cfg, step_hook)
-
+            global_step += 1
+            loss = float(stats["ppo/loss/total"])
+            if not (math.isfinite(loss) and torch.isfinite(scores).all()):
+                last_good = checkpoint.describe() if checkpoint else "checkpoints are off"
+                raise TrainingError(f"ppo: the loss is {loss} (reward-model scores finite: "
+                                    f"{bool(torch.isfinite(scores).all())}) at step {global_step} (epoch {epoch}); "
+                                    f"training stopped, the last good checkpoint is kept ({last_good})")
+            last = {name: float(stats[key]) for name, key in STEP_CURVES.items()}
             epoch_scores.append(scores.mean().item())
             lengths.append(sum(len(r) for r in responses) / len(responses))
             live.log_metric("train/score", scores.mean().item())
             live.log_metric("train/reward", rewards.mean().item())
-            for name, key in STEP_CURVES.items():
-                live.log_metric(f"train/{name}", float(stats[key]))
+            for name, value in last.items():
+                live.log_metric(f"train/{name}", value)
             live.log_metric("train/response_length", lengths[-1])
             live.next_step()
             bar.update()
-            bar.set_postfix(epoch=epoch, score=f"{epoch_scores[-1]:.2f}", kl=f"{float(stats['objective/kl']):.3f}")
+            bar.set_postfix(epoch=epoch, score=f"{epoch_scores[-1]:.2f}", kl=f"{last['kl']:.3f}")
+            if checkpoint and checkpoint.due(global_step):
+                checkpoint.save(global_step, accelerator.unwrap_model(trainer.model), {
+                    "optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.lr_scheduler.state_dict(),
+                    "kl_coef": kl_state(trainer.kl_ctl.value), "rng": rng_state(), "before": before,
+                    "accumulation_step": accelerator.step,
+                    "position": {"epoch": epoch, "batches_done": done, "global_step": global_step,
+                                 "per_epoch": dict(per_epoch), "epoch_scores": list(epoch_scores),
+                                 "lengths": list(lengths), "stats": last},
+                }, live_dir)
         per_epoch[f"epoch_{epoch + 1}"] = sum(epoch_scores) / len(epoch_scores)
         bar.write(f"epoch {epoch}: mean reward-model score {per_epoch[f'epoch_{epoch + 1}']:.4f}")
     bar.close()
+    live.end()
     after = mean_score(trainer, scorer, tokenizer, held_out, cfg, seed)
+    if checkpoint:
+        checkpoint.complete(global_step)
     return {
         "score_per_epoch": per_epoch,
         "val_score_before": before, "val_score_after": after,
-        "kl": float(stats["objective/kl"]), "kl_coef": float(stats["objective/kl_coef"]),
-        "entropy": float(stats["objective/entropy"]), "clipfrac": float(stats["ppo/policy/clipfrac"]),
+        "kl": last["kl"], "kl_coef": last["kl_coef"], "entropy": last["entropy"], "clipfrac": last["clipfrac"],
         "response_length": sum(lengths) / len(lengths),
     }

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from alignkit.errors import ModelError
 from alignkit.losses import bradley_terry_loss
 from alignkit.training import fit, seeded_loader
 
@@ -75,15 +76,63 @@ def save_reward_model(model, tokenizer, max_length, weights_path, model_dir):
 
 
 def load_reward_model(weights_path, model_dir):
-    """Rebuild a saved RewardModel offline: (model in eval mode, tokenizer, max_length)."""
+    """Rebuild a saved RewardModel offline: (model in eval mode, tokenizer, max_length).
+
+    The weights are read with torch.load(weights_only=True): a file that would run
+    code when unpickled is refused. Keys and shapes are checked against the model
+    that model_dir describes; any mismatch is a one-line ModelError naming them.
+    """
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-    config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    settings = json.loads((Path(model_dir) / SETTINGS_NAME).read_text())
+    try:
+        config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        settings = json.loads((Path(model_dir) / SETTINGS_NAME).read_text())
+    except (OSError, ValueError) as err:
+        raise ModelError(f"{model_dir}: not a saved reward model directory ({str(err).strip().splitlines()[0]})") from None
     model = RewardModel(AutoModel.from_config(config))
-    model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
+    model.load_state_dict(read_state_dict(weights_path, model.state_dict(), f"the reward model in {model_dir}"))
     return model.eval(), tokenizer, settings["max_length"]
+
+
+def read_state_dict(path, expected, what):
+    """torch.load(path, weights_only=True), checked against `expected` (a state dict) key by key.
+
+    ModelError (one line) for an unreadable file, a pickle that is not plain tensors,
+    or missing / unexpected keys and wrong shapes (the first few of each named)."""
+    import pickle
+    import re
+    import zipfile
+
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+        raise ModelError(f"{path}: cannot read it as a torch state dict (not a file written by torch.save)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        culprit = re.search(r"(?:unsupported|Unsupported global:) GLOBAL (\S+)", str(err))
+        raise ModelError(f"{path}: refused to load: it is not a plain state dict of tensors, and unpickling it "
+                         f"would call {culprit.group(1) if culprit else 'code'}") from None
+    except (OSError, RuntimeError, EOFError) as err:
+        raise ModelError(f"{path}: cannot read it as a torch state dict ({str(err).strip().splitlines()[0]})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelError(f"{path}: expected a state dict (parameter name -> tensor), got {type(state).__name__}")
+
+    def names(keys):
+        keys = sorted(keys)
+        return ", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
+
+    problems = []
+    if missing := set(expected) - set(state):
+        problems.append(f"missing keys {names(missing)}")
+    if unexpected := set(state) - set(expected):
+        problems.append(f"unexpected keys {names(unexpected)}")
+    wrong = [f"{k} is {tuple(state[k].shape)}, expected {tuple(v.shape)}" for k, v in sorted(expected.items())
+             if k in state and state[k].shape != v.shape]
+    if wrong:
+        problems.append("wrong shapes: " + "; ".join(wrong[:3]) + (f" (+{len(wrong) - 3} more)" if len(wrong) > 3 else ""))
+    if problems:
+        raise ModelError(f"{path} does not match {what}: " + "; ".join(problems))
+    return state
 
 
 class RewardScorer:
@@ -173,16 +222,17 @@ def make_evaluate(accelerator):
     return evaluate
 
 
-def train_reward_model(model, tokenizer, train_pairs, val_pairs, cfg, seed, accelerator, live_dir):
+def train_reward_model(model, tokenizer, train_pairs, val_pairs, cfg, seed, accelerator, live_dir, checkpoint=None):
     """Fine-tune encoder and score_head with the Bradley-Terry loss.
 
-    cfg: the `reward` params section. Returns (metrics for metrics/reward.json, the unwrapped model).
+    cfg: the `reward` params section; checkpoint: a Checkpointer or None.
+    Returns (metrics for metrics/reward.json, the unwrapped model).
     """
     collate = PairCollator(tokenizer)
     train_loader = seeded_loader(PairDataset(tokenizer, train_pairs, cfg.max_length), cfg.batch_size, seed, collate)
     val_loader = seeded_loader(PairDataset(tokenizer, val_pairs, cfg.max_length), cfg.eval_batch_size, seed, collate,
                                shuffle=False)
     _, after, model = fit(model, train_loader, val_loader, cfg, accelerator, live_dir, desc="reward", step=batch_loss,
-                          evaluate=make_evaluate(accelerator))
+                          evaluate=make_evaluate(accelerator), checkpoint=checkpoint)
     return {"train_loss": after["train_loss"], "val_loss": after["loss"], "val_accuracy": after["accuracy"],
             "val_margin": after["margin"]}, model

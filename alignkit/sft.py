@@ -38,7 +38,7 @@ def make_evaluate(accelerator):
     return evaluate
 
 
-def train_sft(model, tokenizer, train_pairs, val_pairs, cfg, seed, accelerator, live_dir):
+def train_sft(model, tokenizer, train_pairs, val_pairs, cfg, seed, accelerator, live_dir, checkpoint=None):
     """Causal-LM fine-tuning on prompt + chosen answer. cfg: the `sft` params section.
 
     Returns (metrics for metrics/sft.json, the unwrapped model). With cfg.epochs == 0
@@ -50,7 +50,7 @@ def train_sft(model, tokenizer, train_pairs, val_pairs, cfg, seed, accelerator, 
     train_loader = seeded_loader(examples(train_pairs), cfg.batch_size, seed, _collator(tokenizer))
     val_loader = seeded_loader(examples(val_pairs), cfg.eval_batch_size, seed, _collator(tokenizer), shuffle=False)
     before, after, model = fit(model, train_loader, val_loader, cfg, accelerator, live_dir, desc="sft", step=_step,
-                               evaluate=make_evaluate(accelerator))
+                               evaluate=make_evaluate(accelerator), checkpoint=checkpoint)
     metrics = {"val_loss": after["loss"], "val_perplexity": after["perplexity"], "val_loss_before": before["loss"]}
     if "train_loss" in after:
         metrics["train_loss"] = after["train_loss"]

@@ -1,6 +1,7 @@
 """Pieces every training stage shares: accelerate setup, seeding, dvclive, batching."""
 
 import math
+import os
 import random
 
 import numpy as np
@@ -13,9 +14,15 @@ PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 
 
 def seed_everything(seed):
+    """Seed Python, NumPy and torch, and ask torch for deterministic kernels, so two runs
+    with the same params give identical outputs (bit for bit on a CPU)."""
+    # cuBLAS needs this to be deterministic; it must be set before CUDA starts.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+    # warn_only: an op with no deterministic kernel warns by name instead of stopping the stage.
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def make_accelerator(precision, key, grad_accum_steps=1):
@@ -43,17 +50,18 @@ class NullLive:
         pass
 
 
-def open_live(live_dir, accelerator):
+def open_live(live_dir, accelerator, resume=False):
     """dvclive logger writing step curves under live_dir (main process only).
 
     It neither edits dvc.yaml nor creates DVC experiments: the pipeline declares
-    the plots, and `dvc exp run` makes the experiments.
+    the plots, and `dvc exp run` makes the experiments. resume=True continues
+    the curves already in live_dir (after a checkpoint restored them).
     """
     if not accelerator.is_main_process:
         return NullLive()
     from dvclive import Live
 
-    return Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None)
+    return Live(dir=str(live_dir), resume=resume, save_dvc_exp=False, dvcyaml=None, report=None)
 
 
 def seeded_loader(dataset, batch_size, seed, collate_fn, shuffle=True):
@@ -92,32 +100,62 @@ def train_step(model, batch, step, optimizer, scheduler, accelerator, max_grad_n
     return loss, logs
 
 
-def fit(model, train_loader, val_loader, cfg, accelerator, live_dir, *, desc, step, evaluate, grad_accum_steps=1):
+def fit(model, train_loader, val_loader, cfg, accelerator, live_dir, *, desc, step, evaluate, grad_accum_steps=1,
+        checkpoint=None):
     """The training loop the stages share: AdamW, linear warmup and decay, clipping, accumulation.
 
     cfg: a params section with lr, weight_decay, warmup_ratio, max_grad_norm, epochs.
     step(model, batch) -> (loss, {name: float}) for one micro-batch, under autocast.
     evaluate(model, val_loader) -> {name: float}, computed on every process.
+    checkpoint: a Checkpointer, or None. With one, the loop resumes from its saved
+    state when there is one, and saves every `checkpoint.every` optimizer steps.
     Curves go to dvclive once per optimizer step; `evaluate` runs before training
-    and after each epoch. Returns (metrics before training, after the last epoch
-    plus "train_loss", the mean over the last epoch; the unwrapped model).
+    and after each epoch. A non-finite loss stops training with a TrainingError
+    naming the step. Returns (metrics before training, after the last epoch plus
+    "train_loss", the mean over the last epoch; the unwrapped model).
     """
+    from alignkit.checkpoint import TrainingError, rng_state, set_rng_state
+
     # Counted as one process would: accelerate steps a prepared scheduler once per process.
     total = cfg.epochs * math.ceil(len(train_loader) / grad_accum_steps)
     optimizer, scheduler = make_optimizer(model, cfg, total)
+    generator = train_loader.generator  # the data order: its state at an epoch's start replays that epoch
     model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, val_loader, scheduler)
 
-    live = open_live(live_dir, accelerator)
-    before = after = evaluate(model, val_loader)
+    saved = checkpoint.load(accelerator.unwrap_model(model)) if checkpoint else None
+    if saved:
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        checkpoint.restore_live(live_dir)
+        position, before = saved["position"], saved["before"]
+        accelerator.step = position["accumulation_step"]
+        print(f"{desc}: resumed from checkpoint at step {position['global_step']}", flush=True)
+    else:
+        position = {"epoch": 0, "batches_done": 0, "global_step": 0, "epoch_losses": [], "accumulation_step": 0}
+        before = evaluate(model, val_loader)
+    live = open_live(live_dir, accelerator, resume=bool(saved))
+    after = before
     steps = cfg.epochs * math.ceil(len(train_loader) / grad_accum_steps)  # per process, after sharding
+    global_step = position["global_step"]
     # disable=None: a bar on a terminal, none in logs; only the main process draws it.
-    bar = tqdm(total=steps, desc=desc, disable=None if accelerator.is_main_process else True)
-    epoch_losses = []
-    for epoch in range(cfg.epochs):
+    bar = tqdm(total=steps, initial=global_step, desc=desc, disable=None if accelerator.is_main_process else True)
+    epoch_losses = position["epoch_losses"]
+    for epoch in range(position["epoch"], cfg.epochs):
+        resuming = saved is not None and epoch == position["epoch"]
+        if resuming:
+            generator.set_state(saved["epoch_generator"])
+        epoch_generator = generator.get_state()
+        if resuming:
+            set_rng_state(saved["rng"])  # after the data order is set up, as when it was saved
+        else:
+            epoch_losses = []
+        skip = position["batches_done"] if resuming else 0
         model.train()
-        epoch_losses, pending = [], []
-        for batch in train_loader:
+        pending = []
+        for batches_done, batch in enumerate(train_loader, start=1):
+            if batches_done <= skip:
+                continue  # consumed before the checkpoint
             loss, logs = train_step(model, batch, step, optimizer, scheduler, accelerator, cfg.max_grad_norm)
             pending.append({"loss": loss.detach(), **logs})
             if not accelerator.sync_gradients:
@@ -126,6 +164,11 @@ def fit(model, train_loader, val_loader, cfg, accelerator, live_dir, *, desc, st
                      for k in pending[0]}
             means = {k: v.item() for k, v in accelerator.reduce(means, "mean").items()}
             pending = []
+            global_step += 1
+            if not math.isfinite(means["loss"]):
+                last = checkpoint.describe() if checkpoint else "checkpoints are off"
+                raise TrainingError(f"{desc}: the loss is {means['loss']} at step {global_step} (epoch {epoch}); "
+                                    f"training stopped, the last good checkpoint is kept ({last})")
             epoch_losses.append(means["loss"])
             for name, value in means.items():
                 live.log_metric(f"train/{name}", value)
@@ -133,12 +176,21 @@ def fit(model, train_loader, val_loader, cfg, accelerator, live_dir, *, desc, st
             live.next_step()
             bar.update()
             bar.set_postfix(epoch=epoch, **{k: f"{v:.3f}" for k, v in means.items()})
+            if checkpoint and checkpoint.due(global_step):
+                checkpoint.save(global_step, accelerator.unwrap_model(model), {
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
+                    "epoch_generator": epoch_generator, "before": before,
+                    "position": {"epoch": epoch, "batches_done": batches_done, "global_step": global_step,
+                                 "epoch_losses": list(epoch_losses), "accumulation_step": accelerator.step},
+                }, live_dir)
         after = evaluate(model, val_loader)
         for name, value in after.items():
             live.log_metric(f"val/{name}", value, plot=False)
         bar.write(f"epoch {epoch}: " + ", ".join(f"val {k} {v:.4f}" for k, v in after.items()))
     bar.close()
     live.end()
+    if checkpoint:
+        checkpoint.complete(global_step)
     if epoch_losses:
         after = {**after, "train_loss": sum(epoch_losses) / len(epoch_losses)}
     return before, after, accelerator.unwrap_model(model)

@@ -5,7 +5,7 @@ A worker reads the benchmark's own pipeline run in `work` (params.yaml,
 data/prepared, models/) and returns a dict. Ours is always the library function
 the stage runs; the peer comes from peers.py. Both sides get the same model
 weights, the same batches in the same order, `warmup` untimed steps, then the
-median of `repeats` timed ones.
+median of `repeats` timed ones; training steps of the two sides alternate.
 """
 
 import copy
@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 import peers
-from harness import device, peak_memory_mib, sync, timed
+from harness import device, peak_memory_mib, sync, timed, timed_interleaved
 from alignkit.data import read_splits
 from alignkit.params import load_params
 from alignkit.training import make_accelerator, make_optimizer, train_step
@@ -68,11 +68,10 @@ def reward(work, precision, warmup, repeats, with_peer=True, **_):
         out["agreement"] = _agreement(ours_loss, theirs_loss)
 
     model, step = _ours_trainer(model, cfg, precision, "reward.precision", n)
-    ours_s, _ = timed(lambda b: step(batch_loss, b), ours_batches, warmup)
-    out["ours_step_s"] = ours_s
+    sides = {"ours": (lambda b: step(batch_loss, b), ours_batches)}
     if with_peer:
-        theirs_s, _ = timed(peers.TrainerStepper(theirs, n), theirs_batches, warmup)
-        out["theirs_step_s"] = theirs_s
+        sides["theirs"] = (peers.TrainerStepper(theirs, n), theirs_batches)
+    out.update({f"{name}_step_s": s for name, s in timed_interleaved(sides, warmup).items()})
     return out
 
 
@@ -123,9 +122,10 @@ def dpo(work, precision, warmup, repeats, with_peer=True, **_):
                 out[f"agreement_{name}"] = _agreement(ours_loss, theirs_loss)
 
     model, step = _ours_trainer(policy, cfg, precision, "dpo.precision", n)
-    out["ours_step_s"], _ = timed(lambda b: step(step_fn, b), ours_batches, warmup)
+    sides = {"ours": (lambda b: step(step_fn, b), ours_batches)}
     for name, (trainer, batches) in peer_runs.items():
-        out[f"theirs_{name}_step_s"], _ = timed(peers.TrainerStepper(trainer, n), batches, warmup)
+        sides[f"theirs_{name}"] = (peers.TrainerStepper(trainer, n), batches)
+    out.update({f"{name}_step_s": s for name, s in timed_interleaved(sides, warmup).items()})
     return out
 
 

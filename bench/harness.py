@@ -37,6 +37,26 @@ def timed(fn, items, warmup):
     return statistics.median(seconds), results
 
 
+def timed_interleaved(sides, warmup):
+    """Time several sides step by step in turn (a1 b1 a2 b2 ...), so that drift in the machine's
+    speed over the run (clock, caches, other load) falls on every side alike.
+
+    sides: {name: (fn, items)}, every items list of the same length. Returns {name: median seconds}.
+    """
+    seconds = {name: [] for name in sides}
+    steps = {len(items) for _, items in sides.values()}
+    assert len(steps) == 1, "every side needs the same number of steps"
+    for i in range(steps.pop()):
+        for name, (fn, items) in sides.items():
+            sync()
+            start = time.perf_counter()
+            fn(items[i])
+            sync()
+            if i >= warmup:
+                seconds[name].append(time.perf_counter() - start)
+    return {name: statistics.median(s) for name, s in seconds.items()}
+
+
 def ratio_row(path, unit, ours, theirs, goal, ours_label, theirs_label, **extra):
     """One comparison: throughputs (higher is better) and ours / theirs in this run."""
     ratio = ours / theirs

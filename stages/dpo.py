@@ -1,17 +1,19 @@
 """dpo: Direct Preference Optimization of the SFT policy against its frozen copy.
 
     python stages/dpo.py --params params.yaml --data data/prepared --sft models/sft \
-        --out models/dpo --metrics metrics/dpo.json --live dvclive/dpo
+        --out models/dpo --metrics metrics/dpo.json --live dvclive/dpo --checkpoints checkpoints/dpo
 
 Reads params: seed, dpo.*. The policy starts from --sft; the reference is the
 same weights, frozen (requires_grad=False, eval mode), and its log-probs are
 computed once before training. Writes --out (save_pretrained, safetensors,
 tokenizer included), validation loss, reward accuracy and implicit rewards to
---metrics, and curves under --live. Runs under `accelerate launch`.
+--metrics, curves under --live, and every dpo.checkpoint_every steps a checkpoint to
+--checkpoints. Runs under `accelerate launch`.
 """
 
 import time
 
+from alignkit.checkpoint import stage_checkpointer
 from alignkit.data import read_splits
 from alignkit.dpo import train_dpo
 from alignkit.errors import run_stage, stage_args
@@ -23,7 +25,7 @@ from alignkit.training import make_accelerator, seed_everything
 
 
 def main(argv=None):
-    args = stage_args(__doc__, ("--params", "--data", "--sft", "--out", "--metrics", "--live"), argv)
+    args = stage_args(__doc__, ("--params", "--data", "--sft", "--out", "--metrics", "--live", "--checkpoints"), argv)
     params = load_params(args.params)
     cfg = params.dpo
 
@@ -37,8 +39,10 @@ def main(argv=None):
     disable_dropout(policy)
     disable_dropout(reference.eval())
 
+    checkpoint = stage_checkpointer(args.checkpoints, "dpo", params, accelerator, inputs=[__file__, args.data, args.sft])
     start = time.perf_counter()
-    metrics, policy = train_dpo(policy, reference, tokenizer, train, val, cfg, params.seed, accelerator, args.live)
+    metrics, policy = train_dpo(policy, reference, tokenizer, train, val, cfg, params.seed, accelerator, args.live,
+                                checkpoint)
     if accelerator.is_main_process:
         save_policy(policy, tokenizer, args.out)
         write_json(args.metrics, metrics)

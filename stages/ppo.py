@@ -2,16 +2,18 @@
 
     python stages/ppo.py --params params.yaml --data data/prepared --sft models/sft \
         --reward-weights models/reward_model.pth --reward-dir models/reward \
-        --out models/ppo --metrics metrics/ppo.json --live dvclive/ppo
+        --out models/ppo --metrics metrics/ppo.json --live dvclive/ppo --checkpoints checkpoints/ppo
 
 Reads params: seed, ppo.*. The policy (with a value head) and a frozen reference
 start from --sft. Responses are decoded and scored as text by the reward model.
 Writes --out (save_pretrained of the policy with its value head, safetensors,
-tokenizer included), --metrics, and per-step curves under --live.
+tokenizer included), --metrics, per-step curves under --live, and every
+ppo.checkpoint_every steps a checkpoint to --checkpoints (a killed run resumes from it).
 """
 
 import time
 
+from alignkit.checkpoint import stage_checkpointer
 from alignkit.data import read_splits
 from alignkit.errors import run_stage, stage_args
 from alignkit.io import write_json
@@ -19,11 +21,11 @@ from alignkit.params import load_params
 from alignkit.policy import prepare_tokenizer, save_policy
 from alignkit.ppo import batches, load_value_head_model, make_trainer, train_ppo
 from alignkit.reward import RewardScorer
-from alignkit.training import open_live, seed_everything
+from alignkit.training import seed_everything
 
 
 def main(argv=None, step_hook=None):
-    args = stage_args(__doc__, ("--params", "--data", "--sft", "--reward-weights", "--reward-dir", "--out", "--metrics", "--live"), argv)
+    args = stage_args(__doc__, ("--params", "--data", "--sft", "--reward-weights", "--reward-dir", "--out", "--metrics", "--live", "--checkpoints"), argv)
     params = load_params(args.params)
     cfg = params.ppo
     from transformers import AutoTokenizer
@@ -37,11 +39,11 @@ def main(argv=None, step_hook=None):
     trainer = make_trainer(cfg, params.seed, policy, reference, tokenizer, steps)
     device = "cpu" if cfg.reward_device == "cpu" else trainer.accelerator.device
     scorer = RewardScorer(args.reward_weights, args.reward_dir, cfg.reward_batch_size, device)
-    live = open_live(args.live, trainer.accelerator)
+    checkpoint = stage_checkpointer(args.checkpoints, "ppo", params, trainer.accelerator,
+                                    inputs=[__file__, args.data, args.sft, args.reward_weights, args.reward_dir])
 
     start = time.perf_counter()
-    metrics = train_ppo(trainer, scorer, tokenizer, train, val, cfg, params.seed, live, step_hook)
-    live.end()
+    metrics = train_ppo(trainer, scorer, tokenizer, train, val, cfg, params.seed, args.live, checkpoint, step_hook)
     if trainer.accelerator.is_main_process:
         save_policy(trainer.accelerator.unwrap_model(trainer.model), tokenizer, args.out)
         write_json(args.metrics, metrics)

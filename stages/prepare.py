@@ -9,8 +9,10 @@ before anything is written, and each output appears whole or not at all.
 """
 
 
+from pathlib import Path
+
 from alignkit import data
-from alignkit.errors import run_stage, stage_args
+from alignkit.errors import DataError, run_stage, stage_args
 from alignkit.io import atomic_dir, write_json
 from alignkit.params import load_params
 
@@ -19,6 +21,8 @@ def main(argv=None):
     args = stage_args(__doc__, ("--params", "--input", "--out-dir", "--metrics"), argv)
     params = load_params(args.params)
     cfg = params.prepare
+    if Path(args.input) == Path(params.data.path) and not Path(args.input).is_file():  # dvc.yaml passes data.path
+        raise DataError(f"{args.params}: data.path: file not found: '{args.input}'")
 
     columns, records = data.read_table(args.input)
     schema = data.detect_schema(args.input, columns, params.data.schema_)

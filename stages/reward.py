@@ -2,16 +2,18 @@
 
     python stages/reward.py --params params.yaml --data data/prepared \
         --weights models/reward_model.pth --model-dir models/reward \
-        --metrics metrics/reward.json --live dvclive/reward
+        --metrics metrics/reward.json --live dvclive/reward --checkpoints checkpoints/reward
 
 Reads params: seed, models.reward, reward.*. Writes the whole model's state dict
 (encoder + score_head) to --weights, loadable with torch.load(weights_only=True);
 the tokenizer, encoder config and encoding settings to --model-dir; validation
-metrics to --metrics; per-step curves under --live. Runs under `accelerate launch`.
+metrics to --metrics; per-step curves under --live; every reward.checkpoint_every steps
+a checkpoint to --checkpoints, from which a killed run resumes. Runs under `accelerate launch`.
 """
 
 import time
 
+from alignkit.checkpoint import stage_checkpointer
 from alignkit.data import read_splits
 from alignkit.errors import run_stage, stage_args
 from alignkit.io import atomic_dir, atomic_file, write_json
@@ -22,7 +24,7 @@ from alignkit.training import make_accelerator, seed_everything
 
 
 def main(argv=None):
-    args = stage_args(__doc__, ("--params", "--data", "--weights", "--model-dir", "--metrics", "--live"), argv)
+    args = stage_args(__doc__, ("--params", "--data", "--weights", "--model-dir", "--metrics", "--live", "--checkpoints"), argv)
     params = load_params(args.params)
     cfg = params.reward
 
@@ -32,9 +34,10 @@ def main(argv=None):
     texts = [t for p in train for t in (p.prompt, p.chosen, p.rejected)]  # for a preset's tokenizer
     encoder, tokenizer = load_encoder(params.models.reward, "models.reward", texts, params.seed)
 
+    checkpoint = stage_checkpointer(args.checkpoints, "reward", params, accelerator, inputs=[__file__, args.data])
     start = time.perf_counter()
     metrics, model = train_reward_model(RewardModel(encoder), tokenizer, train, val, cfg, params.seed,
-                                        accelerator, args.live)
+                                        accelerator, args.live, checkpoint)
     if accelerator.is_main_process:
         with atomic_dir(args.model_dir) as tmp_dir, atomic_file(args.weights) as tmp_weights:
             save_reward_model(model, tokenizer, cfg.max_length, tmp_weights, tmp_dir)

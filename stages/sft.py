@@ -1,18 +1,19 @@
 """sft: supervised fine-tuning of the policy on prompt + preferred answer.
 
     python stages/sft.py --params params.yaml --data data/prepared \
-        --out models/sft --metrics metrics/sft.json --live dvclive/sft
+        --out models/sft --metrics metrics/sft.json --live dvclive/sft --checkpoints checkpoints/sft
 
 Reads params: seed, models.policy, sft.*. The loss covers answer tokens only
 (prompt and padding masked). For a preset, the tokenizer is trained here on the
 training text and saved with the model. sft.epochs: 0 saves the base model
 unchanged. Writes --out (save_pretrained, safetensors, tokenizer included), the
-validation loss and perplexity on preferred answers to --metrics, and curves
-under --live.
+validation loss and perplexity on preferred answers to --metrics, curves under
+--live, and every sft.checkpoint_every steps a checkpoint to --checkpoints.
 """
 
 import time
 
+from alignkit.checkpoint import stage_checkpointer
 from alignkit.data import read_splits
 from alignkit.errors import run_stage, stage_args
 from alignkit.io import write_json
@@ -25,7 +26,7 @@ from alignkit.training import make_accelerator, seed_everything
 
 
 def main(argv=None):
-    args = stage_args(__doc__, ("--params", "--data", "--out", "--metrics", "--live"), argv)
+    args = stage_args(__doc__, ("--params", "--data", "--out", "--metrics", "--live", "--checkpoints"), argv)
     params = load_params(args.params)
     cfg = params.sft
 
@@ -36,8 +37,9 @@ def main(argv=None):
     model, tokenizer = load_policy(params.models.policy, "models.policy", texts, params.seed)
     prepare_tokenizer(tokenizer)
 
+    checkpoint = stage_checkpointer(args.checkpoints, "sft", params, accelerator, inputs=[__file__, args.data])
     start = time.perf_counter()
-    metrics, model = train_sft(model, tokenizer, train, val, cfg, params.seed, accelerator, args.live)
+    metrics, model = train_sft(model, tokenizer, train, val, cfg, params.seed, accelerator, args.live, checkpoint)
     if accelerator.is_main_process:
         save_policy(model, tokenizer, args.out)
         write_json(args.metrics, metrics)

@@ -137,7 +137,8 @@ def reward_model(prepared_sample, tmp_path_factory):
     params = write_params(out / "params.yaml", reward={"epochs": 1})
     stage_main("reward")(["--params", str(params), "--data", str(prepared_sample),
                           "--weights", str(out / "reward_model.pth"), "--model-dir", str(out / "reward"),
-                          "--metrics", str(out / "reward.json"), "--live", str(out / "live")])
+                          "--metrics", str(out / "reward.json"), "--live", str(out / "live"),
+                          "--checkpoints", str(out / "checkpoints")])
     return out
 
 
@@ -147,7 +148,8 @@ def sft_model(prepared_sample, tmp_path_factory):
     out = tmp_path_factory.mktemp("sft")
     params = write_params(out / "params.yaml", sft={"epochs": 3})
     stage_main("sft")(["--params", str(params), "--data", str(prepared_sample), "--out", str(out / "sft"),
-                       "--metrics", str(out / "sft.json"), "--live", str(out / "live")])
+                       "--metrics", str(out / "sft.json"), "--live", str(out / "live"),
+                          "--checkpoints", str(out / "checkpoints")])
     return out
 
 

@@ -51,6 +51,10 @@ def test_kl_params_reach_the_controller_and_early_stopping(sft_model, tmp_path):
     assert not any(p.requires_grad for p in reference.parameters())
     assert all(not isinstance(m, torch.nn.Dropout) or m.p == 0 for m in policy.modules())
     assert trainer.config.optimize_device_cache is False
+    # Gradients are clipped on every optimizer step, not only the first (trl 0.11.4 keeps a one-shot iterator).
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    for _ in range(2):
+        assert len(list(trainer.model_params)) == len(trainable) > 0
 
 
 def test_gpt2_answers_are_scored_as_text_retokenized_by_the_bert_tokenizer(sft_model, reward_model):
@@ -80,7 +84,8 @@ def ppo_run(sft_model, reward_model, prepared_sample, tmp_path_factory):
     stage_main("ppo")(["--params", str(params), "--data", str(prepared_sample), "--sft", str(sft_model / "sft"),
                        "--reward-weights", str(reward_model / "reward_model.pth"),
                        "--reward-dir", str(reward_model / "reward"), "--out", str(out / "ppo"),
-                       "--metrics", str(out / "ppo.json"), "--live", str(out / "live")],
+                       "--metrics", str(out / "ppo.json"), "--live", str(out / "live"),
+                       "--checkpoints", str(out / "checkpoints")],
                       step_hook=lambda q, r, s: received.append((len(q), len(r), len(s))))
     return out, received
 

@@ -122,7 +122,8 @@ def test_stage_trains_from_a_local_distilbert_directory_offline(prepared_sample,
     params = write_params(tmp_path / "params.yaml", models={"reward": str(local)}, reward={"epochs": 1})
     stage_main("reward")(["--params", str(params), "--data", str(prepared_sample),
                           "--weights", str(tmp_path / "rm.pth"), "--model-dir", str(tmp_path / "rm"),
-                          "--metrics", str(tmp_path / "rm.json"), "--live", str(tmp_path / "live")])
+                          "--metrics", str(tmp_path / "rm.json"), "--live", str(tmp_path / "live"),
+                          "--checkpoints", str(tmp_path / "checkpoints")])
     metrics = json.loads((tmp_path / "rm.json").read_text())
     assert metrics["val_accuracy"] >= 0.8
     scorer = RewardScorer(tmp_path / "rm.pth", tmp_path / "rm", batch_size=8)

@@ -22,7 +22,8 @@ def trained(sft_model, prepared_sample, tmp_path_factory):
     out = tmp_path_factory.mktemp("dpo")
     params = write_params(out / "params.yaml")
     stage_main("dpo")(["--params", str(params), "--data", str(prepared_sample), "--sft", str(sft_model / "sft"),
-                       "--out", str(out / "dpo"), "--metrics", str(out / "dpo.json"), "--live", str(out / "live-dpo")])
+                       "--out", str(out / "dpo"), "--metrics", str(out / "dpo.json"), "--live", str(out / "live-dpo"),
+                       "--checkpoints", str(out / "checkpoints-dpo")])
     for name in ("sft", "sft.json"):
         (out / name).symlink_to(sft_model / name)
     return out
@@ -63,7 +64,8 @@ def test_dpo_moves_the_policy_and_keeps_its_tokenizer(trained):
 def test_sft_with_zero_epochs_saves_the_base_model_unchanged(prepared_sample, tmp_path):
     params = write_params(tmp_path / "params.yaml", sft={"epochs": 0})
     stage_main("sft")(["--params", str(params), "--data", str(prepared_sample), "--out", str(tmp_path / "sft"),
-                       "--metrics", str(tmp_path / "sft.json"), "--live", str(tmp_path / "live")])
+                       "--metrics", str(tmp_path / "sft.json"), "--live", str(tmp_path / "live"),
+                       "--checkpoints", str(tmp_path / "checkpoints")])
     train = read_split(prepared_sample / "train.jsonl")
     texts = [t for p in train for t in (format_prompt(p.prompt), answer_text(p.chosen), answer_text(p.rejected))]
     base, _ = load_policy("tiny-gpt2", texts=texts, seed=repo_params()["seed"])

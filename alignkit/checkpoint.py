@@ -1,0 +1,161 @@
+"""Checkpoints that let a killed training stage resume where it left off.
+
+Each training stage keeps one checkpoint directory, a DVC output marked
+`persist: true` (DVC leaves it in place when it reruns the stage):
+
+    checkpoints/<stage>/
+        checkpoint.json     step, fingerprint, complete (a finished run: step and complete only)
+        model.safetensors   the model's weights (for PPO, with the value head)
+        state.pt            optimizer, scheduler, RNG states, data position and running
+                            sums; plain tensors and containers, loaded with weights_only=True
+        live/               the stage's dvclive directory as it was at that step
+
+It is written every `<stage>.checkpoint_every` optimizer steps, into a temporary
+directory renamed over the previous one, so a kill never leaves half a checkpoint.
+A stage resumes only from a checkpoint whose fingerprint (a hash of the params and
+input files that determine the run) matches its own and that is not marked
+complete; anything else is discarded and the stage starts from step 0. When the
+stage finishes, the weights and state are deleted and checkpoint.json is marked
+complete: the next run (after a change, or a forced rerun) starts afresh.
+"""
+
+import hashlib
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from alignkit.errors import AlignError
+from alignkit.io import atomic_dir
+
+INFO, WEIGHTS, STATE, LIVE = "checkpoint.json", "model.safetensors", "state.pt", "live"
+
+
+class TrainingError(AlignError):
+    """Training cannot go on (a non-finite loss, an unreadable checkpoint)."""
+
+
+def fingerprint(*parts, paths=()):
+    """sha256 over JSON-able parts and the bytes of every file under `paths` (in a fixed order)."""
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode())
+    for root in map(Path, paths):
+        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+        for file in files:
+            digest.update(str(file.relative_to(root) if root.is_dir() else file.name).encode())
+            with open(file, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
+def rng_state():
+    """Python, NumPy and torch (CPU and CUDA) RNG states, as tensors and plain containers."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def model_weights(model):
+    """Every parameter and buffer by its module path. nn.Module's own state_dict, not a
+    wrapper's override (trl's value-head model renames keys); tied tensors are copied
+    apart, as safetensors stores no shared memory."""
+    return {k: v.detach().cpu().clone().contiguous() for k, v in nn.Module.state_dict(model).items()}
+
+
+class Checkpointer:
+    """Save and restore one stage's training state. Only the main process writes."""
+
+    def __init__(self, directory, every, key, fingerprint, accelerator):
+        self.dir, self.every, self.key, self.fingerprint = Path(directory), every, key, fingerprint
+        self.accelerator = accelerator
+        self.step = None  # the step of the last checkpoint written or read
+
+    def due(self, step):
+        return self.every > 0 and step % self.every == 0
+
+    def load(self, model):
+        """The saved state, with the weights already copied into `model`, or None to start afresh."""
+        info = self._info()
+        if info is None or info.get("complete") or info.get("fingerprint") != self.fingerprint:
+            return None
+        from safetensors.torch import load_file
+
+        try:
+            state = torch.load(self.dir / STATE, map_location="cpu", weights_only=True)
+            nn.Module.load_state_dict(model, load_file(self.dir / WEIGHTS))
+        except Exception as err:  # any unreadable or mismatching checkpoint: name it, never guess
+            raise TrainingError(f"{self.dir}: cannot resume from this checkpoint "
+                                f"({type(err).__name__}: {str(err).splitlines()[0]}); delete it to start afresh") from None
+        self.step = info["step"]
+        return state
+
+    def restore_live(self, live_dir):
+        """Put the dvclive directory back as it was at the checkpoint's step."""
+        if self.accelerator.is_main_process:
+            shutil.rmtree(live_dir, ignore_errors=True)
+            if (self.dir / LIVE).is_dir():
+                shutil.copytree(self.dir / LIVE, live_dir)
+
+    def save(self, step, model, state, live_dir):
+        """Write the checkpoint of `step`: model weights, `state` (tensors and containers), dvclive files."""
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            from safetensors.torch import save_file
+
+            with atomic_dir(self.dir) as tmp:
+                save_file(model_weights(model), tmp / WEIGHTS)
+                with open(tmp / STATE, "wb") as f:
+                    torch.save(state, f)
+                if Path(live_dir).is_dir():
+                    shutil.copytree(live_dir, tmp / LIVE)
+                (tmp / INFO).write_text(json.dumps({"step": step, "fingerprint": self.fingerprint,
+                                                    "complete": False}) + "\n")
+        self.step = step
+        self.accelerator.wait_for_everyone()
+
+    def complete(self, step):
+        """Mark the run finished: only checkpoint.json stays (so the DVC output exists). It holds
+        no fingerprint, so its bytes, which dvc.lock records, do not change with unrelated code."""
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            with atomic_dir(self.dir) as tmp:
+                (tmp / INFO).write_text(json.dumps({"step": step, "complete": True}) + "\n")
+
+    def describe(self):
+        return f"step {self.step} in {self.dir}" if self.step is not None else f"none written to {self.dir}"
+
+    def _info(self):
+        try:
+            return json.loads((self.dir / INFO).read_text())
+        except (OSError, ValueError):
+            return None
+
+
+def stage_checkpointer(directory, stage, params, accelerator, inputs=()):
+    """The Checkpointer of a training stage. Its fingerprint covers the seed, the stage's params
+    section (all but checkpoint_every, which changes nothing about the result), the model specs,
+    the library code, and `inputs` (the stage script and its input files), so only a run of
+    the same computation on the same inputs resumes."""
+    cfg = getattr(params, stage)
+    code = [p for p in sorted(Path(__file__).resolve().parent.glob("*.py"))]
+    parts = (stage, params.seed, params.models.model_dump(), cfg.model_dump(exclude={"checkpoint_every"}))
+    paths = [*code, *inputs]
+    return Checkpointer(directory, cfg.checkpoint_every, f"{stage}.checkpoint_every",
+                        fingerprint(*parts, paths=paths), accelerator)

@@ -1,0 +1,67 @@
+"""Malformed params, each run through the stage that reads them: exit code 2 and one line on
+stderr naming params.yaml and the key, and no output written."""
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, stage_env, write_params
+
+CASES = {  # id: (section changes, stage, the start of the error after "error: "; params.yaml: is added)
+    "unknown key": ({"reward": {"learning_rate": 1e-3}}, "reward",
+                    "reward.learning_rate: unknown key"),
+    "wrong type": ({"dpo": {"lr": "fast"}}, "dpo", "dpo.lr: expected a positive float, got 'fast'"),
+    "negative batch size": ({"reward": {"batch_size": -4}}, "reward",
+                            "reward.batch_size: expected a positive integer, got -4"),
+    "mini-batch larger than batch": ({"ppo": {"mini_batch_size": 32}}, "ppo",
+                                     "ppo.mini_batch_size (32) is larger than ppo.batch_size (16)"),
+    "batch not a multiple": ({"ppo": {"gradient_accumulation_steps": 3}}, "ppo",
+                             "ppo.batch_size (16) must be a multiple of ppo.mini_batch_size x "
+                             "ppo.gradient_accumulation_steps"),
+    "negative checkpoint interval": ({"sft": {"checkpoint_every": -1}}, "sft",
+                                     "sft.checkpoint_every: expected a non-negative integer, got -1"),
+    "unknown precision": ({"reward": {"precision": "fp8"}}, "reward",
+                          "reward.precision: expected one of 'fp32', 'bf16', 'fp16', got 'fp8'"),
+    "fp16 without a GPU": ({"dpo": {"precision": "fp16"}}, "dpo", "!dpo.precision: fp16 needs a CUDA GPU"),
+    "top_p above 1": ({"ppo": {"top_p": 1.5}}, "ppo", "ppo.top_p: "),
+    "unknown model preset": ({"models": {"policy": "tiny-gpt3"}}, "sft",
+                             "!models.policy: unknown preset 'tiny-gpt3' (did you mean 'tiny-gpt2'?)"),
+    "missing data file": ({"data": {"path": "data/missing.csv"}}, "prepare",
+                          "data.path: file not found: 'data/missing.csv'"),
+    "missing section key": (None, "reward", "reward.epochs: missing key"),
+    "bad reward baseline": ({"ppo": {"reward_baseline": "median"}}, "ppo",
+                            "ppo.reward_baseline: expected one of 'reference', 'none', got 'median'"),
+}
+
+ARGS = {
+    "prepare": ["--input", "data/missing.csv", "--out-dir", "out/prepared", "--metrics", "out/data.json"],
+    "reward": ["--data", "nowhere", "--weights", "out/rm.pth", "--model-dir", "out/rm", "--metrics", "out/m.json",
+               "--live", "out/live", "--checkpoints", "out/ck"],
+    "sft": ["--data", "prepared", "--out", "out/sft", "--metrics", "out/m.json", "--live", "out/live",
+            "--checkpoints", "out/ck"],
+    "dpo": ["--data", "nowhere", "--sft", "nowhere", "--out", "out/dpo", "--metrics", "out/m.json",
+            "--live", "out/live", "--checkpoints", "out/ck"],
+    "ppo": ["--data", "nowhere", "--sft", "nowhere", "--reward-weights", "x", "--reward-dir", "x", "--out", "out/ppo",
+            "--metrics", "out/m.json", "--live", "out/live", "--checkpoints", "out/ck"],
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_params_fail_in_one_line_naming_the_key(case, tmp_path, prepared_sample):
+    changes, stage, message = CASES[case]
+    params = tmp_path / "params.yaml"
+    if changes is None:
+        write_params(params)
+        params.write_text(params.read_text().replace("  epochs: 3\n", "", 1))
+    else:
+        write_params(params, **{k: v for k, v in changes.items()})
+    (tmp_path / "prepared").symlink_to(prepared_sample)
+    result = subprocess.run([sys.executable, str(REPO / "stages" / f"{stage}.py"), "--params", "params.yaml",
+                             *ARGS[stage]], capture_output=True, text=True, env=stage_env(), cwd=tmp_path)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+    # "!": an error found after loading (by the model loader, the accelerator), naming the key alone.
+    expected = f"error: {message[1:]}" if message.startswith("!") else f"error: params.yaml: {message}"
+    assert lines[0].startswith(expected), lines[0]
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,91 @@
+"""`accelerate launch --num_processes 2` on a CPU (gloo): the same result as one process with the
+same global batch, and only the main process writes.
+
+Two processes with `batch_size: 8` each make a global batch of 16, as one process with
+`batch_size: 16` does; the data order is the same (accelerate deals the seeded batches
+out in turn). The warmup is 0 so both schedules are identical step for step (the
+one-process warmup of round(0.1 x 4) = 0 steps is not round(0.1 x 8) / 2 = half a step).
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from transformers import BertConfig, BertModel
+
+from alignkit.models import train_bert_tokenizer
+from tests.conftest import REPO, stage_env, write_params
+
+TRAIN_PAIRS = 64  # a multiple of the global batch, so no process gets a padded last batch
+TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope="module")
+def small_data(prepared_sample, tmp_path_factory):
+    out = tmp_path_factory.mktemp("mp-data")
+    for name, keep in (("train", TRAIN_PAIRS), ("validation", 40), ("test", 10)):
+        lines = (prepared_sample / f"{name}.jsonl").read_text().splitlines(keepends=True)
+        (out / f"{name}.jsonl").write_text("".join(lines[:keep]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def dropout_free_bert(small_data, tmp_path_factory):
+    """A local tiny BERT without dropout, so one process and two draw no different dropout masks."""
+    texts = [json.loads(line)[k] for line in (small_data / "train.jsonl").read_text().splitlines()
+             for k in ("prompt", "chosen", "rejected")]
+    tokenizer = train_bert_tokenizer(texts, 1000)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=128, max_position_embeddings=128, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0)
+    out = tmp_path_factory.mktemp("mp-bert") / "bert"
+    BertModel(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def run(stage, args, processes, tmp_path):
+    env = stage_env() | {"OMP_NUM_THREADS": "1"}
+    script = str(REPO / "stages" / f"{stage}.py")
+    if processes == 1:
+        cmd = [sys.executable, script, *args]
+    else:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(REPO / "configs" / "accelerate" / "cpu_2proc.yaml"), script, *args]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def outputs(stage, out):
+    common = ["--metrics", str(out / "metrics.json"), "--live", str(out / "live"),
+              "--checkpoints", str(out / "checkpoints")]
+    if stage == "reward":
+        return ["--weights", str(out / "reward_model.pth"), "--model-dir", str(out / "reward"), *common]
+    return ["--out", str(out / "model"), *common]
+
+
+@pytest.mark.parametrize("stage", ["reward", "dpo"])
+def test_two_processes_match_one_with_the_same_global_batch(stage, small_data, dropout_free_bert, sft_model,
+                                                            tmp_path):
+    metrics, printed = {}, {}
+    for processes, batch_size in ((1, 16), (2, 8)):
+        out = tmp_path / f"p{processes}"
+        section = {"epochs": 1, "batch_size": batch_size, "warmup_ratio": 0.0, "checkpoint_every": 2}
+        params = write_params(tmp_path / f"params{processes}.yaml", **{stage: section},
+                              models={"policy": "tiny-gpt2", "reward": str(dropout_free_bert)})
+        inputs = ["--params", str(params), "--data", str(small_data)]
+        if stage == "dpo":
+            inputs += ["--sft", str(sft_model / "sft")]
+        printed[processes] = run(stage, inputs + outputs(stage, out), processes, tmp_path)
+        metrics[processes] = json.loads((out / "metrics.json").read_text())
+
+        # Only the main process wrote: one summary line, one row per optimizer step in the curves.
+        assert printed[processes].count(f"{stage}: val ") == 1, printed[processes]
+        curve = (out / "live" / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()
+        assert len(curve) == 1 + TRAIN_PAIRS // 16, curve
+        assert json.loads((out / "checkpoints" / "checkpoint.json").read_text())["step"] == TRAIN_PAIRS // 16
+
+    for key in ("train_loss", "val_loss"):
+        assert metrics[2][key] == pytest.approx(metrics[1][key], abs=TOLERANCE), (key, metrics)
