@@ -82,8 +82,8 @@ def model_weights(model):
 class Checkpointer:
     """Save and restore one stage's training state. Only the main process writes."""
 
-    def __init__(self, directory, every, key, fingerprint, accelerator):
-        self.dir, self.every, self.key, self.fingerprint = Path(directory), every, key, fingerprint
+    def __init__(self, directory, every, fingerprint, accelerator):
+        self.dir, self.every, self.fingerprint = Path(directory), every, fingerprint
         self.accelerator = accelerator
         self.step = None  # the step of the last checkpoint written or read
 
@@ -154,8 +154,6 @@ def stage_checkpointer(directory, stage, params, accelerator, inputs=()):
     the library code, and `inputs` (the stage script and its input files), so only a run of
     the same computation on the same inputs resumes."""
     cfg = getattr(params, stage)
-    code = [p for p in sorted(Path(__file__).resolve().parent.glob("*.py"))]
+    code = sorted(Path(__file__).resolve().parent.glob("*.py"))
     parts = (stage, params.seed, params.models.model_dump(), cfg.model_dump(exclude={"checkpoint_every"}))
-    paths = [*code, *inputs]
-    return Checkpointer(directory, cfg.checkpoint_every, f"{stage}.checkpoint_every",
-                        fingerprint(*parts, paths=paths), accelerator)
+    return Checkpointer(directory, cfg.checkpoint_every, fingerprint(*parts, paths=[*code, *inputs]), accelerator)

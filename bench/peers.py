@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from alignkit.prompts import format_prompt
+from alignkit.reward import encode_pairs
 
 
 class TrainerStepper:
@@ -131,8 +132,7 @@ def dpo_batch(examples, pad_id, device):
 def notebook_ppo_iteration(trainer, reward_model, reward_tokenizer, max_length, tokenizer, batch, cfg, queries):
     """One PPO iteration as the reference notebooks ran it: each query generated alone, each
     reward scored alone on the CPU, then PPOTrainer.step, then caches emptied."""
-    from alignkit.ppo import generation_kwargs
-    from alignkit.reward import encode_pairs
+    from alignkit.ppo import generation_kwargs, shaped_rewards
 
     gen = generation_kwargs(cfg, tokenizer)
     responses = [trainer.generate(q, return_prompt=False, **gen).squeeze(0) for q in queries]
@@ -140,27 +140,25 @@ def notebook_ppo_iteration(trainer, reward_model, reward_tokenizer, max_length, 
     for pair, response in zip(batch, responses):
         text = tokenizer.decode(response, skip_special_tokens=True).strip()
         with torch.no_grad():
-            score = _score_one(reward_model, reward_tokenizer, pair.prompt, text, max_length, encode_pairs)
-            baseline = _score_one(reward_model, reward_tokenizer, pair.prompt, pair.chosen, max_length, encode_pairs)
-        rewards.append(torch.clamp(score - baseline, -cfg.reward_clip, cfg.reward_clip).to(trainer.accelerator.device))
+            score = _score_one(reward_model, reward_tokenizer, pair.prompt, text, max_length)
+            baseline = _score_one(reward_model, reward_tokenizer, pair.prompt, pair.chosen, max_length)
+        rewards.append(shaped_rewards(score, baseline, cfg.reward_clip).to(trainer.accelerator.device))
     stats = trainer.step(queries, responses, rewards)
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    return stats, torch.stack([r.cpu() for r in rewards])
+    return stats
 
 
-def _score_one(reward_model, tokenizer, question, answer, max_length, encode_pairs):
+def _score_one(reward_model, tokenizer, question, answer, max_length):
     feature = encode_pairs(tokenizer, [question], [answer], max_length)[0]
     inputs = {k: torch.tensor([v]) for k, v in feature.items()}
     return reward_model(**inputs)[0]
 
 
 def score_one_at_a_time(reward_model, tokenizer, questions, answers, max_length):
-    from alignkit.reward import encode_pairs
-
     with torch.no_grad():
-        return torch.stack([_score_one(reward_model, tokenizer, q, a, max_length, encode_pairs)
+        return torch.stack([_score_one(reward_model, tokenizer, q, a, max_length)
                             for q, a in zip(questions, answers)])
 
 
