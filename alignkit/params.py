@@ -5,6 +5,12 @@ so a key missing from the file is an error, not a silent fallback. Errors are
 one line naming the file and the dotted key, e.g.
 
     params.yaml: prepare.val_fraction: expected a float in [0, 1), got 'abc'
+
+The file is read as DVC reads it (ruamel.yaml, YAML 1.2), so what dvc.lock
+records is what runs. A value that a YAML 1.1 reader (PyYAML) would read
+differently, such as `yes` (a string in 1.2, True in 1.1) or `0o17` (15 in 1.2,
+a string in 1.1), is refused with one line naming the key, so no other tool
+that reads params.yaml sees other values. Numbers must be finite.
 """
 
 import difflib
@@ -17,6 +23,7 @@ from typing import Annotated, Literal
 import annotated_types as at
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from ruamel.yaml import YAML, YAMLError
 
 from alignkit.errors import ParamsError
 
@@ -25,8 +32,9 @@ PositiveInt = Annotated[int, Field(gt=0)]
 
 
 class Section(BaseModel):
-    # strict: no silent str -> number coercion; extra="forbid": typos are errors.
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
+    # strict: no silent str -> number coercion; extra="forbid": typos are errors;
+    # allow_inf_nan=False: .inf and .nan are not learning rates.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True, allow_inf_nan=False)
 
 
 class DataParams(Section):
@@ -149,30 +157,72 @@ class Params(Section):
     eval: EvalParams
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads 1e-5 as a float, as YAML 1.2 (and DVC) do."""
+class _Yaml11Loader(yaml.SafeLoader):
+    """PyYAML's YAML 1.1 reader, with 1e-5 read as a float as YAML 1.2 does: used only to find
+    values that a YAML 1.1 tool would read differently from DVC."""
 
 
-_Loader.add_implicit_resolver(
+_Yaml11Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
     list("-+0123456789"),
 )
 
 
-def load_params(path="params.yaml"):
-    """Read and validate a params file; raise ParamsError naming the key."""
+def _show(value, width=40):
+    """A value for a one-line error, cut short."""
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def read_yaml(path):
+    """A params file as DVC reads it: ruamel.yaml's safe loader, YAML 1.2 (dvc.utils.serialize.parse_yaml).
+
+    Raises ParamsError naming the line for a file that is not YAML (duplicate keys included), and
+    naming the key for a value that YAML 1.1 (PyYAML) reads differently."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ParamsError(f"{path}: file not found") from None
     try:
-        raw = yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError as err:
+        raw = YAML(typ="safe").load(text)
+    except YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark else ""
-        raise ParamsError(f"{path}: {where}not valid YAML ({getattr(err, 'problem', err)})") from None
+        problem = str(getattr(err, "problem", None) or err).splitlines()[0]
+        raise ParamsError(f"{path}: {where}not valid YAML ({problem})") from None
+    try:
+        yaml11 = yaml.load(text, Loader=_Yaml11Loader)
+    except yaml.YAMLError:
+        yaml11 = raw  # only ruamel's reading matters to DVC; a PyYAML-only parse error is no reason to refuse
+    _same_in_yaml11(path, raw, yaml11, [])
+    return raw
+
+
+def _same_in_yaml11(path, dvc, other, loc):
+    """Raise ParamsError at the first key whose value YAML 1.2 (DVC) and YAML 1.1 read differently."""
+    key = ".".join(loc) or "the top level"
+    if isinstance(dvc, dict) and isinstance(other, dict):
+        if list(dvc) != list(other):
+            odd = next((k for k in dvc if k not in other), next(iter(other), None))
+            raise ParamsError(f"{path}: {'.'.join([*loc, str(odd)])}: this key reads differently in YAML 1.1 "
+                              f"({_show(list(other))}); quote it")
+        for k in dvc:
+            _same_in_yaml11(path, dvc[k], other[k], [*loc, str(k)])
+    elif isinstance(dvc, list) and isinstance(other, list) and len(dvc) == len(other):
+        for i, (a, b) in enumerate(zip(dvc, other)):
+            _same_in_yaml11(path, a, b, [*loc, str(i)])
+    elif not (type(dvc) is type(other) and (dvc == other or dvc != dvc and other != other)):  # nan == nan here
+        raise ParamsError(
+            f"{path}: {key}: DVC (YAML 1.2) reads {_show(dvc)} but YAML 1.1 tools read {_show(other)}; "
+            f"write it so both agree (true/false, a plain number, or a quoted string)")
+
+
+def load_params(path="params.yaml"):
+    """Read and validate a params file; raise ParamsError naming the key."""
+    path = Path(path)
+    raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of params sections, got {type(raw).__name__}")
     try:
@@ -193,7 +243,10 @@ def _describe_error(e):
         return f"{key}: missing key"
     if e["type"] == "value_error":  # a check across keys; its message names them
         return e["msg"].removeprefix("Value error, ")
-    return f"{key}: expected {_expected(loc)}, got {e['input']!r}"
+    expected = _expected(loc)
+    if e["type"] == "finite_number":  # .inf or .nan
+        expected = re.sub(r"^an? ", "a finite ", expected)
+    return f"{key}: expected {expected}, got {_show(e['input'])}"
 
 
 def _field_at(loc):

@@ -85,3 +85,63 @@ def test_not_yaml_and_not_a_mapping_and_missing(tmp_path):
         load_params(path)
     with pytest.raises(ParamsError, match="file not found"):
         load_params(tmp_path / "nope.yaml")
+
+
+def replaced(tmp_path, old, new):
+    """params.yaml with one line's text replaced, written as a user would type it (not via a dumper)."""
+    text = (REPO / "params.yaml").read_text()
+    assert old in text, old
+    path = tmp_path / "params.yaml"
+    path.write_text(text.replace(old, new, 1))
+    return path
+
+
+@pytest.mark.parametrize("old, new, message", [
+    # `yes` is a string to DVC (YAML 1.2) and True to PyYAML (YAML 1.1): dvc.lock would record 'yes'.
+    ("adap_kl_ctrl: true", "adap_kl_ctrl: yes", "ppo.adap_kl_ctrl: DVC (YAML 1.2) reads 'yes' but YAML 1.1 tools read True"),
+    ("\n  early_stopping: true", "\n  early_stopping: on",
+     "ppo.early_stopping: DVC (YAML 1.2) reads 'on' but YAML 1.1 tools read True"),
+    # 0o17 is 15 in YAML 1.2 and the string '0o17' in 1.1; 017 is 17 in 1.2 and octal 15 in 1.1.
+    ("seed: 42", "seed: 0o17", "seed: DVC (YAML 1.2) reads 15 but YAML 1.1 tools read '0o17'"),
+    ("seed: 42", "seed: 017", "seed: DVC (YAML 1.2) reads 17 but YAML 1.1 tools read 15"),
+])
+def test_values_yaml_1_1_reads_differently_are_refused(tmp_path, old, new, message):
+    path = replaced(tmp_path, old, new)
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    assert str(err.value).startswith(f"{path}: {message}"), str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_params_are_read_as_dvc_reads_them(tmp_path):
+    """Values both YAML versions agree on load, with the value DVC records in dvc.lock."""
+    from dvc.utils.serialize import load_yaml
+
+    path = replaced(tmp_path, "max_new_tokens: 20", "max_new_tokens: 2_0")
+    path.write_text(path.read_text().replace("val_fraction: 0.08", "val_fraction: 8e-2"))
+    params = load_params(path)
+    recorded = load_yaml(path)
+    assert params.ppo.max_new_tokens == recorded["ppo"]["max_new_tokens"] == 20
+    assert params.prepare.val_fraction == recorded["prepare"]["val_fraction"] == 0.08
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan", ".NaN"])
+def test_numbers_must_be_finite(tmp_path, value):
+    path = replaced(tmp_path, "lr: 1e-3", f"lr: {value}")  # the first lr: reward's
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    assert str(err.value).startswith(f"{path}: reward.lr: expected a finite positive float, got "), str(err.value)
+
+
+def test_duplicate_keys_are_refused_naming_the_line(tmp_path):
+    """PyYAML keeps the last of two equal keys silently; DVC's reader refuses the file."""
+    path = replaced(tmp_path, "seed: 42", "seed: 42\nseed: 7")
+    with pytest.raises(ParamsError, match=r"line \d+: not valid YAML \(found duplicate key \"seed\""):
+        load_params(path)
+
+
+def test_long_values_are_cut_short_in_errors(tmp_path):
+    path = write(tmp_path, with_change("models", "policy", ["x" * 500]))
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    assert len(str(err.value)) < 160 and str(err.value).endswith("...")
