@@ -37,7 +37,12 @@ def distinct_n(texts, n):
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
-def win_rate(scores, baseline_scores):
-    """Share of items where scores beat baseline_scores; ties count half."""
-    wins = sum((s > b) + 0.5 * (s == b) for s, b in zip(scores, baseline_scores))
+def win_rate(scores, baseline_scores, same=None):
+    """Share of items where scores beat baseline_scores; ties count half.
+
+    same[i] True marks item i a tie whatever its two scores: the same answer text on both sides. Scored in
+    batches padded differently, one text's two scores can differ in their last bits, and that noise must
+    not decide a win."""
+    same = same or [False] * len(scores)
+    wins = sum(0.5 if tie else (s > b) + 0.5 * (s == b) for s, b, tie in zip(scores, baseline_scores, same))
     return wins / len(scores)

@@ -47,6 +47,15 @@ def test_distinct_by_hand():
     assert distinct_n(["", "a"], 2) == 0.0
 
 
+def test_win_rate_counts_the_same_answer_a_tie_whatever_its_scores():
+    """Items 1 and 2 hold the same text on both sides, scored 2.0000001 vs 2.0 and 1.0000001 vs 1.0 by
+    differently padded batches: both are ties (0.5 each), and item 0 (3 > 1) a win: (1 + 0.5 + 0.5) / 3.
+    Judged by the scores alone, the noise would make them wins: (1 + 1 + 1) / 3."""
+    assert win_rate([3.0, 2.0000001, 1.0000001], [1.0, 2.0, 1.0], [False, True, True]) == pytest.approx(2 / 3)
+    assert win_rate([3.0, 2.0000001, 1.0000001], [1.0, 2.0, 1.0]) == 1.0
+    assert win_rate([0.0], [5.0], [True]) == 0.5
+
+
 def test_win_rate_counts_ties_half():
     """wins: 3 > 1, tie 2 = 2, loss 0 < 5 -> (1 + 0.5 + 0) / 3 = 0.5."""
     assert win_rate([3, 2, 0], [1, 2, 5]) == 0.5
