@@ -63,9 +63,10 @@ def test_repro_builds_every_stage_then_does_nothing(built):
 
 
 # The outputs whose bytes depend on floating-point kernels, and so on the CPU kind (README, "Reproducible").
-# Data preparation, tokenizer training, finished checkpoints (checkpoint.json) and params are the same everywhere.
-FLOAT_MADE = re.compile(r"^(models/.+|generations/.+|dvclive/.+|plots/eval/.+"
-                        r"|metrics/(reward|sft|dpo|ppo|eval/.+)\.json)$")
+# Prepared data, the reward model's tokenizer and config (models/reward), finished checkpoints (checkpoint.json),
+# params and code are the same everywhere.
+FLOAT_MADE = re.compile(r"^(models/(reward_model\.pth|sft|dpo|ppo)|generations/.+|dvclive/.+/plots/metrics"
+                        r"|plots/eval/.+|metrics/(reward|sft|dpo|ppo|eval/.+)\.json)$")
 
 # Rebuilt metrics agree with the committed ones within these tolerances (README, "Reproducible"):
 # - a share of counted items (accuracies, win rates over ~200 pairs) within SHARE_ATOL, 4 items: a pair whose two
