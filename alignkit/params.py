@@ -204,10 +204,10 @@ def _same_in_yaml11(path, dvc, other, loc):
     """Raise ParamsError at the first key whose value YAML 1.2 (DVC) and YAML 1.1 read differently."""
     key = ".".join(loc) or "the top level"
     if isinstance(dvc, dict) and isinstance(other, dict):
-        if list(dvc) != list(other):
-            odd = next((k for k in dvc if k not in other), next(iter(other), None))
-            raise ParamsError(f"{path}: {'.'.join([*loc, str(odd)])}: this key reads differently in YAML 1.1 "
-                              f"({_show(list(other))}); quote it")
+        if list(dvc) != list(other):  # same length: ruamel refuses the duplicate keys PyYAML would merge
+            mine, theirs = next((a, b) for a, b in zip(dvc, other) if a != b)
+            raise ParamsError(f"{path}: {'.'.join([*loc, str(mine)])}: DVC (YAML 1.2) reads this key as "
+                              f"{_show(mine)} but YAML 1.1 tools read {_show(theirs)}; quote it")
         for k in dvc:
             _same_in_yaml11(path, dvc[k], other[k], [*loc, str(k)])
     elif isinstance(dvc, list) and isinstance(other, list) and len(dvc) == len(other):

@@ -104,6 +104,7 @@ def replaced(tmp_path, old, new):
     # 0o17 is 15 in YAML 1.2 and the string '0o17' in 1.1; 017 is 17 in 1.2 and octal 15 in 1.1.
     ("seed: 42", "seed: 0o17", "seed: DVC (YAML 1.2) reads 15 but YAML 1.1 tools read '0o17'"),
     ("seed: 42", "seed: 017", "seed: DVC (YAML 1.2) reads 17 but YAML 1.1 tools read 15"),
+    ("seed: 42", "seed: 42\n'off': 1\non: 1", "on: DVC (YAML 1.2) reads this key as 'on' but YAML 1.1 tools read True"),
 ])
 def test_values_yaml_1_1_reads_differently_are_refused(tmp_path, old, new, message):
     path = replaced(tmp_path, old, new)
