@@ -98,7 +98,8 @@ def replaced(tmp_path, old, new):
 
 @pytest.mark.parametrize("old, new, message", [
     # `yes` is a string to DVC (YAML 1.2) and True to PyYAML (YAML 1.1): dvc.lock would record 'yes'.
-    ("adap_kl_ctrl: true", "adap_kl_ctrl: yes", "ppo.adap_kl_ctrl: DVC (YAML 1.2) reads 'yes' but YAML 1.1 tools read True"),
+    ("adap_kl_ctrl: true", "adap_kl_ctrl: yes",
+     "ppo.adap_kl_ctrl: DVC (YAML 1.2) reads 'yes' but YAML 1.1 tools read True"),
     ("\n  early_stopping: true", "\n  early_stopping: on",
      "ppo.early_stopping: DVC (YAML 1.2) reads 'on' but YAML 1.1 tools read True"),
     # 0o17 is 15 in YAML 1.2 and the string '0o17' in 1.1; 017 is 17 in 1.2 and octal 15 in 1.1.

@@ -167,7 +167,8 @@ def test_experiment_on_dpo_lr_reruns_exactly_dpo_and_its_evaluation(built_copy):
     assert float(row["dpo.lr"]) == 1e-5
     assert row["metrics/eval/dpo.json:reward_mean"] and row["metrics/dpo.json:val_loss"]
 
-    diff = json.loads(dvc(built_copy, "metrics", "diff", "--json"))  # the baseline rebuilt here (HEAD) vs the experiment
+    # The baseline rebuilt here (HEAD) vs the experiment.
+    diff = json.loads(dvc(built_copy, "metrics", "diff", "--json"))
     changed = {path for path, values in diff.items() if any(v.get("diff") for v in values.values())}
     assert {"metrics/dpo.json", "metrics/eval/dpo.json"} <= changed
     assert not changed & {"metrics/eval/sft.json", "metrics/eval/ppo.json", "metrics/sft.json", "metrics/ppo.json",
