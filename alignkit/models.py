@@ -130,14 +130,52 @@ def _load(spec, key, texts, seed, family, auto_class):
                              f"this model needs {' or '.join(wanted)}")
         return build_preset(spec, texts, seed)
     local = kind == "local"
+
+    def load(local_files_only):
+        tokenizer = AutoTokenizer.from_pretrained(spec, local_files_only=local_files_only)
+        return getattr(transformers, auto_class).from_pretrained(spec, local_files_only=local_files_only), tokenizer
+
     try:
-        tokenizer = AutoTokenizer.from_pretrained(spec, local_files_only=local)
-        model = getattr(transformers, auto_class).from_pretrained(spec, local_files_only=local)
+        return load(local_files_only=True)  # a local directory, or a hub id in the HF cache: no network
     except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0]
-        where = "local directory" if local else "hub id (is the network or the HF cache available?)"
-        raise ModelError(f"{key}: cannot load '{spec}' as a {where}: {first}") from None
-    return model, tokenizer
+        if local:
+            raise ModelError(f"{key}: cannot load '{spec}' as a local directory: {_first_line(err)}") from None
+    # Not cached: download. Without a route to the hub the libraries retry for about a minute, so ask first.
+    unreachable = _hub_unreachable()
+    if unreachable:
+        raise ModelError(f"{key}: cannot load '{spec}' as a hub id: it is not in the Hugging Face cache and "
+                         f"{unreachable}")
+    try:
+        return load(local_files_only=False)
+    except (OSError, ValueError) as err:
+        raise ModelError(f"{key}: cannot load '{spec}' as a hub id: {_first_line(err)}") from None
+
+
+def _first_line(err):
+    return str(err).strip().splitlines()[0]
+
+
+def _hub_unreachable():
+    """Why the Hugging Face hub cannot be reached now (one quick connection, no retries), or None.
+
+    Behind a proxy the direct connection says nothing, so the libraries are left to try."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    endpoint = urlparse(constants.ENDPOINT)
+    host, port = endpoint.hostname, endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except OSError as err:
+        return f"{host} cannot be reached ({getattr(err, 'strerror', None) or err})"
+    return None
 
 
 def load_policy(spec, key="models.policy", texts=(), seed=0):

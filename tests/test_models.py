@@ -106,4 +106,49 @@ def test_hub_id_goes_to_from_pretrained_and_fails_clearly_offline():
     assert result.returncode == 2
     line = result.stderr.strip()
     assert "\n" not in line
-    assert line.startswith("error: models.policy: cannot load 'openai-community/gpt2-medium' as a hub id")
+    assert line == ("error: models.policy: cannot load 'openai-community/gpt2-medium' as a hub id: it is not in "
+                    "the Hugging Face cache and HF_HUB_OFFLINE is set")
+
+
+def test_a_hub_id_fails_at_once_when_the_hub_cannot_be_reached(tmp_path, monkeypatch, no_network):
+    """Not cached and no route to the hub: one line at once, not a minute of retries. The cache is
+    looked at without the network (no_network fails the test on any connection)."""
+    import time
+
+    import alignkit.models as models
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(models, "_hub_unreachable", lambda: "huggingface.co cannot be reached (no route)")
+    start = time.monotonic()
+    with pytest.raises(ModelError) as err:
+        models.load_encoder("bert-base-uncased")
+    assert str(err.value) == ("models.reward: cannot load 'bert-base-uncased' as a hub id: it is not in the "
+                              "Hugging Face cache and huggingface.co cannot be reached (no route)")
+    assert time.monotonic() - start < 10
+
+
+def test_the_hub_probe_is_one_connection_and_trusts_a_proxy(monkeypatch):
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    import alignkit.models as models
+
+    calls = []
+
+    def unreachable(address, timeout):
+        calls.append((address, timeout))
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    host = urlparse(constants.ENDPOINT).hostname  # huggingface.co unless HF_ENDPOINT says otherwise
+    assert models._hub_unreachable() == f"{host} cannot be reached (Name or service not known)"
+    assert len(calls) == 1 and calls[0][0][0] == host and calls[0][1] == 5
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
+    assert models._hub_unreachable() is None and len(calls) == 1  # the proxy decides: no direct probe
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert models._hub_unreachable() == "HF_HUB_OFFLINE is set"
