@@ -161,7 +161,8 @@ def detect_schema(path, columns, schema):
         schema = max(SCHEMAS, key=lambda s: sum(bool(difflib.get_close_matches(c, columns, 1)) for c in SCHEMAS[s]))
     missing = [c for c in SCHEMAS[schema] if c not in columns]
     if missing:
-        close = difflib.get_close_matches(missing[0], columns, n=1)
+        # A near miss is a column the schema does not already use: More_Prefered is no misspelt Less_Prefered.
+        close = difflib.get_close_matches(missing[0], [c for c in columns if c not in SCHEMAS[schema]], n=1)
         hint = f"found '{close[0]}' -- check the spelling" if close else f"found columns: {', '.join(map(repr, columns))}"
         raise DataError(f"{path}: header, column '{missing[0]}': missing, needed by the {schema} schema ({hint})")
     return schema

@@ -34,18 +34,21 @@ PRESETS = {
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 
-def source_kind(spec, key):
-    """Classify a model spec as 'preset', 'local' or 'hub'; ModelError if it is none of them."""
+def source_kind(spec, key, family=None):
+    """Classify a model spec as 'preset', 'local' or 'hub'; ModelError if it is none of them.
+
+    Hints offer only the presets of `family` (gpt2 for a policy, bert for a reward encoder) when given."""
     if spec in PRESETS:
         return "preset"
     if Path(spec).is_dir():
         return "local"
-    close = difflib.get_close_matches(spec, list(PRESETS), n=1, cutoff=0.8)
+    offered = [name for name, p in PRESETS.items() if family in (None, p["family"])]
+    close = difflib.get_close_matches(spec, offered, n=1, cutoff=0.8)
     if close or spec.startswith("tiny-"):
-        hint = f"did you mean '{close[0]}'?" if close else f"presets: {', '.join(PRESETS)}"
+        hint = f"did you mean '{close[0]}'?" if close else f"presets: {', '.join(offered)}"
         raise ModelError(f"{key}: unknown preset '{spec}' ({hint})")
     if spec.startswith((".", "/", "~")) or Path(spec).exists() or not _HUB_ID.match(spec):
-        raise ModelError(f"{key}: '{spec}' is not a built-in preset ({', '.join(PRESETS)}), "
+        raise ModelError(f"{key}: '{spec}' is not a built-in preset ({', '.join(offered)}), "
                          "an existing directory, or a hub id like 'org/name'")
     return "hub"
 
@@ -122,7 +125,7 @@ def _load(spec, key, texts, seed, family, auto_class):
     import transformers
     from transformers import AutoTokenizer
 
-    kind = source_kind(spec, key)
+    kind = source_kind(spec, key, family)
     if kind == "preset":
         if PRESETS[spec]["family"] != family:
             wanted = [name for name, p in PRESETS.items() if p["family"] == family]

@@ -25,8 +25,9 @@ def test_source_kind(tmp_path):
 
 @pytest.mark.parametrize("spec, message", [
     ("tiny-gtp2", "models.policy: unknown preset 'tiny-gtp2' (did you mean 'tiny-gpt2'?)"),
-    ("tiny-llama", "models.policy: unknown preset 'tiny-llama'"),
-    ("./no/such/dir", "models.policy: './no/such/dir' is not a built-in preset"),
+    ("tiny-llama", "models.policy: unknown preset 'tiny-llama' (presets: tiny-gpt2)"),  # a policy's presets only
+    ("tiny-bret", "models.policy: unknown preset 'tiny-bret' (presets: tiny-gpt2)"),
+    ("./no/such/dir", "models.policy: './no/such/dir' is not a built-in preset (tiny-gpt2), an existing directory"),
     ("a/b/c", "models.policy: 'a/b/c' is not a built-in preset"),
 ])
 def test_bad_model_spec_names_the_key(spec, message):
@@ -40,6 +41,8 @@ def test_presets_have_the_right_family():
         load_policy("tiny-bert", texts=TEXTS)
     with pytest.raises(ModelError, match="models.reward: preset 'tiny-gpt2' is of the gpt2 family; .* needs tiny-bert"):
         load_encoder("tiny-gpt2", texts=TEXTS)
+    with pytest.raises(ModelError, match=r"^models.reward: unknown preset 'tiny-gtp2' \(presets: tiny-bert\)$"):
+        load_encoder("tiny-gtp2", texts=TEXTS)  # close to tiny-gpt2, which is no encoder: not offered
 
 
 def test_tiny_gpt2_preset_tokenizer_is_byte_level_bpe_trained_on_the_text(no_network):

@@ -49,8 +49,10 @@ def test_misspelled_column_names_the_column_and_the_near_miss(prepare, tmp_path)
 
 
 def test_missing_column(prepare, tmp_path):
+    """The hint names only a near miss: More_Prefered is a column of its own, not a misspelt Less_Prefered."""
     path = csv_file(tmp_path, "What?,Yes.\n", header="Question,More_Prefered\n")
-    assert_error(prepare(path), path, "header", "column 'Less_Prefered'")
+    msg = assert_error(prepare(path), path, "header", "column 'Less_Prefered'")
+    assert "found columns: 'Question', 'More_Prefered'" in msg and "check the spelling" not in msg
     assert prepare.wrote_nothing()
 
 
