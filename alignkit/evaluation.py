@@ -77,15 +77,18 @@ def evaluate_policy(name, policy, sft, tokenizer, scorer, pairs, cfg, gen, seed)
     kl = (answer_logps(policy, tokenizer, questions, answer_ids, cfg.batch_size)
           - answer_logps(sft, tokenizer, questions, answer_ids, cfg.batch_size))
     accuracy_sum, accuracy_mean = preference_accuracy(policy, tokenizer, pairs, cfg.max_length, cfg.batch_size)
+
+    def win_rate_vs(others):  # the same text on both sides is a tie, whatever padding noise does to its scores
+        return win_rate(rewards.tolist(), scorer.score(questions, others).tolist(),
+                        [a == b for a, b in zip(answers, others)])
+
     metrics = {
         "bleu": bleu(references, answers),
         **rouge(references, answers),
         "reward_mean": rewards.mean().item(),
         "reward_std": rewards.std().item(),
-        "win_rate_vs_sft": win_rate(rewards.tolist(), scorer.score(questions, sft_answers).tolist(),
-                                    [a == b for a, b in zip(answers, sft_answers)]),
-        "win_rate_vs_reference": win_rate(rewards.tolist(), scorer.score(questions, references).tolist(),
-                                          [a == b for a, b in zip(answers, references)]),
+        "win_rate_vs_sft": win_rate_vs(sft_answers),
+        "win_rate_vs_reference": win_rate_vs(references),
         "preference_accuracy": accuracy_sum,
         "preference_accuracy_normalized": accuracy_mean,
         "kl_to_reference": kl.mean().item(),

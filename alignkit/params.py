@@ -202,7 +202,6 @@ def read_yaml(path):
 
 def _same_in_yaml11(path, dvc, other, loc):
     """Raise ParamsError at the first key whose value YAML 1.2 (DVC) and YAML 1.1 read differently."""
-    key = ".".join(loc) or "the top level"
     if isinstance(dvc, dict) and isinstance(other, dict):
         if list(dvc) != list(other):  # same length: ruamel refuses the duplicate keys PyYAML would merge
             mine, theirs = next((a, b) for a, b in zip(dvc, other) if a != b)
@@ -215,7 +214,7 @@ def _same_in_yaml11(path, dvc, other, loc):
             _same_in_yaml11(path, a, b, [*loc, str(i)])
     elif not (type(dvc) is type(other) and (dvc == other or dvc != dvc and other != other)):  # nan == nan here
         raise ParamsError(
-            f"{path}: {key}: DVC (YAML 1.2) reads {_show(dvc)} but YAML 1.1 tools read {_show(other)}; "
+            f"{path}: {'.'.join(loc) or 'the top level'}: DVC (YAML 1.2) reads {_show(dvc)} but YAML 1.1 tools read {_show(other)}; "
             f"write it so both agree (true/false, a plain number, or a quoted string)")
 
 
