@@ -1,12 +1,15 @@
-"""Preference data: read raw files, validate, normalise, split, summarise.
+"""Preference data: read raw files, map columns, filter, validate, turn into conversations, split, summarise.
 
 Every pair is normalised to one naming scheme, `prompt`, `chosen`, `rejected`
-(as in the DPO reference code), whatever the input's column names.
+(as in the DPO reference code), whatever the input's column names: the prompt is
+a conversation (a tuple of conversation.Message), chosen and rejected the text
+of the final assistant turn.
 
-Bad input raises DataError with one line naming the file, the row (counted from
-1, header excluded), the line where the format has lines, and the column.
-Rows that are better dropped than fixed (exact duplicates, chosen identical to
-rejected, and over-long rows when asked) are dropped and counted by reason.
+File-level problems (unreadable file, missing column, malformed CSV or JSON)
+raise DataError with one line naming the file and, where it has them, the row
+(counted from 1, header excluded), line and column. Row-level problems raise
+BadRow, which the caller drops and counts by reason (prepare.on_bad_row: drop)
+or turns into the error (on_bad_row: error). Quoted values are cut short.
 """
 
 import csv
@@ -21,17 +24,30 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from alignkit.errors import DataError
+from alignkit.conversation import Message, as_text, from_json, parse_hh, single_turn, to_json
+from alignkit.errors import DataError, show
 
+# Each schema's column for each part of a pair; data.columns overrides them one by one.
 SCHEMAS = {
-    "reference": ("Question", "More_Prefered", "Less_Prefered"),
-    "prompt_chosen_rejected": ("prompt", "chosen", "rejected"),
-    "hh": ("chosen", "rejected"),
+    "reference": {"prompt": "Question", "chosen": "More_Prefered", "rejected": "Less_Prefered"},
+    "prompt_chosen_rejected": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"},
+    "hh": {"chosen": "chosen", "rejected": "rejected"},
 }
 HH_TURN = "\n\nAssistant:"
 # Cell texts that mean "no value" in files written by pandas, spreadsheets and databases.
 NA_STRINGS = {"nan", "NaN", "NAN", "-nan", "null", "NULL", "<NA>", "#N/A"}
 SPLITS = ("train", "validation", "test")
+# Why a row was dropped; metrics/data.json counts every one of them.
+BAD_ROW_REASONS = ("empty_cell", "not_text", "not_utf8", "too_long", "no_shared_prompt", "malformed_dialogue",
+                   "empty_answer", "identical_pair", "duplicate")
+
+
+class BadRow(DataError):
+    """A problem with one row: dropped and counted under `reason`, or the stage's error."""
+
+    def __init__(self, reason, message):
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -45,7 +61,7 @@ class Record:
 
 @dataclass(frozen=True)
 class Pair:
-    prompt: str
+    prompt: tuple  # of conversation.Message, ending with a user turn
     chosen: str
     rejected: str
     row: int  # the row in the raw file, for provenance
@@ -56,7 +72,13 @@ def where(path, rec, column=None):
     out = f"{path}: row {rec.row}"
     if rec.line is not None and rec.line != rec.row:
         out += f" (line {rec.line})"
-    return out + (f", column '{column}'" if column is not None else "")
+    return out + (f", column {show(column)}" if column is not None else "")
+
+
+def _listing(columns, limit=8):
+    """'a', 'b', ... (and N more): found columns for a one-line error."""
+    shown = ", ".join(show(c, 30) for c in columns[:limit])
+    return shown + (f" and {len(columns) - limit} more" if len(columns) > limit else "")
 
 
 # ---------------------------------------------------------------- reading
@@ -78,11 +100,14 @@ def read_table(path):
             raw = gzip.decompress(raw)
         except (OSError, EOFError) as err:
             raise DataError(f"{path}: not a readable gzip file ({err})") from None
+    nul = raw.find(b"\x00", 0, 65536)
+    if kind in (".csv", ".jsonl", ".ndjson") and nul >= 0:
+        raise DataError(f"{path}: not a UTF-8 text file (a NUL byte at byte {nul}); expected {kind[1:]} text")
     if kind == ".csv":
         return _read_csv(path, raw)
     if kind in (".jsonl", ".ndjson"):
         return _read_jsonl(path, raw)
-    raise DataError(f"{path}: unsupported file type '{''.join(path.suffixes)}' (expected .csv, .jsonl or .parquet)")
+    raise DataError(f"{path}: unsupported file type {show(''.join(path.suffixes))} (expected .csv, .jsonl or .parquet)")
 
 
 def _read_csv(path, raw):
@@ -90,6 +115,8 @@ def _read_csv(path, raw):
     # column holding them can be named once the CSV is parsed.
     text = raw.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    # No field limit here: an over-long cell is a too-long row (prepare.max_chars), not a broken file.
+    limit = csv.field_size_limit(2**31 - 1)
     try:
         header = next(reader, None)
         if header is None:
@@ -100,7 +127,7 @@ def _read_csv(path, raw):
             for sep, name in ((";", "semicolon"), ("\t", "tab"), ("|", "pipe")):
                 if sep in header[0]:
                     raise DataError(
-                        f"{path}: header (line 1), column {header[0]!r}: found one column; the file looks "
+                        f"{path}: header (line 1), column {show(header[0])}: found one column; the file looks "
                         f"{name}-delimited, but CSV input must be comma-delimited"
                     )
         records, start = [], reader.line_num + 1
@@ -117,6 +144,8 @@ def _read_csv(path, raw):
             records.append(Record(rec.row, rec.line, dict(zip(header, values))))
     except csv.Error as err:
         raise DataError(f"{path}: line {reader.line_num}: malformed CSV ({err})") from None
+    finally:
+        csv.field_size_limit(limit)
     return header, records
 
 
@@ -151,21 +180,113 @@ def _read_parquet(path):
 # ---------------------------------------------------------------- schema
 
 
-def detect_schema(path, columns, schema):
-    """Return the schema name to use; raise naming the missing column."""
+def resolve_columns(path, columns, schema, mapping):
+    """(schema name, {part: column}) for a file with `columns`; DataError naming what is missing.
+
+    mapping: data.columns as a dict (part -> column or None). auto picks the first schema whose
+    columns, after the mapping, are all present: reference, then prompt/chosen/rejected, then hh."""
+    mapped = {part: column for part, column in mapping.items() if column is not None}
+    for part, column in mapped.items():
+        if column not in columns:
+            close = difflib.get_close_matches(column, columns, n=1)
+            hint = f"did you mean {show(close[0])}?" if close else f"found columns: {_listing(columns)}"
+            raise DataError(f"data.columns.{part}: no column {show(column)} in {path} ({hint})")
+
+    def layout(name):
+        return None if name == "hh" and "prompt" in mapped else {**SCHEMAS[name], **mapped}
+
+    if schema == "hh" and "prompt" in mapped:
+        raise DataError(f"data.columns.prompt: the hh schema takes the prompt from the dialogues in {path}; set it to null")
     if schema == "auto":
-        fitting = [name for name, cols in SCHEMAS.items() if set(cols) <= set(columns)]
+        fitting = [name for name in SCHEMAS if layout(name) and set(layout(name).values()) <= set(columns)]
         if fitting:
-            return fitting[0]  # reference, then prompt/chosen/rejected, then hh
+            return fitting[0], layout(fitting[0])
         # The closest schema is the one most of whose columns are present or nearly so.
-        schema = max(SCHEMAS, key=lambda s: sum(bool(difflib.get_close_matches(c, columns, 1)) for c in SCHEMAS[s]))
-    missing = [c for c in SCHEMAS[schema] if c not in columns]
+        schema = max((name for name in SCHEMAS if layout(name)), key=lambda name: sum(
+            bool(difflib.get_close_matches(c, columns, 1)) for c in layout(name).values()))
+    wanted = layout(schema)
+    missing = [c for c in wanted.values() if c not in columns]
     if missing:
         # A near miss is a column the schema does not already use: More_Prefered is no misspelt Less_Prefered.
-        close = difflib.get_close_matches(missing[0], [c for c in columns if c not in SCHEMAS[schema]], n=1)
-        hint = f"found '{close[0]}' -- check the spelling" if close else f"found columns: {', '.join(map(repr, columns))}"
-        raise DataError(f"{path}: header, column '{missing[0]}': missing, needed by the {schema} schema ({hint})")
-    return schema
+        close = difflib.get_close_matches(missing[0], [c for c in columns if c not in wanted.values()], n=1)
+        hint = f"found {show(close[0])} -- check the spelling" if close else f"found columns: {_listing(columns)}"
+        raise DataError(f"{path}: header, column {show(missing[0])}: missing, needed by the {schema} schema ({hint})")
+    return schema, wanted
+
+
+# ---------------------------------------------------------------- filtering
+
+
+def condition_label(condition):
+    """'chosen_score >= 8': how a condition is named in metrics/data.json and in errors."""
+    return f"{condition.column} {condition.op} {json.dumps(condition.value, ensure_ascii=False)}"
+
+
+_COMPARE = {"==": lambda a, b: a == b, "!=": lambda a, b: a != b, ">=": lambda a, b: a >= b,
+            "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, "<": lambda a, b: a < b,
+            "in": lambda a, b: a in b}
+_TRUE, _FALSE = {"true", "1", "yes"}, {"false", "0", "no"}
+
+
+def _as_kind_of(cell, like):
+    """The cell read as the kind of `like` (bool, number or str), or raise ValueError."""
+    if isinstance(like, bool):
+        if isinstance(cell, bool):
+            return cell
+        if isinstance(cell, str) and cell.strip().lower() in _TRUE | _FALSE:
+            return cell.strip().lower() in _TRUE
+        if isinstance(cell, int) and cell in (0, 1):
+            return bool(cell)
+        raise ValueError("a boolean")
+    if isinstance(like, (int, float)):
+        if isinstance(cell, (int, float)) and not isinstance(cell, bool):
+            return cell
+        try:
+            number = float(cell) if isinstance(cell, str) else None
+        except ValueError:
+            number = None
+        if number is None or not math.isfinite(number):
+            raise ValueError("a number")
+        return number
+    if isinstance(cell, str):
+        return cell.strip()
+    raise ValueError("a string")
+
+
+def _empty(cell):
+    return (cell is None or (isinstance(cell, float) and math.isnan(cell))
+            or (isinstance(cell, str) and (not cell.strip() or cell.strip() in NA_STRINGS)))
+
+
+def apply_filters(path, columns, records, conditions):
+    """(records where every condition holds, Counter of removed rows by the first condition they fail).
+
+    An empty cell fails its condition. An unknown column, or a cell that cannot be read as the
+    condition value's kind, is a DataError naming the params key data.filter[i]."""
+    for i, c in enumerate(conditions):
+        if c.column not in columns:
+            close = difflib.get_close_matches(c.column, columns, n=1)
+            hint = f"did you mean {show(close[0])}?" if close else f"found columns: {_listing(columns)}"
+            raise DataError(f"data.filter[{i}].column: no column {show(c.column)} in {path} ({hint})")
+    kept, removed = [], Counter({condition_label(c): 0 for c in conditions})
+    for rec in records:
+        for i, c in enumerate(conditions):
+            cell = rec.values.get(c.column)
+            if _empty(cell):
+                holds = False
+            else:
+                values = c.value if c.op == "in" else [c.value]
+                try:
+                    holds = _COMPARE[c.op](_as_kind_of(cell, values[0]), c.value)
+                except ValueError as kind:
+                    raise DataError(f"data.filter[{i}] ({condition_label(c)}): {where(path, rec, c.column)}: "
+                                    f"{show(cell)} is not {kind}") from None
+            if not holds:
+                removed[condition_label(c)] += 1
+                break
+        else:
+            kept.append(rec)
+    return kept, removed
 
 
 # ---------------------------------------------------------------- cleaning
@@ -175,33 +296,35 @@ def _check_utf8(path, rec, column, text, header=False):
     bad = next((i for i, ch in enumerate(text) if "\udc80" <= ch <= "\udcff"), None)
     if bad is not None:
         byte = ord(text[bad]) - 0xDC00
-        loc = f"{path}: header (line 1), column {column!r}" if header else where(path, rec, column)
-        raise DataError(f"{loc}: bytes that are not UTF-8 (0x{byte:02x} at character {bad + 1})")
+        message = f"bytes that are not UTF-8 (0x{byte:02x} at character {bad + 1})"
+        if header:
+            raise DataError(f"{path}: header (line 1), column {show(column)}: {message}")
+        raise BadRow("not_utf8", f"{where(path, rec, column)}: {message}")
 
 
 def cell_text(path, rec, column, strip=True):
-    """The text of one cell (stripped unless strip=False), or DataError for a missing, non-text or empty value."""
+    """The text of one cell (stripped unless strip=False), or BadRow for a missing, non-text or empty value."""
     value = rec.values.get(column)
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        raise DataError(f"{where(path, rec, column)}: missing value (NaN/null)")
+        raise BadRow("empty_cell", f"{where(path, rec, column)}: missing value (NaN/null)")
     if isinstance(value, bytes):
         try:
             value = value.decode("utf-8")
         except UnicodeDecodeError as err:
-            raise DataError(f"{where(path, rec, column)}: bytes that are not UTF-8 (at byte {err.start})") from None
+            raise BadRow("not_utf8", f"{where(path, rec, column)}: bytes that are not UTF-8 (at byte {err.start})") from None
     if not isinstance(value, str):
-        raise DataError(f"{where(path, rec, column)}: expected text, got {type(value).__name__} {value!r}")
+        raise BadRow("not_text", f"{where(path, rec, column)}: expected text, got {type(value).__name__} {show(value)}")
     _check_utf8(path, rec, column, value)
     text = value.strip()
     if not text:
-        raise DataError(f"{where(path, rec, column)}: empty cell")
+        raise BadRow("empty_cell", f"{where(path, rec, column)}: empty cell")
     if text in NA_STRINGS:
-        raise DataError(f"{where(path, rec, column)}: missing value ({text!r})")
+        raise BadRow("empty_cell", f"{where(path, rec, column)}: missing value ({text!r})")
     return text if strip else value
 
 
 def split_hh(path, rec, chosen, rejected):
-    """Split two Anthropic-HH dialogues into (prompt, chosen answer, rejected answer).
+    """Split two Anthropic-HH dialogues into (prompt text, chosen answer, rejected answer).
 
     The prompt is the shared prefix up to and including the last 'Assistant:' turn.
     """
@@ -212,46 +335,70 @@ def split_hh(path, rec, chosen, rejected):
         common += 1
     cut = chosen[:common].rfind(HH_TURN)
     if cut < 0:
-        raise DataError(f"{where(path, rec, 'chosen')}: no '\\n\\nAssistant:' turn shared with column 'rejected'")
+        raise BadRow("no_shared_prompt",
+                     f"{where(path, rec, 'chosen')}: no '\\n\\nAssistant:' turn shared with column 'rejected'")
     prompt = chosen[: cut + len(HH_TURN)]
     return prompt.strip(), chosen[len(prompt) :].strip(), rejected[len(prompt) :].strip()
 
 
-def to_pairs(path, schema, records, max_chars, on_too_long):
-    """Validate records into Pairs; return (pairs, Counter of dropped rows by reason)."""
-    pairs, dropped, seen = [], Counter(), set()
-    columns = SCHEMAS[schema]
+def row_pair(path, schema, layout, rec, max_chars):
+    """One record -> Pair, or BadRow. layout: {part: column} from resolve_columns."""
+    texts = {}
+    for part, column in layout.items():
+        # HH cells are whole dialogues whose leading "\n\nHuman:" is part of the format
+        texts[part] = cell_text(path, rec, column, strip=schema != "hh" or part == "system")
+    too_long = next((part for part in layout if len(texts[part]) > max_chars), None)
+    if too_long is not None:
+        raise BadRow("too_long", f"{where(path, rec, layout[too_long])}: text of {len(texts[too_long])} characters "
+                                 f"is longer than prepare.max_chars={max_chars}")
+    system = texts.get("system")
+    if schema == "hh":
+        prompt, chosen, rejected = split_hh(path, rec, texts["chosen"], texts["rejected"])
+        for part, answer in (("chosen", chosen), ("rejected", rejected)):
+            if not answer:
+                raise BadRow("empty_answer", f"{where(path, rec, layout[part])}: empty answer after the last "
+                                             "'Assistant:' turn")
+        turns = parse_hh(prompt)
+        if turns is None:
+            raise BadRow("malformed_dialogue", f"{where(path, rec, layout['chosen'])}: the dialogue does not start "
+                                               "with 'Human:' or has an empty turn")
+        messages = ((Message("system", system),) if system else ()) + turns
+    else:
+        messages, chosen, rejected = single_turn(texts["prompt"], system), texts["chosen"], texts["rejected"]
+    if chosen == rejected:
+        raise BadRow("identical_pair", f"{where(path, rec, layout['chosen'])}: the same answer as column "
+                                       f"{show(layout['rejected'])}")
+    return Pair(messages, chosen, rejected, rec.row)
+
+
+def to_pairs(path, schema, layout, records, cfg):
+    """Validate records into Pairs; return (pairs, Counter of dropped rows by reason).
+
+    cfg: the `prepare` params (max_chars, on_bad_row, max_drop_fraction). With on_bad_row: error
+    the first bad row stops the stage; with drop, more than max_drop_fraction of the rows does."""
+    pairs, dropped, seen, first = [], Counter(), set(), {}
     for rec in records:
-        texts = {}
-        for column in columns:
-            # HH cells are whole dialogues whose leading "\n\nHuman:" is part of the format
-            texts[column] = cell_text(path, rec, column, strip=schema != "hh")
-        too_long = next((c for c in columns if len(texts[c]) > max_chars), None)
-        if too_long is not None:
-            if on_too_long == "error":
-                raise DataError(
-                    f"{where(path, rec, too_long)}: text of {len(texts[too_long])} characters is longer than "
-                    f"prepare.max_chars={max_chars} (raise it, or set prepare.on_too_long: drop)"
-                )
-            dropped["too_long"] += 1
+        try:
+            pair = row_pair(path, schema, layout, rec, cfg.max_chars)
+            key = (pair.prompt, pair.chosen, pair.rejected)
+            if key in seen:
+                raise BadRow("duplicate", f"{where(path, rec)}: the same prompt and answers as an earlier row")
+        except BadRow as bad:
+            if cfg.on_bad_row == "error":
+                raise DataError(f"{bad} (prepare.on_bad_row: drop would drop and count it)") from None
+            dropped[bad.reason] += 1
+            first.setdefault(bad.reason, str(bad))
             continue
-        if schema == "hh":
-            prompt, chosen, rejected = split_hh(path, rec, texts["chosen"], texts["rejected"])
-            for column, answer in (("chosen", chosen), ("rejected", rejected)):
-                if not answer:
-                    raise DataError(f"{where(path, rec, column)}: empty answer after the last 'Assistant:' turn")
-        else:
-            prompt, chosen, rejected = (texts[c] for c in columns)
-        if chosen == rejected:
-            dropped["identical_pair"] += 1
-        elif (prompt, chosen, rejected) in seen:
-            dropped["duplicate"] += 1
-        else:
-            seen.add((prompt, chosen, rejected))
-            pairs.append(Pair(prompt, chosen, rejected, rec.row))
+        seen.add(key)
+        pairs.append(pair)
+    total = sum(dropped.values())
+    counts = ", ".join(f"{k}={v}" for k, v in sorted(dropped.items())) or "none"
+    if records and total > cfg.max_drop_fraction * len(records):
+        example = first[max(dropped, key=dropped.get)]
+        raise DataError(f"{path}: {total} of {len(records)} rows are bad ({total / len(records):.1%}, more than "
+                        f"prepare.max_drop_fraction={cfg.max_drop_fraction}): {counts}; e.g. {example}")
     if not pairs:
-        reasons = ", ".join(f"{k}={v}" for k, v in sorted(dropped.items())) or "none"
-        raise DataError(f"{path}: no rows left after cleaning ({len(records)} read; dropped: {reasons})")
+        raise DataError(f"{path}: no rows left after cleaning ({len(records)} read; dropped: {counts})")
     return pairs, dropped
 
 
@@ -287,7 +434,7 @@ def split_pairs(pairs, val_fraction, test_fraction, seed, path="data"):
 # ---------------------------------------------------------------- output
 
 
-def describe(rows_in, pairs, dropped, splits):
+def describe(rows_in, filtered, pairs, dropped, splits):
     """The contents of metrics/data.json."""
 
     def stats(values):
@@ -296,10 +443,14 @@ def describe(rows_in, pairs, dropped, splits):
 
     return {
         "rows_in": rows_in,
+        # Rows removed by data.filter, under the first condition each one fails.
+        "rows_filtered": dict(filtered),
         "rows_kept": len(pairs),
-        "rows_dropped": {reason: dropped.get(reason, 0) for reason in ("duplicate", "identical_pair", "too_long")},
+        "rows_dropped": {reason: dropped.get(reason, 0) for reason in BAD_ROW_REASONS},
         "splits": {name: len(rows) for name, rows in splits.items()},
-        "chars": {field: stats([len(getattr(p, field)) for p in pairs]) for field in ("prompt", "chosen", "rejected")},
+        "chars": {"prompt": stats([len(as_text(p.prompt)) for p in pairs]),
+                  **{side: stats([len(getattr(p, side)) for p in pairs]) for side in ("chosen", "rejected")}},
+        "prompt_turns": stats([len(p.prompt) for p in pairs]),
         # Share of pairs whose chosen answer is the longer one: near 0.5 means length alone does not separate them.
         "chosen_longer_share": round(sum(len(p.chosen) > len(p.rejected) for p in pairs) / len(pairs), 4),
     }
@@ -308,14 +459,14 @@ def describe(rows_in, pairs, dropped, splits):
 def write_split(path, pairs):
     with open(path, "w", encoding="utf-8") as f:
         for p in pairs:
-            f.write(json.dumps({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected, "row": p.row},
-                               ensure_ascii=False) + "\n")
+            f.write(json.dumps({"prompt": to_json(p.prompt), "chosen": p.chosen, "rejected": p.rejected,
+                                "row": p.row}, ensure_ascii=False) + "\n")
 
 
 def read_split(path):
     """Read one prepared split (JSONL written by write_split) back into Pairs."""
     with open(path, encoding="utf-8") as f:
-        return [Pair(**json.loads(line)) for line in f]
+        return [Pair(**{**row, "prompt": from_json(row["prompt"])}) for row in map(json.loads, f)]
 
 
 def read_splits(directory, *names):

@@ -2,16 +2,17 @@
 
 import torch
 
+from alignkit.conversation import Renderer
 from alignkit.losses import dpo_loss
-from alignkit.policy import collate, encode_examples, forward_logps
+from alignkit.policy import collate, forward_logps
 from alignkit.training import fit, seeded_loader
 
 
-def encode_pairs(tokenizer, pairs, max_length):
+def encode_pairs(tokenizer, pairs, max_length, max_prompt_length):
     """[(chosen example, rejected example)], each example (ids, prompt_len)."""
-    prompts = [p.prompt for p in pairs]
-    chosen = encode_examples(tokenizer, prompts, [p.chosen for p in pairs], max_length)
-    rejected = encode_examples(tokenizer, prompts, [p.rejected for p in pairs], max_length)
+    renderer, prompts = Renderer(tokenizer), [p.prompt for p in pairs]
+    chosen = renderer.encode_all(prompts, [p.chosen for p in pairs], max_length, max_prompt_length)
+    rejected = renderer.encode_all(prompts, [p.rejected for p in pairs], max_length, max_prompt_length)
     return list(zip(chosen, rejected))
 
 
@@ -91,7 +92,7 @@ def train_dpo(policy, reference, tokenizer, train_pairs, val_pairs, cfg, seed, a
     reference.to(accelerator.device)
     datasets = {}
     for name, pairs in (("train", train_pairs), ("val", val_pairs)):
-        encoded = encode_pairs(tokenizer, pairs, cfg.max_length)
+        encoded = encode_pairs(tokenizer, pairs, cfg.max_length, cfg.max_prompt_length)
         ref = reference_logps(reference, encoded, tokenizer.pad_token_id, cfg.eval_batch_size, accelerator)
         datasets[name] = [(c, r, rc.item(), rr.item()) for (c, r), rc, rr in zip(encoded, *ref)]
     reference.cpu()

@@ -24,6 +24,12 @@ class ModelError(AlignError):
     """A model or tokenizer that cannot be found or built."""
 
 
+def show(value, width=40):
+    """A value for a one-line error: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def stage_args(doc, flags, argv):
     """Parse a stage's command line: every flag (a path, as dvc.yaml passes it) is required."""
     import argparse

@@ -5,32 +5,35 @@ import statistics
 import torch
 from tqdm.auto import tqdm
 
-from alignkit.policy import collate, encode_examples, forward_logps, max_prompt_tokens
-from alignkit.prompts import format_prompt
+from alignkit.conversation import Renderer, as_text
+from alignkit.policy import collate, forward_logps, max_prompt_tokens
 from alignkit.textmetrics import bleu, distinct_n, rouge, win_rate
 
 
 @torch.no_grad()
-def generate(model, tokenizer, questions, gen, batch_size, seed, desc):
-    """Sampled answers, batched with left padding: ([answer text], [answer ids, EOS included if produced]).
+def generate(model, tokenizer, prompts, gen, batch_size, seed, desc, max_prompt_length):
+    """Sampled answers, batched with left padding: ([answer text], [answer ids, end-of-turn included if produced]).
 
-    gen: temperature, top_p, top_k, max_new_tokens (and do_sample=False for greedy). Prompts are cut from the left to
-    leave room for max_new_tokens in the context window. Seeded, so every model
+    gen: temperature, top_p, top_k, max_new_tokens (and do_sample=False for greedy). Prompts (Messages) are
+    rendered by Renderer and fitted to max_prompt_tokens (oldest turns dropped first). Seeded, so every model
     evaluated with the same seed sees the same sampling noise.
     """
     torch.manual_seed(seed)
     model.eval()
-    tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
-    max_prompt = max_prompt_tokens(model.config, gen["max_new_tokens"])
+    renderer = Renderer(tokenizer)
+    budget = max_prompt_tokens(model.config, gen["max_new_tokens"], max_prompt_length)
     texts, ids = [], []
-    for start in tqdm(range(0, len(questions), batch_size), desc=desc, disable=None):
-        enc = tokenizer([format_prompt(q) for q in questions[start: start + batch_size]], return_tensors="pt",
-                        padding=True, truncation=True, max_length=max_prompt, add_special_tokens=False)
-        out = model.generate(**enc.to(model.device), pad_token_id=tokenizer.eos_token_id,
-                             eos_token_id=tokenizer.eos_token_id, **{"do_sample": True, **gen})
-        for row in out[:, enc["input_ids"].shape[1]:].tolist():
-            if tokenizer.eos_token_id in row:
-                row = row[: row.index(tokenizer.eos_token_id) + 1]
+    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=None):
+        queries = [renderer.fit_prompt(m, budget) for m in prompts[start: start + batch_size]]
+        width = max(map(len, queries))
+        input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(q)) + q for q in queries])
+        attention_mask = torch.tensor([[0] * (width - len(q)) + [1] * len(q) for q in queries])
+        out = model.generate(input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device),
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=renderer.stop_ids,
+                             **{"do_sample": True, **gen})
+        for row in out[:, width:].tolist():
+            stop = next((i for i, t in enumerate(row) if t in renderer.stop_ids), None)
+            row = row if stop is None else row[: stop + 1]
             ids.append(row)
             texts.append(tokenizer.decode(row, skip_special_tokens=True).strip())
     return texts, ids
@@ -46,20 +49,21 @@ def summed_logps(model, examples, pad_id, batch_size):
     return torch.cat(out).cpu()
 
 
-def answer_logps(model, tokenizer, questions, answer_ids, batch_size):
-    """Summed log-probs (N,) of given answer token ids after each question's prompt."""
-    prompts = tokenizer([format_prompt(q) for q in questions], add_special_tokens=False)["input_ids"]
-    examples = [(p + a, len(p)) for p, a in zip(prompts, answer_ids)]
+def answer_logps(model, tokenizer, prompts, answer_ids, batch_size, budget):
+    """Summed log-probs (N,) of given answer token ids after each prompt, fitted to `budget` tokens as generated."""
+    renderer = Renderer(tokenizer)
+    prompt_ids = [renderer.fit_prompt(m, budget) for m in prompts]
+    examples = [(p + a, len(p)) for p, a in zip(prompt_ids, answer_ids)]
     return summed_logps(model, examples, tokenizer.pad_token_id, batch_size)
 
 
-def preference_accuracy(model, tokenizer, pairs, max_length, batch_size):
+def preference_accuracy(model, tokenizer, pairs, max_length, max_prompt_length, batch_size):
     """Share of pairs where the policy gives the chosen answer a higher log-prob than the rejected:
     (by summed log-prob, by mean log-prob per answer token)."""
-    prompts = [p.prompt for p in pairs]
+    renderer, prompts = Renderer(tokenizer), [p.prompt for p in pairs]
     sums, means = {}, {}
     for side in ("chosen", "rejected"):
-        examples = encode_examples(tokenizer, prompts, [getattr(p, side) for p in pairs], max_length)
+        examples = renderer.encode_all(prompts, [getattr(p, side) for p in pairs], max_length, max_prompt_length)
         sums[side] = summed_logps(model, examples, tokenizer.pad_token_id, batch_size)
         means[side] = sums[side] / torch.tensor([len(ids) - prompt_len for ids, prompt_len in examples])
     return tuple((s["chosen"] > s["rejected"]).float().mean().item() for s in (sums, means))
@@ -71,12 +75,16 @@ def evaluate_policy(name, policy, sft, tokenizer, scorer, pairs, cfg, gen, seed)
     sft is the SFT policy: the baseline of win_rate_vs_sft and the reference of kl_to_reference.
     """
     questions, references = [p.prompt for p in pairs], [p.chosen for p in pairs]
-    answers, answer_ids = generate(policy, tokenizer, questions, gen, cfg.batch_size, seed, f"generate {name}")
-    sft_answers, _ = generate(sft, tokenizer, questions, gen, cfg.batch_size, seed, "generate sft")
+    answers, answer_ids = generate(policy, tokenizer, questions, gen, cfg.batch_size, seed, f"generate {name}",
+                                   cfg.max_prompt_length)
+    sft_answers, _ = generate(sft, tokenizer, questions, gen, cfg.batch_size, seed, "generate sft",
+                              cfg.max_prompt_length)
     rewards = scorer.score(questions, answers)
-    kl = (answer_logps(policy, tokenizer, questions, answer_ids, cfg.batch_size)
-          - answer_logps(sft, tokenizer, questions, answer_ids, cfg.batch_size))
-    accuracy_sum, accuracy_mean = preference_accuracy(policy, tokenizer, pairs, cfg.max_length, cfg.batch_size)
+    budget = max_prompt_tokens(policy.config, gen["max_new_tokens"], cfg.max_prompt_length)
+    kl = (answer_logps(policy, tokenizer, questions, answer_ids, cfg.batch_size, budget)
+          - answer_logps(sft, tokenizer, questions, answer_ids, cfg.batch_size, budget))
+    accuracy_sum, accuracy_mean = preference_accuracy(policy, tokenizer, pairs, cfg.max_length,
+                                                      cfg.max_prompt_length, cfg.batch_size)
 
     def win_rate_vs(others):  # the same text on both sides is a tie, whatever padding noise does to its scores
         return win_rate(rewards.tolist(), scorer.score(questions, others).tolist(),
@@ -96,6 +104,6 @@ def evaluate_policy(name, policy, sft, tokenizer, scorer, pairs, cfg, gen, seed)
         "distinct_1": distinct_n(answers, 1),
         "distinct_2": distinct_n(answers, 2),
     }
-    generations = [{"question": q, "reference": r, "answer": a, "reward": round(s, 4)}
+    generations = [{"question": as_text(q), "reference": r, "answer": a, "reward": round(s, 4)}
                    for q, r, a, s in zip(questions, references, answers, rewards.tolist())]
     return metrics, generations

@@ -3,8 +3,9 @@
 `models.policy` and `models.reward` in params.yaml name one of:
 
 1. a built-in preset (PRESETS below): the tokenizer is trained on the given
-   texts with the `tokenizers` library (byte-level BPE for GPT-2, WordPiece for
-   BERT) and the weights are initialised from a small config. Fully offline.
+   texts with the `tokenizers` library (byte-level BPE for GPT-2 and Llama,
+   WordPiece for BERT) and the weights are initialised from a small config; the
+   Llama preset carries TinyLlama-Chat's chat template. Fully offline.
 2. a local directory written by `save_pretrained`: loaded with
    local_files_only=True, so the network is never touched.
 3. a Hugging Face hub id such as `openai-community/gpt2-medium`: loaded with
@@ -23,11 +24,26 @@ from alignkit.errors import ModelError
 
 GPT2_SPECIAL = "<|endoftext|>"
 BERT_SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+LLAMA_SPECIAL = ["<unk>", "<s>", "</s>"]
+# TinyLlama-1.1B-Chat-v1.0's chat template, as in its tokenizer_config.json: the tags are plain text
+# (single tokens in the preset's vocabulary) and every turn ends with EOS.
+LLAMA_CHAT_TAGS = ["<|system|>", "<|user|>", "<|assistant|>"]
+TINYLLAMA_CHAT_TEMPLATE = (
+    "{% for message in messages %}\n{% if message['role'] == 'user' %}\n{{ '<|user|>\n' + message['content'] + "
+    "eos_token }}\n{% elif message['role'] == 'system' %}\n{{ '<|system|>\n' + message['content'] + eos_token }}"
+    "\n{% elif message['role'] == 'assistant' %}\n{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n"
+    "{% endif %}\n{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}"
+)
 
 # Built-in presets. Each is a small architecture named like a checkpoint; its
 # tokenizer is trained on the data, so `vocab_size` is an upper bound.
 PRESETS = {
     "tiny-gpt2": {"family": "gpt2", "vocab_size": 4096, "n_positions": 256, "n_embd": 128, "n_layer": 2, "n_head": 4},
+    # Llama architecture as in TinyLlama-1.1B: grouped-query attention (4 heads share 2 key/value heads),
+    # SwiGLU MLP (intermediate 2.75 x hidden), RMSNorm, rotary positions, q/k/v/o/gate/up/down_proj.
+    "tiny-llama": {"family": "llama", "vocab_size": 4096, "max_position_embeddings": 256, "hidden_size": 128,
+                   "intermediate_size": 352, "num_hidden_layers": 2, "num_attention_heads": 4,
+                   "num_key_value_heads": 2, "tie_word_embeddings": False},
     "tiny-bert": {"family": "bert", "vocab_size": 4096, "max_position_embeddings": 256, "hidden_size": 128,
                   "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 512},
 }
@@ -37,12 +53,13 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 def source_kind(spec, key, family=None):
     """Classify a model spec as 'preset', 'local' or 'hub'; ModelError if it is none of them.
 
-    Hints offer only the presets of `family` (gpt2 for a policy, bert for a reward encoder) when given."""
+    Hints offer only the presets of the families in `family` (causal LMs for a policy, BERT for a reward
+    encoder) when given."""
     if spec in PRESETS:
         return "preset"
     if Path(spec).is_dir():
         return "local"
-    offered = [name for name, p in PRESETS.items() if family in (None, p["family"])]
+    offered = [name for name, p in PRESETS.items() if family is None or p["family"] in family]
     close = difflib.get_close_matches(spec, offered, n=1, cutoff=0.8)
     if close or spec.startswith("tiny-"):
         hint = f"did you mean '{close[0]}'?" if close else f"presets: {', '.join(offered)}"
@@ -66,6 +83,24 @@ def train_gpt2_tokenizer(texts, vocab_size):
     tok.train_from_iterator(texts, trainer=trainer)
     return GPT2TokenizerFast(tokenizer_object=tok, bos_token=GPT2_SPECIAL, eos_token=GPT2_SPECIAL,
                              unk_token=GPT2_SPECIAL)
+
+
+def train_llama_tokenizer(texts, vocab_size):
+    """A Llama style tokenizer (byte-level BPE here) trained on `texts`, with <s>/</s>/<unk>, the
+    TinyLlama-Chat tags as single tokens, BOS added to text as Llama's does, and TinyLlama's chat template."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=LLAMA_SPECIAL,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    tok.add_tokens([AddedToken(tag, normalized=False) for tag in LLAMA_CHAT_TAGS])
+    return LlamaTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                              add_bos_token=True, add_eos_token=False, legacy=False,
+                              chat_template=TINYLLAMA_CHAT_TEMPLATE)
 
 
 def train_bert_tokenizer(texts, vocab_size):
@@ -102,7 +137,7 @@ def train_bert_tokenizer(texts, vocab_size):
 def build_preset(name, texts, seed):
     """(model, tokenizer) for a preset: tokenizer trained on `texts`, weights seeded from `seed`."""
     import torch
-    from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel
+    from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     spec = dict(PRESETS[name])
     family = spec.pop("family")
@@ -115,6 +150,11 @@ def build_preset(name, texts, seed):
         config = GPT2Config(vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id,
                             eos_token_id=tokenizer.eos_token_id, **spec)
         return GPT2LMHeadModel(config), tokenizer
+    if family == "llama":
+        tokenizer = train_llama_tokenizer(texts, spec.pop("vocab_size"))
+        config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                             eos_token_id=tokenizer.eos_token_id, **spec)
+        return LlamaForCausalLM(config), tokenizer
     tokenizer = train_bert_tokenizer(texts, spec.pop("vocab_size"))
     config = BertConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **spec)
     return BertModel(config), tokenizer
@@ -127,8 +167,8 @@ def _load(spec, key, texts, seed, family, auto_class):
 
     kind = source_kind(spec, key, family)
     if kind == "preset":
-        if PRESETS[spec]["family"] != family:
-            wanted = [name for name, p in PRESETS.items() if p["family"] == family]
+        if PRESETS[spec]["family"] not in family:
+            wanted = [name for name, p in PRESETS.items() if p["family"] in family]
             raise ModelError(f"{key}: preset '{spec}' is of the {PRESETS[spec]['family']} family; "
                              f"this model needs {' or '.join(wanted)}")
         return build_preset(spec, texts, seed)
@@ -183,9 +223,9 @@ def _hub_unreachable():
 
 def load_policy(spec, key="models.policy", texts=(), seed=0):
     """(causal LM, its tokenizer) from a preset, local directory or hub id."""
-    return _load(spec, key, texts, seed, "gpt2", "AutoModelForCausalLM")
+    return _load(spec, key, texts, seed, ("gpt2", "llama"), "AutoModelForCausalLM")
 
 
 def load_encoder(spec, key="models.reward", texts=(), seed=0):
     """(encoder without a head, its tokenizer) from a preset, local directory or hub id."""
-    return _load(spec, key, texts, seed, "bert", "AutoModel")
+    return _load(spec, key, texts, seed, ("bert",), "AutoModel")

@@ -25,7 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from ruamel.yaml import YAML, YAMLError
 
-from alignkit.errors import ParamsError
+from alignkit.errors import ParamsError, show
 
 Fraction = Annotated[float, Field(ge=0, lt=1)]
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -37,9 +37,55 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True, allow_inf_nan=False)
 
 
+class ColumnsParams(Section):
+    """Which raw column holds each part of a pair; null keeps the schema's own name."""
+
+    prompt: str | None
+    chosen: str | None
+    rejected: str | None
+    system: str | None  # null: no system turn
+
+
+FILTER_OPS = ("==", "!=", ">=", "<=", ">", "<", "in")
+
+
+class Condition(Section):
+    """One declarative filter condition: keep the rows where `column op value` holds."""
+
+    column: str
+    op: Literal[FILTER_OPS]
+    value: typing.Any  # a boolean, number or string; for `in`, a list of them (checked in DataParams)
+
+
+def _kind(value):
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return "string" if isinstance(value, str) else None
+
+
 class DataParams(Section):
     path: str
     schema_: Literal["auto", "reference", "prompt_chosen_rejected", "hh"] = Field(alias="schema")
+    columns: ColumnsParams
+    filter: list[Condition]
+
+    @model_validator(mode="after")
+    def _filter_values(self):
+        for i, c in enumerate(self.filter):
+            key = f"data.filter[{i}].value"
+            values = c.value if isinstance(c.value, list) else [c.value]
+            if (c.op == "in") != isinstance(c.value, list) or (c.op == "in" and not values):
+                want = "a non-empty list" if c.op == "in" else "one value, not a list (use op: in for a list)"
+                raise ValueError(f"{key}: op {c.op!r} takes {want}, got {show(c.value)}")
+            kinds = {_kind(v) for v in values}
+            if None in kinds or len(kinds) > 1 or (c.op not in ("==", "!=", "in") and kinds == {"boolean"}):
+                raise ValueError(f"{key}: expected a boolean, a finite number or a string (for op 'in' a list "
+                                 f"of one kind; {c.op!r} does not order booleans), got {show(c.value)}")
+            if any(isinstance(v, float) and v != v or v in (float("inf"), float("-inf")) for v in values):
+                raise ValueError(f"{key}: expected a finite number, got {show(c.value)}")
+        return self
 
 
 class ModelsParams(Section):
@@ -51,7 +97,8 @@ class PrepareParams(Section):
     val_fraction: Fraction
     test_fraction: Fraction
     max_chars: PositiveInt
-    on_too_long: Literal["error", "drop"]
+    on_bad_row: Literal["drop", "error"]
+    max_drop_fraction: Annotated[float, Field(ge=0, le=1)]
 
 
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -76,11 +123,15 @@ class RewardParams(TrainingParams):
     pass
 
 
-class SFTParams(TrainingParams):
+class PolicyTrainingParams(TrainingParams):
+    max_prompt_length: PositiveInt  # prompt tokens, oldest turns dropped first
+
+
+class SFTParams(PolicyTrainingParams):
     epochs: Annotated[int, Field(ge=0)]  # 0 saves the base model unchanged
 
 
-class DPOParams(TrainingParams):
+class DPOParams(PolicyTrainingParams):
     beta: Annotated[float, Field(gt=0)]
     grad_accum_steps: PositiveInt
     gradient_checkpointing: bool
@@ -111,6 +162,7 @@ class PPOParams(Section):
     top_p: Annotated[float, Field(gt=0, le=1)]
     top_k: Annotated[int, Field(ge=0)]
     max_new_tokens: PositiveInt
+    max_prompt_length: PositiveInt
     reward_baseline: Literal["reference", "none"]
     reward_clip: Annotated[float, Field(gt=0)]
     reward_device: Literal["cpu", "auto"]
@@ -134,6 +186,7 @@ class PPOParams(Section):
 class EvalParams(Section):
     batch_size: PositiveInt
     max_length: Annotated[int, Field(ge=8)]
+    max_prompt_length: PositiveInt
     temperature: Annotated[float, Field(gt=0)] | None
     top_p: Annotated[float, Field(gt=0, le=1)] | None
     top_k: Annotated[int, Field(ge=0)] | None
@@ -169,12 +222,6 @@ _Yaml11Loader.add_implicit_resolver(
 )
 
 
-def _show(value, width=40):
-    """A value for a one-line error, cut short."""
-    text = repr(value)
-    return text if len(text) <= width else text[: width - 3] + "..."
-
-
 def read_yaml(path):
     """A params file as DVC reads it: ruamel.yaml's safe loader, YAML 1.2 (dvc.utils.serialize.parse_yaml).
 
@@ -206,7 +253,7 @@ def _same_in_yaml11(path, dvc, other, loc):
         if list(dvc) != list(other):  # same length: ruamel refuses the duplicate keys PyYAML would merge
             mine, theirs = next((a, b) for a, b in zip(dvc, other) if a != b)
             raise ParamsError(f"{path}: {'.'.join([*loc, str(mine)])}: DVC (YAML 1.2) reads this key as "
-                              f"{_show(mine)} but YAML 1.1 tools read {_show(theirs)}; quote it")
+                              f"{show(mine)} but YAML 1.1 tools read {show(theirs)}; quote it")
         for k in dvc:
             _same_in_yaml11(path, dvc[k], other[k], [*loc, str(k)])
     elif isinstance(dvc, list) and isinstance(other, list) and len(dvc) == len(other):
@@ -214,7 +261,7 @@ def _same_in_yaml11(path, dvc, other, loc):
             _same_in_yaml11(path, a, b, [*loc, str(i)])
     elif not (type(dvc) is type(other) and (dvc == other or dvc != dvc and other != other)):  # nan == nan here
         raise ParamsError(
-            f"{path}: {'.'.join(loc) or 'the top level'}: DVC (YAML 1.2) reads {_show(dvc)} but YAML 1.1 tools read {_show(other)}; "
+            f"{path}: {'.'.join(loc) or 'the top level'}: DVC (YAML 1.2) reads {show(dvc)} but YAML 1.1 tools read {show(other)}; "
             f"write it so both agree (true/false, a plain number, or a quoted string)")
 
 
@@ -231,8 +278,8 @@ def load_params(path="params.yaml"):
 
 
 def _describe_error(e):
-    loc = [str(p) for p in e["loc"]]
-    key = ".".join(loc)
+    loc = [p for p in e["loc"] if not isinstance(p, int)]  # the model path, list indices left out
+    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"]).lstrip(".")
     if e["type"] == "extra_forbidden":
         known = [f.alias or name for name, f in _model_at(loc[:-1]).model_fields.items()]
         close = difflib.get_close_matches(loc[-1], known, n=1)
@@ -245,7 +292,7 @@ def _describe_error(e):
     expected = _expected(loc)
     if e["type"] == "finite_number":  # .inf or .nan
         expected = re.sub(r"^an? ", "a finite ", expected)
-    return f"{key}: expected {expected}, got {_show(e['input'])}"
+    return f"{key}: expected {expected}, got {show(e['input'])}"
 
 
 def _field_at(loc):
@@ -259,6 +306,8 @@ def _model_at(loc):
     model = Params
     for depth in range(len(loc)):
         model = _field_at(loc[: depth + 1]).annotation
+        if typing.get_origin(model) is list:  # data.filter: a list of conditions
+            (model,) = typing.get_args(model)
     return model
 
 
@@ -279,6 +328,8 @@ def _describe(ann, metadata):
         return "one of " + ", ".join(repr(a) for a in typing.get_args(ann))
     if isinstance(ann, type) and issubclass(ann, BaseModel):
         return "a mapping"
+    if typing.get_origin(ann) is list:
+        return "a list"
     kind = {int: "integer", float: "float", str: "string", bool: "boolean (true or false)"}[ann]
     bounds = {type(m): m for m in metadata}
     lo = bounds.get(at.Gt) or bounds.get(at.Ge)

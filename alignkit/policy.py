@@ -1,42 +1,26 @@
-"""Policy inputs and log-probabilities: tokenizing prompt + answer, masks from lengths.
+"""Policy batches and log-probabilities: padding, masks from lengths, summed answer log-probs.
 
-A sequence is prompt ids + answer ids + EOS. Masks come from lengths, never from
-`input_ids != pad_token_id`: GPT-2 pads with EOS, so such a mask would also drop
-the real EOS that ends every answer.
+A sequence is prompt ids + answer ids (ending with EOS or the chat template's
+end-of-turn), as alignkit.conversation.Renderer encodes it. Masks come from
+lengths, never from `input_ids != pad_token_id`: GPT-2 and Llama pad with EOS,
+so such a mask would also drop the real EOS that ends every answer.
 """
 
 import torch
 
-from alignkit.prompts import answer_text, format_prompt
-
 
 def prepare_tokenizer(tokenizer):
-    """GPT-2 tokenizers have no pad token: pad with EOS (masks never rely on it)."""
+    """GPT-2 and Llama tokenizers have no pad token: pad with EOS (masks never rely on it)."""
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.deprecation_warnings["Asking-to-pad-a-fast-tokenizer"] = True  # trl pads token ids on purpose
     return tokenizer
 
 
-def encode_examples(tokenizer, questions, answers, max_length):
-    """[(ids, prompt_len)] for each (question, answer), at most max_length tokens.
-
-    Over-long examples lose prompt tokens from the left first, so the answer and
-    its EOS survive; an answer longer than max_length - 1 keeps its start.
-    """
-    prompts = tokenizer([format_prompt(q) for q in questions], add_special_tokens=False)["input_ids"]
-    answers = tokenizer([answer_text(a) for a in answers], add_special_tokens=False)["input_ids"]
-    out = []
-    for p, a in zip(prompts, answers):
-        a = (a + [tokenizer.eos_token_id])[: max_length - 1]
-        p = p[len(p) - min(len(p), max_length - len(a)):]
-        out.append((p + a, len(p)))
-    return out
-
-
-def max_prompt_tokens(config, max_new_tokens):
-    """Prompt tokens that leave room for max_new_tokens within the model's context window."""
-    return config.max_position_embeddings - max_new_tokens
+def max_prompt_tokens(config, max_new_tokens, max_prompt_length):
+    """Prompt tokens allowed before generating: at most max_prompt_length, and room left for
+    max_new_tokens within the model's context window."""
+    return min(max_prompt_length, config.max_position_embeddings - max_new_tokens)
 
 
 def collate(examples, pad_id):

@@ -1,8 +1,9 @@
 """RLHF with trl 0.11's PPOTrainer: rollouts from the policy, rewards from the BERT reward model.
 
-The policy (GPT-2 family, with trl's value head) generates with its own
-tokenizer; responses are decoded to text and scored by the reward model through
-RewardScorer, which re-tokenizes (question, answer) with the BERT tokenizer.
+The policy (any causal LM, with trl's value head) generates from prompts rendered
+by alignkit.conversation (its chat template, if it has one); responses are decoded
+to text and scored by the reward model through RewardScorer, which re-tokenizes
+(conversation as text, answer) with the BERT tokenizer.
 
 KL control in trl 0.11: the adaptive controller (adap_kl_ctrl) moves the KL
 coefficient from init_kl_coef towards `target` (our ppo.kl_target) over
@@ -19,8 +20,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from alignkit.conversation import Renderer
 from alignkit.policy import disable_dropout, max_prompt_tokens
-from alignkit.prompts import format_prompt
 from alignkit.training import PRECISIONS
 
 
@@ -31,10 +32,10 @@ def batches(items, batch_size, seed):
     return [order[i: i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
 
 
-def query_tensors(tokenizer, questions, max_prompt_tokens):
-    """Unpadded prompt ids per question, cut from the left to fit max_prompt_tokens."""
-    ids = tokenizer([format_prompt(q) for q in questions], add_special_tokens=False)["input_ids"]
-    return [torch.tensor(x[-max_prompt_tokens:]) for x in ids]
+def query_tensors(tokenizer, prompts, max_prompt_tokens):
+    """Unpadded prompt ids per prompt (Messages), fitted to max_prompt_tokens (oldest turns dropped first)."""
+    renderer = Renderer(tokenizer)
+    return [torch.tensor(renderer.fit_prompt(m, max_prompt_tokens)) for m in prompts]
 
 
 def shaped_rewards(scores, baselines, clip):
@@ -43,9 +44,10 @@ def shaped_rewards(scores, baselines, clip):
 
 
 def generation_kwargs(cfg, tokenizer):
+    """Sampling settings; generation stops at EOS or the chat template's end-of-turn."""
     return {"do_sample": True, "temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k,
             "max_new_tokens": cfg.max_new_tokens, "pad_token_id": tokenizer.eos_token_id,
-            "eos_token_id": tokenizer.eos_token_id}
+            "eos_token_id": Renderer(tokenizer).stop_ids}
 
 
 def load_value_head_model(path, frozen=False):
@@ -111,7 +113,7 @@ def mean_score(trainer, scorer, tokenizer, questions, cfg, seed):
 
 def max_prompt(cfg, trainer):
     return max_prompt_tokens(trainer.accelerator.unwrap_model(trainer.model).pretrained_model.config,
-                             cfg.max_new_tokens)
+                             cfg.max_new_tokens, cfg.max_prompt_length)
 
 
 STEP_CURVES = {  # dvclive name -> trl stats key

@@ -1,6 +1,8 @@
 """The reward model: a BERT-family encoder with a linear score_head, its training, and its scorer.
 
-Input is a (question, answer) text pair, [CLS] question [SEP] answer [SEP]. When
+Input is a (question, answer) text pair, [CLS] question [SEP] answer [SEP], where
+the question is the prompt conversation as readable text (conversation.as_text:
+one user turn is the question itself; longer ones read as HH dialogues). When
 the pair is longer than max_length, the question loses tokens first (from its
 start, keeping the words nearest the answer) so the answer survives; only an
 answer that alone exceeds the budget is cut, at its end.
@@ -13,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from alignkit.conversation import as_text
 from alignkit.errors import ModelError
 from alignkit.losses import bradley_terry_loss
 from alignkit.training import fit, seeded_loader
@@ -149,9 +152,9 @@ class RewardScorer:
         self.device, self.batch_size = device, batch_size
 
     @torch.inference_mode()
-    def score(self, questions, answers):
-        """(N,) float32 scores on the CPU, one per pair."""
-        features = encode_pairs(self.tokenizer, questions, answers, self.max_length)
+    def score(self, prompts, answers):
+        """(N,) float32 scores on the CPU, one per (prompt Messages, answer text)."""
+        features = encode_pairs(self.tokenizer, [as_text(m) for m in prompts], answers, self.max_length)
         scores = []
         for start in range(0, len(features), self.batch_size):
             batch = self.tokenizer.pad(features[start: start + self.batch_size], return_tensors="pt")
@@ -166,7 +169,7 @@ class PairDataset(torch.utils.data.Dataset):
     """Encoded (question, chosen) and (question, rejected) inputs, one item per pair."""
 
     def __init__(self, tokenizer, pairs, max_length):
-        prompts = [p.prompt for p in pairs]
+        prompts = [as_text(p.prompt) for p in pairs]
         self.chosen = encode_pairs(tokenizer, prompts, [p.chosen for p in pairs], max_length)
         self.rejected = encode_pairs(tokenizer, prompts, [p.rejected for p in pairs], max_length)
 

@@ -4,8 +4,9 @@ import math
 
 import torch
 
+from alignkit.conversation import Renderer
 from alignkit.losses import answer_nll
-from alignkit.policy import collate, encode_examples, token_logps
+from alignkit.policy import collate, token_logps
 from alignkit.training import fit, seeded_loader
 
 
@@ -39,13 +40,17 @@ def make_evaluate(accelerator):
 
 
 def train_sft(model, tokenizer, train_pairs, val_pairs, cfg, seed, accelerator, live_dir, checkpoint=None):
-    """Causal-LM fine-tuning on prompt + chosen answer. cfg: the `sft` params section.
+    """Causal-LM fine-tuning on prompt + chosen answer (rendered by the tokenizer's chat template, if it has
+    one). cfg: the `sft` params section.
 
     Returns (metrics for metrics/sft.json, the unwrapped model). With cfg.epochs == 0
     the model is returned unchanged and only evaluated.
     """
+    renderer = Renderer(tokenizer)
+
     def examples(pairs):
-        return encode_examples(tokenizer, [p.prompt for p in pairs], [p.chosen for p in pairs], cfg.max_length)
+        return renderer.encode_all([p.prompt for p in pairs], [p.chosen for p in pairs], cfg.max_length,
+                                   cfg.max_prompt_length)
 
     train_loader = seeded_loader(examples(train_pairs), cfg.batch_size, seed, _collator(tokenizer))
     val_loader = seeded_loader(examples(val_pairs), cfg.eval_batch_size, seed, _collator(tokenizer), shuffle=False)

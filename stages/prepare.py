@@ -3,9 +3,11 @@
     python stages/prepare.py --params params.yaml --input data/sample/preferences.csv \
         --out-dir data/prepared --metrics metrics/data.json
 
-Reads params: seed, data.schema, prepare.*. Writes <out-dir>/{train,validation,test}.jsonl
-(fields prompt, chosen, rejected, row) and the metrics JSON. Everything is validated
-before anything is written, and each output appears whole or not at all.
+Reads params: seed, data.schema, data.columns, data.filter, prepare.*. Writes
+<out-dir>/{train,validation,test}.jsonl (fields prompt: a list of {role, content}
+messages, chosen, rejected, row) and the metrics JSON (rows filtered per condition,
+dropped per reason, split sizes, lengths). Everything is validated before anything
+is written, and each output appears whole or not at all.
 """
 
 
@@ -25,17 +27,21 @@ def main(argv=None):
         raise DataError(f"{args.params}: data.path: file not found: '{args.input}'")
 
     columns, records = data.read_table(args.input)
-    schema = data.detect_schema(args.input, columns, params.data.schema_)
-    pairs, dropped = data.to_pairs(args.input, schema, records, cfg.max_chars, cfg.on_too_long)
+    schema, layout = data.resolve_columns(args.input, columns, params.data.schema_, params.data.columns.model_dump())
+    kept, filtered = data.apply_filters(args.input, columns, records, params.data.filter)
+    pairs, dropped = data.to_pairs(args.input, schema, layout, kept, cfg)
     splits = data.split_pairs(pairs, cfg.val_fraction, cfg.test_fraction, params.seed, args.input)
-    summary = data.describe(len(records), pairs, dropped, splits)
+    summary = data.describe(len(records), filtered, pairs, dropped, splits)
 
     with atomic_dir(args.out_dir) as tmp:
         for name, rows in splits.items():
             data.write_split(tmp / f"{name}.jsonl", rows)
     write_json(args.metrics, summary)
-    print(f"prepare: {args.input} ({schema} schema): {len(records)} rows in, {len(pairs)} kept, "
-          f"dropped {dict(dropped) or 'none'}; splits {summary['splits']}")
+    def counts(counter):
+        return f"{sum(counter.values())}" + (f" {dict(counter)}" if sum(counter.values()) else "")
+
+    print(f"prepare: {args.input} ({schema} schema): {len(records)} rows in, {counts(filtered)} filtered out, "
+          f"{counts(dropped)} dropped, {len(pairs)} kept; splits {summary['splits']}")
 
 
 if __name__ == "__main__":

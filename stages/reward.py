@@ -14,6 +14,7 @@ a checkpoint to --checkpoints, from which a killed run resumes. Runs under `acce
 import time
 
 from alignkit.checkpoint import stage_checkpointer
+from alignkit.conversation import as_text
 from alignkit.data import read_splits
 from alignkit.errors import run_stage, stage_args
 from alignkit.io import atomic_dir, atomic_file, write_json
@@ -31,7 +32,7 @@ def main(argv=None):
     accelerator = make_accelerator(cfg.precision, "reward.precision")
     seed_everything(params.seed)
     train, val = read_splits(args.data, "train", "validation")
-    texts = [t for p in train for t in (p.prompt, p.chosen, p.rejected)]  # for a preset's tokenizer
+    texts = [t for p in train for t in (as_text(p.prompt), p.chosen, p.rejected)]  # for a preset's tokenizer
     encoder, tokenizer = load_encoder(params.models.reward, "models.reward", texts, params.seed)
 
     checkpoint = stage_checkpointer(args.checkpoints, "reward", params, accelerator, inputs=[__file__, args.data])

@@ -14,13 +14,13 @@ validation loss and perplexity on preferred answers to --metrics, curves under
 import time
 
 from alignkit.checkpoint import stage_checkpointer
+from alignkit.conversation import plain_answer, plain_prompt
 from alignkit.data import read_splits
 from alignkit.errors import run_stage, stage_args
 from alignkit.io import write_json
 from alignkit.models import load_policy
 from alignkit.params import load_params
 from alignkit.policy import prepare_tokenizer, save_policy
-from alignkit.prompts import answer_text, format_prompt
 from alignkit.sft import train_sft
 from alignkit.training import make_accelerator, seed_everything
 
@@ -33,7 +33,8 @@ def main(argv=None):
     accelerator = make_accelerator(cfg.precision, "sft.precision")
     seed_everything(params.seed)
     train, val = read_splits(args.data, "train", "validation")
-    texts = [t for p in train for t in (format_prompt(p.prompt), answer_text(p.chosen), answer_text(p.rejected))]
+    # A preset's tokenizer learns its vocabulary from the training text (a chat preset adds its tags).
+    texts = [t for p in train for t in (plain_prompt(p.prompt), plain_answer(p.chosen), plain_answer(p.rejected))]
     model, tokenizer = load_policy(params.models.policy, "models.policy", texts, params.seed)
     prepare_tokenizer(tokenizer)
 

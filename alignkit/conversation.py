@@ -1,0 +1,166 @@
+"""Conversations, and the one place that turns a conversation into a policy's token ids.
+
+A prompt is a tuple of Messages (role system | user | assistant) that ends with a
+user turn; an answer is the text of the assistant turn that follows it. SFT, DPO,
+PPO and evaluation all build policy inputs through Renderer, so dvc.yaml lists
+this file as a dependency of each of those stages.
+
+- A tokenizer with a chat template (saved in its tokenizer_config.json) renders the
+  prompt with `apply_chat_template(messages, add_generation_prompt=True)`, and the
+  answer ends with the template's own end-of-turn (TinyLlama-Chat: `</s>`).
+- Without one, the plain format of the GPT-2 coursework:
+
+      Question: What is the capital of Italy?
+      Answer: The capital of Italy is Rome.<|endoftext|>
+
+  (earlier turns as further Question:/Answer: lines, a system turn as a first line),
+  the answer followed by the EOS token id.
+
+Too long, a prompt loses its oldest turns first (the system turn stays, the last
+user turn stays); only then is it cut from the left, keeping a leading BOS.
+"""
+
+import re
+from typing import NamedTuple
+
+from alignkit.errors import ModelError
+
+ROLES = ("system", "user", "assistant")
+HH_SPEAKERS = {"Human": "user", "Assistant": "assistant"}
+_HH_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):[ \t]?")
+_SENTINEL = "\x00answer\x00"
+
+
+class Message(NamedTuple):
+    role: str  # system | user | assistant
+    content: str
+
+
+def single_turn(question, system=None):
+    """One user turn, after a system turn when one is given."""
+    return ((Message("system", system),) if system else ()) + (Message("user", question),)
+
+
+def parse_hh(dialogue):
+    """An Anthropic-HH prompt ('\\n\\nHuman: ...\\n\\nAssistant: ...\\n\\nHuman: ...\\n\\nAssistant:') -> Messages.
+
+    The trailing empty 'Assistant:' (where the answer goes) is not a turn. Returns None
+    when the text has no 'Human:' turn first or a turn is empty.
+    """
+    parts = _HH_TURN.split(dialogue.strip("\n"))
+    if parts[0].strip() or len(parts) < 3:
+        return None
+    turns = [Message(HH_SPEAKERS[who], text.strip()) for who, text in zip(parts[1::2], parts[2::2])]
+    if turns[-1] == Message("assistant", ""):
+        turns.pop()
+    if not turns or turns[0].role != "user" or turns[-1].role != "user" or any(not t.content for t in turns):
+        return None
+    return tuple(turns)
+
+
+def to_json(messages):
+    return [{"role": m.role, "content": m.content} for m in messages]
+
+
+def from_json(items):
+    return tuple(Message(m["role"], m["content"]) for m in items)
+
+
+def as_text(messages):
+    """Readable text of a prompt, for the reward model (which has its own tokenizer) and for people.
+
+    One user turn is the question itself; longer conversations read as HH dialogues."""
+    if len(messages) == 1 and messages[0].role == "user":
+        return messages[0].content
+    names = {"system": "System", "user": "Human", "assistant": "Assistant"}
+    return "\n\n".join(f"{names[m.role]}: {m.content}" for m in messages)
+
+
+def plain_prompt(messages):
+    """The plain format: 'Question: {q}\\nAnswer:' for one user turn."""
+    lines = {"system": "{}", "user": "Question: {}", "assistant": "Answer: {}"}
+    return "".join(lines[m.role].format(m.content) + "\n" for m in messages) + "Answer:"
+
+
+def plain_answer(answer):
+    """The answer as it follows a plain prompt (EOS is appended as a token id, not as text)."""
+    return " " + answer
+
+
+def drop_oldest_turn(messages):
+    """The conversation without its oldest exchange (system turns kept), or None if only the last user turn is left."""
+    system = [m for m in messages if m.role == "system"]
+    rest = [m for m in messages if m.role != "system"]
+    if len(rest) <= 1:
+        return None
+    rest = rest[1:]
+    while rest[0].role != "user":
+        rest = rest[1:]
+    return tuple(system + rest)
+
+
+class Renderer:
+    """(prompt messages, answer) -> token ids, for one policy tokenizer, with or without a chat template."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.chat = bool(getattr(tokenizer, "chat_template", None))
+        self.eos = tokenizer.eos_token_id
+        if self.chat:
+            # Where the template puts the answer, and what ends its turn: from one sample rendering.
+            probe = (Message("user", "x"),)
+            prompt = self.prompt_text(probe)
+            full = tokenizer.apply_chat_template(to_json(probe + (Message("assistant", _SENTINEL),)), tokenize=False)
+            if not full.startswith(prompt) or _SENTINEL not in full[len(prompt):]:
+                raise ModelError(f"the chat template of {tokenizer.name_or_path!r} does not render the prompt "
+                                 "as the start of the conversation, so the answer tokens cannot be found")
+            self.before, after = full[len(prompt):].split(_SENTINEL)
+            self.end_of_turn = after.rstrip()
+            # The tokenizer's own BOS, if it adds one to text and the template does not write it.
+            bos = tokenizer.bos_token_id
+            adds_bos = bos is not None and tokenizer("x", add_special_tokens=True)["input_ids"][:1] == [bos]
+            self.bos = bos if adds_bos else None
+            eot = tokenizer(self.end_of_turn, add_special_tokens=False)["input_ids"][-1:] if self.end_of_turn else []
+            self.stop_ids = sorted({self.eos, *eot})
+        else:
+            self.bos, self.stop_ids = None, [self.eos]
+
+    def prompt_text(self, messages):
+        if self.chat:
+            return self.tokenizer.apply_chat_template(to_json(messages), tokenize=False, add_generation_prompt=True)
+        return plain_prompt(messages)
+
+    def prompt_ids(self, messages):
+        ids = self.tokenizer(self.prompt_text(messages), add_special_tokens=False)["input_ids"]
+        if self.bos is not None and ids[:1] != [self.bos]:
+            ids = [self.bos] + ids
+        return ids
+
+    def answer_ids(self, answer):
+        """The answer's ids, ending with exactly one end-of-turn (chat) or EOS (plain)."""
+        if self.chat:
+            return self.tokenizer(self.before + answer + self.end_of_turn, add_special_tokens=False)["input_ids"]
+        return self.tokenizer(plain_answer(answer), add_special_tokens=False)["input_ids"] + [self.eos]
+
+    def fit_prompt(self, messages, budget):
+        """Prompt ids of at most `budget` tokens: oldest turns dropped first, then cut from the left."""
+        ids = self.prompt_ids(messages)
+        while len(ids) > budget:
+            shorter = drop_oldest_turn(messages)
+            if shorter is None:  # one user turn left: cut from the left, keeping a leading BOS
+                head = ids[:1] if self.bos is not None and ids[:1] == [self.bos] and budget > 1 else []
+                return head + ids[len(ids) - max(0, budget - len(head)):]
+            messages = shorter
+            ids = self.prompt_ids(messages)
+        return ids
+
+    def encode(self, messages, answer, max_length, max_prompt_length):
+        """(ids, prompt_len): prompt + answer in at most max_length tokens, the prompt in at most max_prompt_length.
+
+        An answer longer than max_length - 1 keeps its start (and loses its end-of-turn)."""
+        a = self.answer_ids(answer)[: max_length - 1]
+        p = self.fit_prompt(messages, min(max_prompt_length, max_length - len(a)))
+        return p + a, len(p)
+
+    def encode_all(self, prompts, answers, max_length, max_prompt_length):
+        return [self.encode(m, a, max_length, max_prompt_length) for m, a in zip(prompts, answers)]
