@@ -95,14 +95,15 @@ def repo_copy_factory(tmp_path_factory):
 def prepared_sample(tmp_path_factory):
     """The shipped sample, prepared with the repo's params, as data/prepared would hold it."""
     from alignkit import data
+    from alignkit.params import load_params
 
-    params = repo_params()
-    path = REPO / params["data"]["path"]
+    params = load_params(REPO / "params.yaml")
+    path = REPO / params.data.path
     columns, records = data.read_table(path)
-    schema = data.detect_schema(path, columns, params["data"]["schema"])
-    pairs, _ = data.to_pairs(path, schema, records, params["prepare"]["max_chars"], "error")
-    splits = data.split_pairs(pairs, params["prepare"]["val_fraction"], params["prepare"]["test_fraction"],
-                              params["seed"])
+    schema, layout = data.resolve_columns(path, columns, params.data.schema_, params.data.columns.model_dump())
+    strict = params.prepare.model_copy(update={"on_bad_row": "error"})
+    pairs, _ = data.to_pairs(path, schema, layout, records, strict)
+    splits = data.split_pairs(pairs, params.prepare.val_fraction, params.prepare.test_fraction, params.seed)
     out = tmp_path_factory.mktemp("prepared")
     for name, rows in splits.items():
         data.write_split(out / f"{name}.jsonl", rows)

@@ -4,34 +4,41 @@ import math
 
 import torch
 
+from alignkit.conversation import Renderer, plain_prompt, single_turn
 from alignkit.models import load_policy
-from alignkit.policy import collate, encode_examples, prepare_tokenizer, sequence_logps, token_logps
-from alignkit.prompts import format_prompt
+from alignkit.policy import collate, prepare_tokenizer, sequence_logps, token_logps
 
-TEXTS = [format_prompt("What is the capital of Italy?"), " The capital of Italy is Rome.",
-         format_prompt("What is 2 plus 2?"), " 2 plus 2 equals 4."] * 10
+TEXTS = [plain_prompt(single_turn("What is the capital of Italy?")), " The capital of Italy is Rome.",
+         plain_prompt(single_turn("What is 2 plus 2?")), " 2 plus 2 equals 4."] * 10
 MODEL, TOKENIZER = load_policy("tiny-gpt2", texts=TEXTS, seed=0)
 prepare_tokenizer(TOKENIZER)
 MODEL.eval()
 
 
+def encode_examples(questions, answers, max_length, max_prompt_length=1000):
+    """[(ids, prompt_len)] of one-turn questions in the plain format (tiny-gpt2 has no chat template)."""
+    return Renderer(TOKENIZER).encode_all([single_turn(q) for q in questions], answers, max_length, max_prompt_length)
+
+
 def test_prompt_format_and_eos():
-    ((ids, prompt_len),) = encode_examples(TOKENIZER, ["What is 2 plus 2?"], ["2 plus 2 equals 4."], 64)
+    ((ids, prompt_len),) = encode_examples(["What is 2 plus 2?"], ["2 plus 2 equals 4."], 64)
     assert TOKENIZER.decode(ids[:prompt_len]) == "Question: What is 2 plus 2?\nAnswer:"
     assert TOKENIZER.decode(ids[prompt_len:]) == " 2 plus 2 equals 4.<|endoftext|>"
     assert ids[-1] == TOKENIZER.eos_token_id
 
 
 def test_over_long_examples_lose_prompt_tokens_from_the_left():
-    ((full, full_prompt),) = encode_examples(TOKENIZER, ["What is the capital of Italy?"], ["Rome."], 64)
-    ((ids, prompt_len),) = encode_examples(TOKENIZER, ["What is the capital of Italy?"], ["Rome."], 6)
+    ((full, full_prompt),) = encode_examples(["What is the capital of Italy?"], ["Rome."], 64)
+    ((ids, prompt_len),) = encode_examples(["What is the capital of Italy?"], ["Rome."], 6)
     answer = full[full_prompt:]
     assert len(ids) == 6 and ids[prompt_len:] == answer  # the whole answer and its EOS survive
     assert ids[:prompt_len] == full[full_prompt - prompt_len: full_prompt]  # the end of the prompt
+    ((short, short_prompt),) = encode_examples(["What is the capital of Italy?"], ["Rome."], 64, max_prompt_length=3)
+    assert short_prompt == 3 and short == full[full_prompt - 3:]  # max_prompt_length cuts the same way
 
 
 def test_loss_mask_keeps_the_eos_although_it_is_also_the_pad_token():
-    examples = encode_examples(TOKENIZER, ["What is 2 plus 2?", "Hi?"], ["4.", "Hello there, how are you today?"], 64)
+    examples = encode_examples(["What is 2 plus 2?", "Hi?"], ["4.", "Hello there, how are you today?"], 64)
     batch = collate(examples, TOKENIZER.pad_token_id)
     assert TOKENIZER.pad_token_id == TOKENIZER.eos_token_id
     for i, (ids, prompt_len) in enumerate(examples):
@@ -56,7 +63,7 @@ def test_token_and_sequence_logps_by_hand():
 
 
 def test_padding_leaves_sequence_logps_unchanged():
-    examples = encode_examples(TOKENIZER, ["What is 2 plus 2?", "What is the capital of Italy?"],
+    examples = encode_examples(["What is 2 plus 2?", "What is the capital of Italy?"],
                                ["2 plus 2 equals 4.", "Rome."], 64)
     with torch.no_grad():
         batch = collate(examples, TOKENIZER.pad_token_id)
@@ -74,7 +81,7 @@ def test_padding_leaves_sequence_logps_unchanged():
 def test_prompt_tokens_never_count():
     """Changing the prompt's last token changes the answer's conditioning, not which tokens are summed:
     the sum always runs over exactly the answer's tokens."""
-    ((ids, prompt_len),) = encode_examples(TOKENIZER, ["What is 2 plus 2?"], ["4."], 64)
+    ((ids, prompt_len),) = encode_examples(["What is 2 plus 2?"], ["4."], 64)
     batch = collate([(ids, prompt_len)], TOKENIZER.pad_token_id)
     logits = torch.zeros(1, len(ids), len(TOKENIZER))
     logits[0, : prompt_len - 1] = 100.0  # any value on positions that predict prompt tokens
