@@ -8,6 +8,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from alignkit.data import BAD_ROW_REASONS
+
 HEADER = "Question,More_Prefered,Less_Prefered\n"
 GOOD = [
     "What is 2 plus 2?,2 plus 2 equals 4.,2 plus 2 equals 5.\n",
@@ -16,6 +18,11 @@ GOOD = [
     "Convert 2 hours to minutes.,2 hours is 120 minutes.,2 hours is 120 grams.\n",
 ]
 TINY_SPLITS = {"val_fraction": 0.25, "test_fraction": 0.25}
+
+
+def dropped(**counts):
+    """metrics/data.json's rows_dropped: every reason, zero unless given."""
+    return dict.fromkeys(BAD_ROW_REASONS, 0) | counts
 
 
 def csv_file(tmp_path, *rows, header=HEADER, name="prefs.csv"):
@@ -114,37 +121,39 @@ def test_row_with_too_many_fields(prepare, tmp_path):
     assert prepare.wrote_nothing()
 
 
-def test_text_longer_than_max_chars_stops(prepare, tmp_path):
-    path = csv_file(tmp_path, *GOOD[:2], "What is long?,Long answer " + "x" * 300 + ".,Short.\n")
-    msg = assert_error(prepare(path, prepare={"max_chars": 100}), path, "row 3 (line 4)", "column 'More_Prefered'")
-    assert "prepare.max_chars=100" in msg
+def test_text_longer_than_max_chars_stops_with_on_bad_row_error(prepare, tmp_path):
+    path = csv_file(tmp_path, *GOOD[:2], "What is long?,Long answer " + "x" * 300 + ".,Short.\n", *GOOD[2:])
+    msg = assert_error(prepare(path, prepare={"max_chars": 100, "on_bad_row": "error"}), path, "row 3 (line 4)",
+                       "column 'More_Prefered'")
+    assert "prepare.max_chars=100" in msg and "prepare.on_bad_row: drop would drop and count it" in msg
     assert prepare.wrote_nothing()
 
 
 def test_text_longer_than_max_chars_dropped_when_asked(prepare, tmp_path):
     path = csv_file(tmp_path, *GOOD, "What is long?,Long answer " + "x" * 300 + ".,Short.\n")
-    result = prepare(path, prepare={"max_chars": 100, "on_too_long": "drop", **TINY_SPLITS})
+    result = prepare(path, prepare={"max_chars": 100, "max_drop_fraction": 0.25, **TINY_SPLITS})
     assert result.returncode == 0, result.stderr
     metrics = json.loads(prepare.metrics.read_text())
     assert metrics["rows_in"] == 5 and metrics["rows_kept"] == 4
-    assert metrics["rows_dropped"] == {"duplicate": 0, "identical_pair": 0, "too_long": 1}
+    assert metrics["rows_dropped"] == dropped(too_long=1)
 
 
 def test_identical_pairs_and_duplicates_are_dropped_and_counted(prepare, tmp_path):
     identical = "What is 5 plus 5?,5 plus 5 equals 10.,5 plus 5 equals 10.\n"
     path = csv_file(tmp_path, *GOOD, GOOD[0], GOOD[1], identical)
-    result = prepare(path, prepare=TINY_SPLITS)
+    result = prepare(path, prepare={"max_drop_fraction": 0.5, **TINY_SPLITS})
     assert result.returncode == 0, result.stderr
     metrics = json.loads(prepare.metrics.read_text())
     assert metrics["rows_in"] == 7 and metrics["rows_kept"] == 4
-    assert metrics["rows_dropped"] == {"duplicate": 2, "identical_pair": 1, "too_long": 0}
+    assert metrics["rows_dropped"] == dropped(duplicate=2, identical_pair=1)
     kept = [json.loads(l) for s in ("train", "validation", "test") for l in (prepare.out_dir / f"{s}.jsonl").open()]
     assert sorted(r["row"] for r in kept) == [1, 2, 3, 4]
 
 
 def test_zero_rows_left_after_cleaning(prepare, tmp_path):
     path = csv_file(tmp_path, "Same?,Yes.,Yes.\n", "Again?,No.,No.\n")
-    assert_error(prepare(path), path, "no rows left after cleaning", "2 read", "identical_pair=2")
+    assert_error(prepare(path, prepare={"max_drop_fraction": 1.0}), path, "no rows left after cleaning", "2 read",
+                 "identical_pair=2")
     assert prepare.wrote_nothing()
 
 
@@ -183,7 +192,8 @@ def test_prompt_chosen_rejected_jsonl_gz(prepare, tmp_path):
     assert result.returncode == 0, result.stderr
     rows, metrics = read_outputs(prepare)
     assert metrics["splits"] == {"train": 4, "validation": 2, "test": 2}
-    assert {"prompt": "Q3?", "chosen": "Good 3.", "rejected": "Bad 3.", "row": 4} in sum(rows.values(), [])
+    assert {"prompt": [{"role": "user", "content": "Q3?"}], "chosen": "Good 3.", "rejected": "Bad 3.",
+            "row": 4} in sum(rows.values(), [])
 
 
 def test_reference_schema_parquet(prepare, tmp_path):
@@ -211,13 +221,16 @@ def test_anthropic_hh_dialogues(prepare, tmp_path):
     assert "hh schema" in result.stdout
     rows, _ = read_outputs(prepare)
     first = next(r for r in sum(rows.values(), []) if r["row"] == 1)
-    assert first == {"prompt": dialogue.strip(), "chosen": "It is 4.", "rejected": "I don't know.", "row": 1}
+    assert first == {"prompt": [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello!"},
+                                {"role": "user", "content": "What is 2+2?"}],
+                     "chosen": "It is 4.", "rejected": "I don't know.", "row": 1}
 
 
 def test_hh_dialogues_without_shared_assistant_turn(prepare, tmp_path):
     path = tmp_path / "hh.jsonl"
     path.write_text(json.dumps({"chosen": "\n\nHuman: A\n\nAssistant: B", "rejected": "Something else"}) + "\n")
-    assert_error(prepare(path), path, "row 1", "column 'chosen'", "Assistant:")
+    assert_error(prepare(path), path, "1 of 1 rows are bad", "no_shared_prompt=1", "row 1", "column 'chosen'",
+                 "Assistant:")
     assert prepare.wrote_nothing()
 
 
@@ -230,3 +243,128 @@ def test_too_few_rows_to_split(prepare, tmp_path):
     path = csv_file(tmp_path, *GOOD[:2])
     assert_error(prepare(path, prepare=TINY_SPLITS), path, "too few to split", "train split would be empty")
     assert prepare.wrote_nothing()
+
+
+# ------------------------------------------------------------ real data: mapping, filters, bad rows
+
+BOOK_FILTER = [{"column": "status", "op": "==", "value": "tie"}, {"column": "chosen_score", "op": ">=", "value": 8},
+               {"column": "in_gsm8k_train", "op": "==", "value": False}]
+
+
+def orca_rows():
+    """20 orca-style rows, i = 0..19: status is 'unchanged' where i % 4 == 3 (3, 7, 11, 15, 19: 5 rows), else 'tie';
+    chosen_score is 9, 8, 7.5 by i % 3, below 8 for ties 2, 5, 8, 14, 17 (5); in_gsm8k_train is true for odd i,
+    which of the 10 left are 1, 9, 13 (3). The 7 rows 0, 4, 6, 10, 12, 16, 18 pass all three conditions."""
+    rows = []
+    for i in range(20):
+        status = "unchanged" if i % 4 == 3 else "tie"
+        rows.append({"system": "You are an AI assistant.", "input": f"Question {i}?", "chosen": f"Good answer {i}.",
+                     "rejected": f"Bad answer {i}.", "status": status, "chosen_score": [9, 8, 7.5][i % 3],
+                     "in_gsm8k_train": i % 2 == 1, "question": f"extra {i}"})
+    return rows
+
+
+def test_orca_style_table_with_the_book_filters(prepare, tmp_path):
+    rows = orca_rows()
+    path = tmp_path / "orca.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    result = prepare(path, data={"columns": {"prompt": "input", "chosen": None, "rejected": None, "system": "system"},
+                                 "filter": BOOK_FILTER}, prepare={"val_fraction": 0.2, "test_fraction": 0.2})
+    assert result.returncode == 0, result.stderr
+    out, metrics = read_outputs(prepare)
+    # By hand: the first failing condition counts each removed row.
+    passing = [i for i, r in enumerate(rows) if r["status"] == "tie" and r["chosen_score"] >= 8
+               and not r["in_gsm8k_train"]]
+    not_tie = sum(r["status"] != "tie" for r in rows)
+    low = sum(r["status"] == "tie" and r["chosen_score"] < 8 for r in rows)
+    assert metrics["rows_filtered"] == {'status == "tie"': not_tie, "chosen_score >= 8": low,
+                                        "in_gsm8k_train == false": 20 - not_tie - low - len(passing)}
+    assert metrics["rows_filtered"] == {'status == "tie"': 5, "chosen_score >= 8": 5, "in_gsm8k_train == false": 3}
+    assert metrics["rows_in"] == 20 and metrics["rows_kept"] == len(passing) == 7
+    assert metrics["rows_dropped"] == dropped()
+    kept = sorted(sum(out.values(), []), key=lambda r: r["row"])
+    assert [r["row"] - 1 for r in kept] == passing
+    assert kept[0]["prompt"] == [{"role": "system", "content": "You are an AI assistant."},
+                                 {"role": "user", "content": f"Question {passing[0]}?"}]
+
+
+def test_the_same_filters_on_csv_text_cells(prepare, tmp_path):
+    rows = orca_rows()
+    header = list(rows[0])
+    lines = [",".join(header)] + [",".join(str(r[c]) for c in header) for r in rows]  # True/False, 7.5 as text
+    path = tmp_path / "orca.csv"
+    path.write_text("\n".join(lines) + "\n")
+    result = prepare(path, data={"columns": {"prompt": "input", "chosen": None, "rejected": None, "system": None},
+                                 "filter": BOOK_FILTER}, prepare={"val_fraction": 0.2, "test_fraction": 0.2})
+    assert result.returncode == 0, result.stderr
+    assert json.loads(prepare.metrics.read_text())["rows_kept"] == 7
+
+
+def test_a_filter_on_an_unknown_column_names_the_params_key(prepare, tmp_path):
+    path = tmp_path / "orca.parquet"
+    pq.write_table(pa.Table.from_pylist(orca_rows()), path)
+    result = prepare(path, data={"columns": {"prompt": "input", "chosen": None, "rejected": None, "system": None},
+                                 "filter": [{"column": "chosen_scores", "op": ">=", "value": 8}]})
+    assert result.returncode == 2 and result.stderr.strip() == (
+        f"error: data.filter[0].column: no column 'chosen_scores' in {path} (did you mean 'chosen_score'?)")
+    assert prepare.wrote_nothing()
+
+
+def hh_rows(n, empty):
+    """n HH rows; the first `empty` of them end with an empty chosen answer, as 4 in 2,312 rows of a real set did."""
+    rows = []
+    for i in range(n):
+        prompt = f"\n\nHuman: Hello {i}\n\nAssistant: Hi!\n\nHuman: What is {i} plus {i}?\n\nAssistant:"
+        rows.append({"chosen": prompt + ("" if i < empty else f" {i} plus {i} is {2 * i}."),
+                     "rejected": prompt + " No idea."})
+    return rows
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_hh_rows_with_an_empty_last_answer_are_dropped_and_counted(prepare, tmp_path):
+    path = write_jsonl(tmp_path / "hh.jsonl", hh_rows(100, empty=4))
+    result = prepare(path)  # the defaults: on_bad_row drop, max_drop_fraction 0.05
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(prepare.metrics.read_text())
+    assert metrics["rows_in"] == 100 and metrics["rows_kept"] == 96
+    assert metrics["rows_dropped"] == dropped(empty_answer=4)
+    assert "4 {'empty_answer': 4} dropped, 96 kept" in result.stdout
+
+
+def test_more_bad_rows_than_max_drop_fraction_stops_with_one_line(prepare, tmp_path):
+    path = write_jsonl(tmp_path / "hh.jsonl", hh_rows(100, empty=6))
+    msg = assert_error(prepare(path), path, "6 of 100 rows are bad (6.0%, more than prepare.max_drop_fraction=0.05)",
+                       "empty_answer=6", "row 1", "column 'chosen'", "empty answer")
+    assert prepare.wrote_nothing() and len(msg) < 400
+
+
+def test_on_bad_row_error_stops_at_the_first_bad_row(prepare, tmp_path):
+    path = write_jsonl(tmp_path / "hh.jsonl", hh_rows(100, empty=0) + hh_rows(3, empty=1)[:1])
+    assert_error(prepare(path, prepare={"on_bad_row": "error"}), path, "row 101", "column 'chosen'",
+                 "empty answer after the last 'Assistant:' turn")
+    assert prepare.wrote_nothing()
+
+
+def test_a_cell_past_the_csv_field_limit_is_a_too_long_row(prepare, tmp_path):
+    huge = "What is huge?,Huge " + "x" * 200_000 + ".,Small.\n"  # the csv module's default limit is 131072
+    path = csv_file(tmp_path, *GOOD, huge)
+    result = prepare(path, prepare={"max_drop_fraction": 0.25, **TINY_SPLITS})
+    assert result.returncode == 0, result.stderr
+    assert json.loads(prepare.metrics.read_text())["rows_dropped"] == dropped(too_long=1)
+
+
+def test_a_binary_file_is_named_as_such_in_a_short_line(prepare, tmp_path):
+    path = tmp_path / "model.csv"
+    path.write_bytes(b"PK\x03\x04" + bytes(range(256)) * 8)  # a zip archive renamed to .csv
+    msg = assert_error(prepare(path), path, "not a UTF-8 text file (a NUL byte at byte 4)")
+    assert len(msg) < 200 and prepare.wrote_nothing()
+
+
+def test_quoted_values_in_errors_are_cut_short(prepare, tmp_path):
+    path = csv_file(tmp_path, "x;" * 500 + "\n", header="a;" * 1000 + "\n")
+    msg = assert_error(prepare(path), path, "semicolon-delimited")
+    assert len(msg) < 300 and "..." in msg
