@@ -274,7 +274,8 @@ def load_params(path="params.yaml"):
     try:
         return Params.model_validate(raw)
     except ValidationError as err:
-        raise ParamsError(f"{path}: {_describe_error(err.errors()[0])}") from None
+        errors = err.errors()  # a misspelt key is also a missing one: name the misspelling, with its near miss
+        raise ParamsError(f"{path}: {_describe_error(next((e for e in errors if e['type'] == 'extra_forbidden'), errors[0]))}") from None
 
 
 def _describe_error(e):

@@ -25,9 +25,9 @@ def test_source_kind(tmp_path):
 
 @pytest.mark.parametrize("spec, message", [
     ("tiny-gtp2", "models.policy: unknown preset 'tiny-gtp2' (did you mean 'tiny-gpt2'?)"),
-    ("tiny-llama", "models.policy: unknown preset 'tiny-llama' (presets: tiny-gpt2)"),  # a policy's presets only
-    ("tiny-bret", "models.policy: unknown preset 'tiny-bret' (presets: tiny-gpt2)"),
-    ("./no/such/dir", "models.policy: './no/such/dir' is not a built-in preset (tiny-gpt2), an existing directory"),
+    ("tiny-lama", "models.policy: unknown preset 'tiny-lama' (did you mean 'tiny-llama'?)"),
+    ("tiny-bret", "models.policy: unknown preset 'tiny-bret' (presets: tiny-gpt2, tiny-llama)"),
+    ("./no/such/dir", "models.policy: './no/such/dir' is not a built-in preset (tiny-gpt2, tiny-llama), an existing directory"),
     ("a/b/c", "models.policy: 'a/b/c' is not a built-in preset"),
 ])
 def test_bad_model_spec_names_the_key(spec, message):
@@ -37,7 +37,7 @@ def test_bad_model_spec_names_the_key(spec, message):
 
 
 def test_presets_have_the_right_family():
-    with pytest.raises(ModelError, match="models.policy: preset 'tiny-bert' is of the bert family; .* needs tiny-gpt2"):
+    with pytest.raises(ModelError, match="models.policy: preset 'tiny-bert' is of the bert family; .* needs tiny-gpt2 or tiny-llama"):
         load_policy("tiny-bert", texts=TEXTS)
     with pytest.raises(ModelError, match="models.reward: preset 'tiny-gpt2' is of the gpt2 family; .* needs tiny-bert"):
         load_encoder("tiny-gpt2", texts=TEXTS)
@@ -56,6 +56,25 @@ def test_tiny_gpt2_preset_tokenizer_is_byte_level_bpe_trained_on_the_text(no_net
     assert tok.decode(tok(weird)["input_ids"]) == weird
     logits = model(**tok(["The capital of"], return_tensors="pt")).logits
     assert logits.shape == (1, 3, len(tok))
+
+
+def test_tiny_llama_preset_is_a_llama_chat_model(tmp_path, no_network):
+    model, tok = load_policy("tiny-llama", texts=TEXTS, seed=0)
+    config = model.config
+    assert type(model).__name__ == "LlamaForCausalLM" and type(tok).__name__ == "LlamaTokenizerFast"
+    assert config.num_key_value_heads < config.num_attention_heads  # grouped-query attention
+    assert config.hidden_act == "silu" and type(model.model.norm).__name__ == "LlamaRMSNorm"  # SwiGLU, RMSNorm
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    assert {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"} <= names
+    assert (tok.bos_token, tok.eos_token) == ("<s>", "</s>") and tok("a")["input_ids"][0] == tok.bos_token_id
+    assert all(len(tok.tokenize(tag)) == 1 for tag in ("<|system|>", "<|user|>", "<|assistant|>"))
+    chat = [{"role": "user", "content": "Hi"}]
+    assert tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) == "<|user|>\nHi</s>\n<|assistant|>\n"
+    # The template travels with the tokenizer: a saved model loads back as the same chat model, offline.
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    model2, tok2 = load_policy(str(tmp_path))
+    assert tok2.chat_template == tok.chat_template and type(model2).__name__ == "LlamaForCausalLM"
 
 
 def test_tiny_bert_preset_encodes_text_pairs(no_network):

@@ -23,20 +23,34 @@ def with_change(section, key, value):
     return params
 
 
-def test_shipped_params_and_reference_profile_validate():
+PROFILES = sorted((REPO / "profiles").glob("*.yaml"))
+
+
+def test_shipped_params_and_the_reference_profiles_validate():
     default = load_params(REPO / "params.yaml")
-    reference = load_params(REPO / "profiles" / "reference.yaml")
     assert default.models.policy == "tiny-gpt2" and default.models.reward == "tiny-bert"
+    assert [p.name for p in PROFILES] == ["book.yaml", "reference.yaml"]
+    reference = load_params(REPO / "profiles" / "reference.yaml")  # the coursework
     assert reference.models.policy == "openai-community/gpt2-medium"
     assert reference.models.reward == "bert-base-uncased"
+    assert reference.data.columns.model_dump() == dict.fromkeys(("prompt", "chosen", "rejected", "system"))
+    book = load_params(REPO / "profiles" / "book.yaml")  # the book example
+    assert book.models.policy == "TinyLlama/TinyLlama-1.1B-Chat-v1.0"
+    assert (book.data.columns.prompt, book.data.columns.system) == ("input", "system")
+    assert [(c.column, c.op, c.value) for c in book.data.filter] == [
+        ("status", "==", "tie"), ("chosen_score", ">=", 8), ("in_gsm8k_train", "==", False)]
+    assert (book.dpo.beta, book.dpo.lr, book.dpo.warmup_ratio, book.dpo.batch_size, book.dpo.grad_accum_steps) == (
+        0.1, 1e-5, 0.1, 2, 4)
+    assert (book.dpo.precision, book.dpo.gradient_checkpointing) == ("fp16", True)
+    assert book.dpo.max_prompt_length == book.dpo.max_length == 512
 
 
-def test_reference_profile_has_the_same_keys_as_params():
+@pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.name)
+def test_each_profile_has_the_same_keys_as_params(profile):
     def keys(d, prefix=""):
         return {k2 for k, v in d.items() for k2 in (keys(v, f"{prefix}{k}.") if isinstance(v, dict) else [prefix + k])}
 
-    reference = yaml.safe_load((REPO / "profiles" / "reference.yaml").read_text())
-    assert keys(reference) == keys(repo_params())
+    assert keys(yaml.safe_load(profile.read_text())) == keys(repo_params())
 
 
 @pytest.mark.parametrize("section, key, value, message", [
@@ -44,7 +58,23 @@ def test_reference_profile_has_the_same_keys_as_params():
     ("prepare", "val_fraction", 1.5, "prepare.val_fraction: expected a float in [0, 1), got 1.5"),
     ("prepare", "max_chars", -3, "prepare.max_chars: expected a positive integer, got -3"),
     ("prepare", "max_chars", 12.5, "prepare.max_chars: expected a positive integer, got 12.5"),
-    ("prepare", "on_too_long", "skip", "prepare.on_too_long: expected one of 'error', 'drop', got 'skip'"),
+    ("prepare", "on_bad_row", "skip", "prepare.on_bad_row: expected one of 'drop', 'error', got 'skip'"),
+    ("prepare", "max_drop_fraction", 1.5, "prepare.max_drop_fraction: expected a float in [0, 1], got 1.5"),
+    ("data", "columns", {"prompt": "input", "chosen": None, "rejected": None, "system": None, "answer": "x"},
+     "data.columns.answer: unknown key (known keys: prompt, chosen, rejected, system)"),
+    ("data", "filter", {"column": "status"}, "data.filter: expected a list, got {'column': 'status'}"),
+    ("data", "filter", [{"column": "status", "op": "=", "value": "tie"}],
+     "data.filter[0].op: expected one of '==', '!=', '>=', '<=', '>', '<', 'in', got '='"),
+    ("data", "filter", [{"column": "status", "op": "==", "vale": "tie"}],
+     "data.filter[0].vale: unknown key (did you mean 'value'?)"),
+    ("data", "filter", [{"column": "s", "op": "==", "value": "tie"}, {"column": "s", "op": "in", "value": "tie"}],
+     "data.filter[1].value: op 'in' takes a non-empty list, got 'tie'"),
+    ("data", "filter", [{"column": "s", "op": ">=", "value": [1, 2]}],
+     "data.filter[0].value: op '>=' takes one value, not a list (use op: in for a list), got [1, 2]"),
+    ("data", "filter", [{"column": "s", "op": "==", "value": {"a": 1}}],
+     "data.filter[0].value: expected a boolean, a finite number or a string"),
+    ("data", "filter", [{"column": "s", "op": ">", "value": True}],
+     "data.filter[0].value: expected a boolean, a finite number or a string (for op 'in' a list of one kind; '>' does not order booleans), got True"),
     ("data", "schema", "csv", "data.schema: expected one of 'auto', 'reference', 'prompt_chosen_rejected', 'hh'"),
     ("models", "policy", 7, "models.policy: expected a string, got 7"),
     (None, "seed", "forty-two", "seed: expected a non-negative integer, got 'forty-two'"),
