@@ -93,7 +93,7 @@ def dpo(work, precision, warmup, repeats, with_peer=True, **_):
     disable_dropout(policy)
     disable_dropout(reference.eval()).requires_grad_(False)
     n, bs = warmup + repeats, cfg.batch_size
-    encoded = ours.encode_pairs(tokenizer, train[: n * bs], cfg.max_length)
+    encoded = ours.encode_pairs(tokenizer, train[: n * bs], cfg.max_length, cfg.max_prompt_length)
     accelerator = make_accelerator(precision, "dpo.precision")
     reference.to(dev)
     ref_chosen, ref_rejected = ours.reference_logps(reference, encoded, tokenizer.pad_token_id, cfg.eval_batch_size,
@@ -212,20 +212,20 @@ def generation(work, precision, warmup, repeats, prompts=64, **_):
     prepare_tokenizer(tokenizer)
     model.to(device())
     gen = params.eval.generation(params.ppo)
-    max_prompt = max_prompt_tokens(model.config, gen["max_new_tokens"])
+    max_prompt = max_prompt_tokens(model.config, gen["max_new_tokens"], params.eval.max_prompt_length)
     bs = params.eval.batch_size
 
     # Agreement: greedy answers, batched with left padding vs one prompt at a time.
     greedy = {**gen, "do_sample": False}
-    batched, _ = generate(model, tokenizer, questions, greedy, bs, params.seed, "greedy")
+    batched, _ = generate(model, tokenizer, questions, greedy, bs, params.seed, "greedy", params.eval.max_prompt_length)
     alone = peers.generate_one_at_a_time(model, tokenizer, questions, greedy, max_prompt)
     same = sum(a == b for a, b in zip(batched, alone)) / len(questions)
     if same < 0.9:
         raise AssertionError(f"batched greedy answers match one-at-a-time answers on only {same:.0%} of prompts")
 
     runs = range(warmup + repeats)
-    ours_s, _ = timed(lambda i: generate(model, tokenizer, questions, gen, bs, params.seed + i, "generate"), runs,
-                      warmup)
+    ours_s, _ = timed(lambda i: generate(model, tokenizer, questions, gen, bs, params.seed + i, "generate",
+                                         params.eval.max_prompt_length), runs, warmup)
     theirs_s, _ = timed(lambda i: peers.generate_one_at_a_time(model, tokenizer, questions, gen, max_prompt), runs,
                         warmup)
     return {"prompts": len(questions), "batch_size": bs, "agreement": {"greedy_identical_share": same},

@@ -15,7 +15,7 @@ import warnings
 import torch
 from torch import nn
 
-from alignkit.prompts import format_prompt
+from alignkit.conversation import as_text, plain_prompt
 from alignkit.reward import encode_pairs
 
 
@@ -140,8 +140,8 @@ def notebook_ppo_iteration(trainer, reward_model, reward_tokenizer, max_length, 
     for pair, response in zip(batch, responses):
         text = tokenizer.decode(response, skip_special_tokens=True).strip()
         with torch.no_grad():
-            score = _score_one(reward_model, reward_tokenizer, pair.prompt, text, max_length)
-            baseline = _score_one(reward_model, reward_tokenizer, pair.prompt, pair.chosen, max_length)
+            score = _score_one(reward_model, reward_tokenizer, as_text(pair.prompt), text, max_length)
+            baseline = _score_one(reward_model, reward_tokenizer, as_text(pair.prompt), pair.chosen, max_length)
         rewards.append(shaped_rewards(score, baseline, cfg.reward_clip).to(trainer.accelerator.device))
     stats = trainer.step(queries, responses, rewards)
     gc.collect()
@@ -158,7 +158,7 @@ def _score_one(reward_model, tokenizer, question, answer, max_length):
 
 def score_one_at_a_time(reward_model, tokenizer, questions, answers, max_length):
     with torch.no_grad():
-        return torch.stack([_score_one(reward_model, tokenizer, q, a, max_length)
+        return torch.stack([_score_one(reward_model, tokenizer, as_text(q), a, max_length)
                             for q, a in zip(questions, answers)])
 
 
@@ -171,7 +171,7 @@ def generate_one_at_a_time(model, tokenizer, questions, gen, max_prompt):
     model.eval()
     texts = []
     for q in questions:
-        ids = tokenizer(format_prompt(q), return_tensors="pt", add_special_tokens=False)["input_ids"][:, -max_prompt:]
+        ids = tokenizer(plain_prompt(q), return_tensors="pt", add_special_tokens=False)["input_ids"][:, -max_prompt:]
         out = model.generate(ids.to(model.device), attention_mask=torch.ones_like(ids).to(model.device),
                              pad_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
                              **{"do_sample": True, **gen})

@@ -5,6 +5,7 @@ import math
 
 import pytest
 
+from alignkit.conversation import as_text, from_json
 from tests.conftest import stage_main, write_params
 
 SCHEMA = {"bleu", "rouge1", "rouge2", "rougeL", "reward_mean", "reward_std", "win_rate_vs_sft",
@@ -52,7 +53,7 @@ def test_generations_are_readable_and_match_the_reward(evaluated, prepared_sampl
     tests = [json.loads(line) for line in open(prepared_sample / "test.jsonl")]
     assert len(rows) == len(tests)
     assert set(rows[0]) == {"question", "reference", "answer", "reward"}
-    assert [r["question"] for r in rows] == [t["prompt"] for t in tests]
+    assert [r["question"] for r in rows] == [as_text(from_json(t["prompt"])) for t in tests]
     metrics = json.loads((evaluated / "sft.json").read_text())
     assert sum(r["reward"] for r in rows) / len(rows) == pytest.approx(metrics["reward_mean"], abs=1e-3)
     plot = json.loads((evaluated / "plot.json").read_text())

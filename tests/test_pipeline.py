@@ -195,3 +195,39 @@ def test_bad_input_under_dvc_fails_and_leaves_no_output(repo_copy):
     assert "error: data/bad.csv: row 1 (line 2), column 'More_Prefered': empty cell" in result.stderr + result.stdout
     assert not (repo_copy / "data" / "prepared").exists()
     assert not (repo_copy / "metrics" / "data.json").exists()
+
+
+def test_a_chat_model_on_multi_turn_conversations_runs_every_stage(repo_copy):
+    """`models.policy: tiny-llama` on the shipped multi-turn sample (HH dialogues with a system column), shortened:
+    every stage runs, through the chat template, and writes its metrics."""
+    params = yaml.safe_load((repo_copy / "params.yaml").read_text())
+    params["models"]["policy"] = "tiny-llama"
+    params["data"]["path"] = "data/sample/conversations.jsonl"
+    params["data"]["columns"]["system"] = "system"
+    params["reward"]["epochs"] = 1
+    params["sft"]["epochs"] = 2
+    params["dpo"]["epochs"] = 1
+    params["ppo"]["max_steps_per_epoch"] = 3
+    for section in ("sft", "dpo", "eval"):
+        params[section]["max_length"] = 192
+    for section in ("sft", "dpo", "ppo", "eval"):
+        params[section]["max_prompt_length"] = 160
+    (repo_copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    printed = dvc(repo_copy, "repro")
+    assert ran(printed) == STAGES
+    assert "6 {'empty_answer': 6} dropped" in printed  # the sample's rows with an empty last answer
+
+    data = json.loads((repo_copy / "metrics" / "data.json").read_text())
+    assert data["rows_dropped"]["empty_answer"] == 6 and data["prompt_turns"]["max"] >= 6
+    first = json.loads((repo_copy / "data" / "prepared" / "train.jsonl").open().readline())
+    assert [m["role"] for m in first["prompt"]][:2] == ["system", "user"]
+    config = json.loads((repo_copy / "models" / "sft" / "config.json").read_text())
+    tokenizer = json.loads((repo_copy / "models" / "sft" / "tokenizer_config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"] and "<|assistant|>" in tokenizer["chat_template"]
+    for name in ("reward", "sft", "dpo", "ppo", "eval/sft", "eval/dpo", "eval/ppo"):
+        metrics = json.loads((repo_copy / "metrics" / f"{name}.json").read_text())
+        assert metrics and all(v == v for v in metrics.values() if isinstance(v, float)), name  # written, no NaN
+    dpo = json.loads((repo_copy / "metrics" / "dpo.json").read_text())
+    assert dpo["val_loss"] < dpo["val_loss_before"]
+    generation = json.loads((repo_copy / "generations" / "dpo.jsonl").open().readline())
+    assert generation["question"].startswith("System: ") and "\n\nHuman: " in generation["question"]

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from alignkit.conversation import single_turn
 from alignkit.errors import ParamsError
 from alignkit.models import load_policy
 from alignkit.params import load_params
@@ -68,7 +69,7 @@ def test_gpt2_answers_are_scored_as_text_retokenized_by_the_bert_tokenizer(sft_m
     seen = []
     scorer.model.encoder.register_forward_hook(lambda module, args, kwargs, output: seen.append(kwargs["input_ids"]),
                                                with_kwargs=True)
-    score = scorer.score(["What is the capital of Italy?"], [answer])
+    score = scorer.score([single_turn("What is the capital of Italy?")], [answer])
     (expected,) = encode_pairs(scorer.tokenizer, ["What is the capital of Italy?"], [answer], scorer.max_length)
     assert seen[0][0].tolist() == expected["input_ids"]  # BERT's own ids for the (question, answer) text pair
     assert seen[0][0].tolist() != out[0].tolist()

@@ -6,7 +6,8 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel, DistilBertConfig, DistilBertModel
 
-from alignkit.data import read_split
+from alignkit.conversation import as_text, single_turn
+from alignkit.data import Pair, read_split
 from alignkit.errors import ParamsError
 from alignkit.models import train_bert_tokenizer
 from alignkit.reward import PairCollator, PairDataset, RewardModel, RewardScorer, encode_pairs, pair_scores
@@ -57,8 +58,8 @@ def test_pooled_output_with_a_pooler_and_cls_state_without_one():
 def test_one_concatenated_forward_gives_the_scores_of_separate_ones():
     torch.manual_seed(0)
     model = RewardModel(tiny_bert()).eval()
-    pairs = [type("P", (), {"prompt": "what is the capital of france", "chosen": "paris", "rejected": "a b c d e"}),
-             type("P", (), {"prompt": "what", "chosen": "paris is the capital of france", "rejected": "f"})]
+    pairs = [Pair(single_turn("what is the capital of france"), "paris", "a b c d e", 1),
+             Pair(single_turn("what"), "paris is the capital of france", "f", 2)]
     dataset = PairDataset(TOKENIZER, pairs, max_length=32)
     batch = PairCollator(TOKENIZER)([dataset[0], dataset[1]])
     assert batch["input_ids"].shape[0] == 4  # chosen and rejected of both pairs in one batch
@@ -112,7 +113,7 @@ def test_scorer_reloads_the_model_and_reproduces_validation_accuracy(reward_mode
 def test_stage_trains_from_a_local_distilbert_directory_offline(prepared_sample, tmp_path, no_network):
     """A local BERT-family directory without a pooler (DistilBERT), saved with save_pretrained."""
     train = read_split(prepared_sample / "train.jsonl")
-    tokenizer = train_bert_tokenizer([t for p in train for t in (p.prompt, p.chosen, p.rejected)], 2000)
+    tokenizer = train_bert_tokenizer([t for p in train for t in (as_text(p.prompt), p.chosen, p.rejected)], 2000)
     encoder = DistilBertModel(DistilBertConfig(vocab_size=len(tokenizer), dim=64, n_layers=2, n_heads=2,
                                                hidden_dim=128, max_position_embeddings=128))
     local = tmp_path / "my-distilbert"

@@ -11,7 +11,7 @@ from alignkit.data import read_split
 from alignkit.dpo import make_step, reference_logps, encode_pairs, PairCollator, train_dpo
 from alignkit.models import load_policy
 from alignkit.policy import disable_dropout, prepare_tokenizer
-from alignkit.prompts import answer_text, format_prompt
+from alignkit.conversation import plain_answer, plain_prompt, single_turn
 from alignkit.training import make_accelerator
 from tests.conftest import repo_params, stage_main, write_params
 
@@ -38,7 +38,7 @@ def test_sft_lowers_validation_loss_on_preferred_answers(trained):
 
 def test_sft_model_writes_answers_in_the_sample_style(trained):
     model, tokenizer = load_policy(str(trained / "sft"))
-    ids = tokenizer(format_prompt("What is the chemical symbol for gold?"), return_tensors="pt")
+    ids = tokenizer(plain_prompt(single_turn("What is the chemical symbol for gold?")), return_tensors="pt")
     out = model.generate(**ids, max_new_tokens=20, do_sample=False, pad_token_id=tokenizer.eos_token_id)
     answer = tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
     assert "chemical symbol for" in answer and answer.strip().endswith((".", "!")), answer
@@ -67,7 +67,7 @@ def test_sft_with_zero_epochs_saves_the_base_model_unchanged(prepared_sample, tm
                        "--metrics", str(tmp_path / "sft.json"), "--live", str(tmp_path / "live"),
                        "--checkpoints", str(tmp_path / "checkpoints")])
     train = read_split(prepared_sample / "train.jsonl")
-    texts = [t for p in train for t in (format_prompt(p.prompt), answer_text(p.chosen), answer_text(p.rejected))]
+    texts = [t for p in train for t in (plain_prompt(p.prompt), plain_answer(p.chosen), plain_answer(p.rejected))]
     base, _ = load_policy("tiny-gpt2", texts=texts, seed=repo_params()["seed"])
     saved = load_file(tmp_path / "sft" / "model.safetensors")
     assert all(torch.equal(saved[k], v) for k, v in base.state_dict().items() if k in saved)
@@ -89,7 +89,7 @@ def test_reference_runs_once_before_training_and_step_zero_loss_is_log2(trained,
     accelerator = make_accelerator("fp32", "dpo.precision")
 
     # Step 0: policy == reference, so the loss of any batch is log 2.
-    encoded = encode_pairs(tokenizer, pairs[:8], cfg.max_length)
+    encoded = encode_pairs(tokenizer, pairs[:8], cfg.max_length, cfg.max_prompt_length)
     ref = reference_logps(reference, encoded, tokenizer.pad_token_id, 3, accelerator)  # other batching
     batch = PairCollator(tokenizer.pad_token_id)([(c, r, rc.item(), rr.item()) for (c, r), rc, rr in zip(encoded, *ref)])
     with torch.no_grad():
