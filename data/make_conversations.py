@@ -5,8 +5,9 @@
 Like data/make_sample.py, this script is the sample's provenance: the JSONL it
 writes is committed, and a test regenerates it and checks the bytes match.
 
-Each line holds `system` (a system prompt, one of a few), and `chosen` and
-`rejected`: two HH dialogues ("\\n\\nHuman: ...\\n\\nAssistant: ...") that share every
+Each line holds `system` (a system prompt, one of a few), `turns` (how many
+questions the dialogue asks, the last included: a column to filter on), and
+`chosen` and `rejected`: two HH dialogues ("\\n\\nHuman: ...\\n\\nAssistant: ...") that share every
 turn but the last answer. Earlier turns (0 to 3 exchanges) are other questions of
 the same kinds as data/sample/preferences.csv with their preferred answers; the
 last answer is the preferred one or a flawed one (wrong, evasive, off-topic,
@@ -43,7 +44,7 @@ def make_conversations(n_rows, seed):
     for i in range(n_rows):
         q, chosen, rejected = pool[i]
         history = [(hq, ha) for hq, ha, _ in rng.sample(pool[n_rows:], rng.choices([0, 1, 2, 3], [3, 4, 2, 1])[0])]
-        rows.append({"system": rng.choice(SYSTEMS),
+        rows.append({"system": rng.choice(SYSTEMS), "turns": len(history) + 1,
                      "chosen": dialogue(history + [(q, chosen)]),
                      "rejected": dialogue(history + [(q, rejected)])})
     for i in rng.sample(range(n_rows), EMPTY_ANSWERS):

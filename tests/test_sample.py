@@ -48,3 +48,29 @@ def test_length_alone_does_not_separate_the_answers():
     data = rows()
     longer = sum(len(r["More_Prefered"]) > len(r["Less_Prefered"]) for r in data) / len(data)
     assert 0.4 <= longer <= 0.65, longer
+
+
+CONVERSATIONS = REPO / "data" / "sample" / "conversations.jsonl"
+
+
+def test_multi_turn_sample_is_exactly_what_its_script_writes(tmp_path):
+    out = tmp_path / "conversations.jsonl"
+    subprocess.run([sys.executable, str(REPO / "data" / "make_conversations.py"), str(out)], check=True)
+    assert out.read_bytes() == CONVERSATIONS.read_bytes()
+
+
+def test_multi_turn_sample_shape():
+    import json
+
+    from alignkit.conversation import parse_hh
+
+    rows = [json.loads(line) for line in CONVERSATIONS.open(encoding="utf-8")]
+    assert len(rows) == 1200 and all(set(r) == {"system", "turns", "chosen", "rejected"} for r in rows)
+    empty = [r for r in rows if r["chosen"].endswith("\n\nAssistant:")]
+    assert len(empty) == 6  # real HH data has such rows; prepare drops and counts them
+    for r in rows:
+        cut = r["rejected"].rfind("\n\nAssistant:") + len("\n\nAssistant:")
+        assert r["chosen"][:cut] == r["rejected"][:cut]  # every turn shared but the last answer
+        turns = parse_hh(r["rejected"][:cut])
+        assert sum(m.role == "user" for m in turns) == r["turns"]
+    assert {r["turns"] for r in rows} == {1, 2, 3, 4}
