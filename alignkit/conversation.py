@@ -164,3 +164,10 @@ class Renderer:
 
     def encode_all(self, prompts, answers, max_length, max_prompt_length):
         return [self.encode(m, a, max_length, max_prompt_length) for m, a in zip(prompts, answers)]
+
+    def encode_pair(self, messages, chosen, rejected, max_length, max_prompt_length):
+        """(chosen (ids, prompt_len), rejected (ids, prompt_len)) with one prompt, fitted to the longer answer,
+        so a preference pair is always compared in the same context."""
+        answers = [self.answer_ids(a)[: max_length - 1] for a in (chosen, rejected)]
+        p = self.fit_prompt(messages, min(max_prompt_length, max_length - max(map(len, answers))))
+        return tuple((p + a, len(p)) for a in answers)

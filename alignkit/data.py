@@ -450,7 +450,8 @@ def describe(rows_in, filtered, pairs, dropped, splits):
         "splits": {name: len(rows) for name, rows in splits.items()},
         "chars": {"prompt": stats([len(as_text(p.prompt)) for p in pairs]),
                   **{side: stats([len(getattr(p, side)) for p in pairs]) for side in ("chosen", "rejected")}},
-        "prompt_turns": stats([len(p.prompt) for p in pairs]),
+        # Messages per prompt: system, user and earlier assistant turns.
+        "prompt_messages": stats([len(p.prompt) for p in pairs]),
         # Share of pairs whose chosen answer is the longer one: near 0.5 means length alone does not separate them.
         "chosen_longer_share": round(sum(len(p.chosen) > len(p.rejected) for p in pairs) / len(pairs), 4),
     }

@@ -9,11 +9,9 @@ from alignkit.training import fit, seeded_loader
 
 
 def encode_pairs(tokenizer, pairs, max_length, max_prompt_length):
-    """[(chosen example, rejected example)], each example (ids, prompt_len)."""
-    renderer, prompts = Renderer(tokenizer), [p.prompt for p in pairs]
-    chosen = renderer.encode_all(prompts, [p.chosen for p in pairs], max_length, max_prompt_length)
-    rejected = renderer.encode_all(prompts, [p.rejected for p in pairs], max_length, max_prompt_length)
-    return list(zip(chosen, rejected))
+    """[(chosen example, rejected example)], each example (ids, prompt_len); both share one prompt."""
+    renderer = Renderer(tokenizer)
+    return [renderer.encode_pair(p.prompt, p.chosen, p.rejected, max_length, max_prompt_length) for p in pairs]
 
 
 class PairCollator:

@@ -60,10 +60,10 @@ def answer_logps(model, tokenizer, prompts, answer_ids, batch_size, budget):
 def preference_accuracy(model, tokenizer, pairs, max_length, max_prompt_length, batch_size):
     """Share of pairs where the policy gives the chosen answer a higher log-prob than the rejected:
     (by summed log-prob, by mean log-prob per answer token)."""
-    renderer, prompts = Renderer(tokenizer), [p.prompt for p in pairs]
+    renderer = Renderer(tokenizer)
+    encoded = [renderer.encode_pair(p.prompt, p.chosen, p.rejected, max_length, max_prompt_length) for p in pairs]
     sums, means = {}, {}
-    for side in ("chosen", "rejected"):
-        examples = renderer.encode_all(prompts, [getattr(p, side) for p in pairs], max_length, max_prompt_length)
+    for side, examples in zip(("chosen", "rejected"), zip(*encoded)):
         sums[side] = summed_logps(model, examples, tokenizer.pad_token_id, batch_size)
         means[side] = sums[side] / torch.tensor([len(ids) - prompt_len for ids, prompt_len in examples])
     return tuple((s["chosen"] > s["rejected"]).float().mean().item() for s in (sums, means))

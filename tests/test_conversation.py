@@ -105,3 +105,14 @@ def test_drop_oldest_turn_keeps_exchanges_whole():
             Message("user", "e"))
     assert drop_oldest_turn(chat) == chat[2:]
     assert drop_oldest_turn(chat[2:]) == chat[4:]
+
+
+def test_a_preference_pair_shares_one_prompt_fitted_to_the_longer_answer():
+    renderer = Renderer(LLAMA)
+    short, long = "It is 6.", "3 plus 3 equals 6. You are a helpful assistant, and 2 plus 2 equals 4."
+    full = renderer.prompt_ids(CHAT)
+    max_length = len(full) + len(renderer.answer_ids(short))  # room for the whole prompt with the short answer only
+    (c, c_len), (r, r_len) = renderer.encode_pair(CHAT, short, long, max_length, 512)
+    assert c[:c_len] == r[:r_len] == renderer.fit_prompt(CHAT, max_length - len(renderer.answer_ids(long)))
+    assert c_len < len(full)  # alone, the short answer would have kept the whole prompt
+    assert renderer.encode(CHAT, short, max_length, 512)[1] == len(full)

@@ -130,7 +130,7 @@ def test_describe_counts_and_lengths():
     assert out["rows_dropped"] == dict.fromkeys(data.BAD_ROW_REASONS, 0) | {"duplicate": 2, "identical_pair": 1}
     assert out["chars"]["chosen"] == {"mean": 5.0, "median": 5.0, "min": 4, "max": 6}
     # The prompt's length is that of its readable text: "Human: a\n\nAssistant: b\n\nHuman: c" has 8 + 2 + 12 + 2 + 8 = 32 characters.
-    assert out["chars"]["prompt"]["max"] == 32 and out["prompt_turns"]["max"] == 3
+    assert out["chars"]["prompt"]["max"] == 32 and out["prompt_messages"]["max"] == 3
     assert out["chosen_longer_share"] == 0.5
     assert out["splits"] == {"train": 1, "validation": 1, "test": 0}
 

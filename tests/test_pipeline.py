@@ -218,7 +218,7 @@ def test_a_chat_model_on_multi_turn_conversations_runs_every_stage(repo_copy):
     assert "6 {'empty_answer': 6} dropped" in printed  # the sample's rows with an empty last answer
 
     data = json.loads((repo_copy / "metrics" / "data.json").read_text())
-    assert data["rows_dropped"]["empty_answer"] == 6 and data["prompt_turns"]["max"] >= 6
+    assert data["rows_dropped"]["empty_answer"] == 6 and data["prompt_messages"]["max"] == 8  # system + 4 questions + 3 answers
     first = json.loads((repo_copy / "data" / "prepared" / "train.jsonl").open().readline())
     assert [m["role"] for m in first["prompt"]][:2] == ["system", "user"]
     config = json.loads((repo_copy / "models" / "sft" / "config.json").read_text())
