@@ -14,6 +14,8 @@ import sys
 import pytest
 from transformers import BertConfig, BertModel
 
+from alignkit.conversation import as_text
+from alignkit.data import read_split
 from alignkit.models import train_bert_tokenizer
 from tests.conftest import REPO, stage_env, write_params
 
@@ -33,8 +35,7 @@ def small_data(prepared_sample, tmp_path_factory):
 @pytest.fixture(scope="module")
 def dropout_free_bert(small_data, tmp_path_factory):
     """A local tiny BERT without dropout, so one process and two draw no different dropout masks."""
-    texts = [json.loads(line)[k] for line in (small_data / "train.jsonl").read_text().splitlines()
-             for k in ("prompt", "chosen", "rejected")]
+    texts = [t for p in read_split(small_data / "train.jsonl") for t in (as_text(p.prompt), p.chosen, p.rejected)]
     tokenizer = train_bert_tokenizer(texts, 1000)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=128, max_position_embeddings=128, hidden_dropout_prob=0.0,

@@ -192,7 +192,8 @@ def test_bad_input_under_dvc_fails_and_leaves_no_output(repo_copy):
     result = subprocess.run([sys.executable, "-m", "dvc", "exp", "run", "-S", "data.path=data/bad.csv"],
                             cwd=repo_copy, capture_output=True, text=True, env=stage_env(repo_copy))
     assert result.returncode != 0
-    assert "error: data/bad.csv: row 1 (line 2), column 'More_Prefered': empty cell" in result.stderr + result.stdout
+    assert ("error: data/bad.csv: 1 of 1 rows are bad (100.0%, more than prepare.max_drop_fraction=0.05): "
+            "empty_cell=1; e.g. data/bad.csv: row 1 (line 2), column 'More_Prefered': empty cell") in result.stderr
     assert not (repo_copy / "data" / "prepared").exists()
     assert not (repo_copy / "metrics" / "data.json").exists()
 
