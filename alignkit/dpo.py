@@ -52,19 +52,20 @@ def _split(logps):
     return logps[:n], logps[n:]
 
 
-def make_step(beta):
+def make_step(beta, loss_type, label_smoothing):
     def step(model, batch):
         policy_chosen_logps, policy_rejected_logps = _split(forward_logps(model, batch))  # one forward, 2N rows
         reference_chosen_logps, reference_rejected_logps = _split(batch["reference_logps"])
         losses, chosen_rewards, rejected_rewards = dpo_loss(
-            policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta)
+            policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta,
+            loss_type, label_smoothing)
         return losses.mean(), {"reward_accuracy": (chosen_rewards > rejected_rewards).float().mean(),
                                "margin": (chosen_rewards - rejected_rewards).mean()}
 
     return step
 
 
-def make_evaluate(beta, accelerator):
+def make_evaluate(beta, loss_type, label_smoothing, accelerator):
     @torch.no_grad()
     def evaluate(model, loader):
         model.eval()
@@ -72,7 +73,8 @@ def make_evaluate(beta, accelerator):
         for batch in loader:
             with accelerator.autocast():
                 policy = _split(forward_logps(model, batch))
-            losses, chosen, rejected = dpo_loss(*policy, *_split(batch["reference_logps"]), beta)
+            losses, chosen, rejected = dpo_loss(*policy, *_split(batch["reference_logps"]), beta, loss_type,
+                                                label_smoothing)
             parts.append(accelerator.gather_for_metrics((losses, chosen, rejected)))
         losses, chosen, rejected = (torch.cat(p) for p in zip(*parts))
         return {"loss": losses.mean().item(), "reward_accuracy": (chosen > rejected).float().mean().item(),
@@ -104,7 +106,8 @@ def train_dpo(policy, reference, tokenizer, train_pairs, val_pairs, cfg, seed, a
     train_loader = seeded_loader(datasets["train"], cfg.batch_size, seed, collator)
     val_loader = seeded_loader(datasets["val"], cfg.eval_batch_size, seed, collator, shuffle=False)
     before, after, policy = fit(policy, train_loader, val_loader, cfg, accelerator, live_dir, desc="dpo",
-                                step=make_step(cfg.beta), evaluate=make_evaluate(cfg.beta, accelerator),
+                                step=make_step(cfg.beta, cfg.loss_type, cfg.label_smoothing),
+                                evaluate=make_evaluate(cfg.beta, cfg.loss_type, cfg.label_smoothing, accelerator),
                                 grad_accum_steps=cfg.grad_accum_steps, checkpoint=checkpoint)
     return {"train_loss": after["train_loss"], "val_loss": after["loss"], "val_loss_before": before["loss"],
             "val_reward_accuracy": after["reward_accuracy"], "val_chosen_reward": after["chosen_reward"],

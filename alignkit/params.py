@@ -114,6 +114,8 @@ class TrainingParams(Section):
     max_length: Annotated[int, Field(ge=8)]
     weight_decay: Annotated[float, Field(ge=0)]
     warmup_ratio: Fraction
+    lr_scheduler: Literal["linear", "cosine", "constant_with_warmup"]
+    max_steps: PositiveInt | None  # overrides epochs when set
     max_grad_norm: Annotated[float, Field(gt=0)]
     precision: Precision
     checkpoint_every: Annotated[int, Field(ge=0)]  # 0: no checkpoints
@@ -133,6 +135,8 @@ class SFTParams(PolicyTrainingParams):
 
 class DPOParams(PolicyTrainingParams):
     beta: Annotated[float, Field(gt=0)]
+    loss_type: Literal["sigmoid", "hinge", "ipo", "robust"]
+    label_smoothing: Annotated[float, Field(ge=0, lt=0.5)]
     grad_accum_steps: PositiveInt
     gradient_checkpointing: bool
 
@@ -158,6 +162,7 @@ class PPOParams(Section):
     max_grad_norm: Annotated[float, Field(gt=0)]
     weight_decay: Annotated[float, Field(ge=0)]
     warmup_steps: Annotated[int, Field(ge=0)]
+    lr_scheduler: Literal["linear", "cosine", "constant_with_warmup"]
     temperature: Annotated[float, Field(gt=0)]
     top_p: Annotated[float, Field(gt=0, le=1)]
     top_k: Annotated[int, Field(ge=0)]

@@ -63,8 +63,8 @@ def load_value_head_model(path, frozen=False):
 
 
 def make_trainer(cfg, seed, policy, reference, tokenizer, total_steps):
-    """trl's PPOTrainer configured from the `ppo` params section, with AdamW and linear warmup."""
-    from transformers import get_linear_schedule_with_warmup
+    """trl's PPOTrainer configured from the `ppo` params section, with AdamW and the ppo.lr_scheduler schedule."""
+    from transformers import get_scheduler
     from trl import PPOConfig, PPOTrainer
 
     with warnings.catch_warnings():
@@ -82,7 +82,8 @@ def make_trainer(cfg, seed, policy, reference, tokenizer, total_steps):
         )
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
-    scheduler = get_linear_schedule_with_warmup(optimizer, cfg.warmup_steps, total_steps)
+    scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps,
+                              num_training_steps=total_steps)
     with warnings.catch_warnings():
         # The legacy PPOTrainer is deprecated in favour of PPOv2Trainer, and we batch the prompts ourselves.
         warnings.filterwarnings("ignore", message=".*(deprecated|No dataset is provided).*")

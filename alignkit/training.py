@@ -71,15 +71,17 @@ def seeded_loader(dataset, batch_size, seed, collate_fn, shuffle=True):
 
 
 def make_optimizer(model, cfg, total_steps):
-    """AdamW over the trainable parameters, with linear warmup over cfg.warmup_ratio of
-    total_steps and linear decay to 0. cfg: lr, weight_decay, warmup_ratio."""
-    from transformers import get_linear_schedule_with_warmup
+    """AdamW over the trainable parameters, and the learning-rate schedule cfg.lr_scheduler (linear,
+    cosine or constant_with_warmup, as transformers.get_scheduler names them) with warmup over
+    cfg.warmup_ratio of total_steps. cfg: lr, weight_decay, warmup_ratio, lr_scheduler."""
+    from transformers import get_scheduler
 
     # fused: one pass over each parameter's memory per step instead of about ten (the for-loop
     # default on CPU); at GPT-2-Medium size that is seconds per step on a CPU.
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=cfg.weight_decay, fused=True)
-    return optimizer, get_linear_schedule_with_warmup(optimizer, round(cfg.warmup_ratio * total_steps), total_steps)
+    return optimizer, get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=round(cfg.warmup_ratio * total_steps),
+                                    num_training_steps=total_steps)
 
 
 def train_step(model, batch, step, optimizer, scheduler, accelerator, max_grad_norm):
@@ -102,9 +104,10 @@ def train_step(model, batch, step, optimizer, scheduler, accelerator, max_grad_n
 
 def fit(model, train_loader, val_loader, cfg, accelerator, live_dir, *, desc, step, evaluate, grad_accum_steps=1,
         checkpoint=None):
-    """The training loop the stages share: AdamW, linear warmup and decay, clipping, accumulation.
+    """The training loop the stages share: AdamW, a warmup-then-decay schedule, clipping, accumulation.
 
-    cfg: a params section with lr, weight_decay, warmup_ratio, max_grad_norm, epochs.
+    cfg: a params section with lr, weight_decay, warmup_ratio, lr_scheduler, max_grad_norm, epochs and
+    max_steps (optimizer steps; when set it overrides epochs, and the last epoch may stop part-way).
     step(model, batch) -> (loss, {name: float}) for one micro-batch, under autocast.
     evaluate(model, val_loader) -> {name: float}, computed on every process.
     checkpoint: a Checkpointer, or None. With one, the loop resumes from its saved
@@ -117,7 +120,8 @@ def fit(model, train_loader, val_loader, cfg, accelerator, live_dir, *, desc, st
     from alignkit.checkpoint import TrainingError, rng_state, set_rng_state
 
     # Counted as one process would: accelerate steps a prepared scheduler once per process.
-    total = cfg.epochs * math.ceil(len(train_loader) / grad_accum_steps)
+    total = (cfg.max_steps * accelerator.num_processes if cfg.max_steps
+             else cfg.epochs * math.ceil(len(train_loader) / grad_accum_steps))
     optimizer, scheduler = make_optimizer(model, cfg, total)
     generator = train_loader.generator  # the data order: its state at an epoch's start replays that epoch
     model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
@@ -136,12 +140,14 @@ def fit(model, train_loader, val_loader, cfg, accelerator, live_dir, *, desc, st
         before = evaluate(model, val_loader)
     live = open_live(live_dir, accelerator, resume=bool(saved))
     after = before
-    steps = cfg.epochs * math.ceil(len(train_loader) / grad_accum_steps)  # per process, after sharding
+    per_epoch = math.ceil(len(train_loader) / grad_accum_steps)  # per process, after sharding
+    steps = cfg.max_steps or cfg.epochs * per_epoch  # max_steps, when set, overrides epochs
+    epochs = math.ceil(steps / per_epoch)
     global_step = position["global_step"]
     # disable=None: a bar on a terminal, none in logs; only the main process draws it.
     bar = tqdm(total=steps, initial=global_step, desc=desc, disable=None if accelerator.is_main_process else True)
     epoch_losses = position["epoch_losses"]
-    for epoch in range(position["epoch"], cfg.epochs):
+    for epoch in range(position["epoch"], epochs):
         resuming = saved is not None and epoch == position["epoch"]
         if resuming:
             generator.set_state(saved["epoch_generator"])
@@ -183,6 +189,8 @@ def fit(model, train_loader, val_loader, cfg, accelerator, live_dir, *, desc, st
                     "position": {"epoch": epoch, "batches_done": batches_done, "global_step": global_step,
                                  "epoch_losses": list(epoch_losses), "accumulation_step": accelerator.step},
                 }, live_dir)
+            if global_step == steps:
+                break  # max_steps reached part-way through an epoch
         after = evaluate(model, val_loader)
         for name, value in after.items():
             live.log_metric(f"val/{name}", value, plot=False)

@@ -101,7 +101,7 @@ def dpo(work, precision, warmup, repeats, with_peer=True, **_):
     items = [(c, r, rc.item(), rr.item()) for (c, r), rc, rr in zip(encoded, ref_chosen, ref_rejected)]
     collate = ours.PairCollator(tokenizer.pad_token_id)
     ours_batches = [collate(items[k * bs: (k + 1) * bs]) for k in range(n)]
-    step_fn = ours.make_step(cfg.beta)
+    step_fn = ours.make_step(cfg.beta, cfg.loss_type, cfg.label_smoothing)
     out = {"batch_size": bs, "precision": precision,
            "mean_tokens": sum(b["attention_mask"].sum().item() for b in ours_batches) / n}
 
@@ -278,7 +278,7 @@ def dpo_step_at_scale(work, precision, warmup, repeats, model, pairs, seq_len, c
     with torch.no_grad():
         batch["reference_logps"] = forward_logps(policy, _to(batch, device())).cpu() - 1.0
     model_, step = _ours_trainer(policy, cfg, precision, "dpo.precision", warmup + repeats)
-    step_fn = ours.make_step(cfg.beta)
+    step_fn = ours.make_step(cfg.beta, cfg.loss_type, cfg.label_smoothing)
     seconds, _ = timed(lambda _: step(step_fn, batch), range(warmup + repeats), warmup)
     flops = dpo_step_flops(config, n_params, 2 * pairs, seq_len)
     peak = matmul_peak(precision, matmul_size, 1, 3)

@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from alignkit.losses import answer_nll, bradley_terry_loss, dpo_loss
@@ -77,3 +78,41 @@ def test_answer_nll_hand_values():
     loss_mask = torch.tensor([[0, 0, 1, 1], [0, 0, 1, 0]], dtype=torch.bool)  # (B, T)
     nll, n = answer_nll(token_logps, loss_mask)
     assert nll.item() == 2.0 and n.item() == 3
+
+
+def trl_dpo_loss(loss_type, beta, label_smoothing, *logps):
+    """trl 0.11.4's DPOTrainer.dpo_loss on the same tensors, called on a stand-in for the trainer that holds only
+    the attributes the method reads (a full DPOTrainer needs a model, a dataset and training arguments)."""
+    from types import SimpleNamespace
+
+    from trl import DPOTrainer
+
+    trainer = SimpleNamespace(accelerator=SimpleNamespace(device=torch.device("cpu")), reference_free=False,
+                              f_divergence_type="reverse_kl", f_divergence_params=None, loss_type=loss_type,
+                              beta=beta, label_smoothing=label_smoothing)
+    return DPOTrainer.dpo_loss(trainer, *logps)
+
+
+@pytest.mark.parametrize("loss_type, label_smoothing", [("sigmoid", 0.0), ("sigmoid", 0.1), ("hinge", 0.0),
+                                                        ("ipo", 0.0), ("robust", 0.1), ("robust", 0.3)])
+def test_dpo_loss_types_equal_trl_0_11(loss_type, label_smoothing):
+    torch.manual_seed(0)
+    logps = [-torch.rand(16) * 20 for _ in range(4)]  # policy chosen/rejected, reference chosen/rejected
+    ours = dpo_loss(*logps, 0.3, loss_type, label_smoothing)
+    theirs = trl_dpo_loss(loss_type, 0.3, label_smoothing, *logps)
+    for a, b in zip(ours, theirs):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_dpo_loss_types_by_hand():
+    """h = (-1 - -2) - (-3 - -2) = 2, beta 0.5: beta h = 1.
+    hinge: max(0, 1 - 1) = 0; ipo: (2 - 1 / (2 * 0.5))^2 = (2 - 1)^2 = 1;
+    sigmoid with eps 0.25: -0.75 log sigmoid(1) - 0.25 log sigmoid(-1) = 0.75 * 0.31326 + 0.25 * 1.31326 = 0.56326;
+    robust with eps 0.25: (0.75 * 0.31326 - 0.25 * 1.31326) / 0.5 = (0.23495 - 0.32832) / 0.5 = -0.18674."""
+    args = (torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.0]), 0.5)
+    assert dpo_loss(*args, "hinge")[0].item() == 0.0
+    assert math.isclose(dpo_loss(*args, "ipo")[0].item(), 1.0, rel_tol=1e-6)
+    assert math.isclose(dpo_loss(*args, "sigmoid", 0.25)[0].item(), 0.56326, abs_tol=1e-5)
+    assert math.isclose(dpo_loss(*args, "robust", 0.25)[0].item(), -0.18674, abs_tol=1e-5)
+    with pytest.raises(ValueError, match="unknown DPO loss type 'kto'"):
+        dpo_loss(*args, "kto")

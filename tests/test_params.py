@@ -43,6 +43,7 @@ def test_shipped_params_and_the_reference_profiles_validate():
         0.1, 1e-5, 0.1, 2, 4)
     assert (book.dpo.precision, book.dpo.gradient_checkpointing) == ("fp16", True)
     assert book.dpo.max_prompt_length == book.dpo.max_length == 512
+    assert (book.dpo.lr_scheduler, book.dpo.max_steps, book.dpo.loss_type) == ("cosine", 200, "sigmoid")
 
 
 @pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.name)
@@ -59,6 +60,10 @@ def test_each_profile_has_the_same_keys_as_params(profile):
     ("prepare", "max_chars", -3, "prepare.max_chars: expected a positive integer, got -3"),
     ("prepare", "max_chars", 12.5, "prepare.max_chars: expected a positive integer, got 12.5"),
     ("prepare", "on_bad_row", "skip", "prepare.on_bad_row: expected one of 'drop', 'error', got 'skip'"),
+    ("dpo", "loss_type", "kto", "dpo.loss_type: expected one of 'sigmoid', 'hinge', 'ipo', 'robust', got 'kto'"),
+    ("dpo", "label_smoothing", 0.5, "dpo.label_smoothing: expected a float in [0, 0.5), got 0.5"),
+    ("sft", "lr_scheduler", "step", "sft.lr_scheduler: expected one of 'linear', 'cosine', 'constant_with_warmup'"),
+    ("reward", "max_steps", 0, "reward.max_steps: expected a positive integer or null, got 0"),
     ("prepare", "max_drop_fraction", 1.5, "prepare.max_drop_fraction: expected a float in [0, 1], got 1.5"),
     ("data", "columns", {"prompt": "input", "chosen": None, "rejected": None, "system": None, "answer": "x"},
      "data.columns.answer: unknown key (known keys: prompt, chosen, rejected, system)"),

@@ -93,7 +93,7 @@ def test_reference_runs_once_before_training_and_step_zero_loss_is_log2(trained,
     ref = reference_logps(reference, encoded, tokenizer.pad_token_id, 3, accelerator)  # other batching
     batch = PairCollator(tokenizer.pad_token_id)([(c, r, rc.item(), rr.item()) for (c, r), rc, rr in zip(encoded, *ref)])
     with torch.no_grad():
-        loss, logs = make_step(cfg.beta)(policy, batch)
+        loss, logs = make_step(cfg.beta, cfg.loss_type, cfg.label_smoothing)(policy, batch)
     assert math.isclose(loss.item(), math.log(2), abs_tol=1e-5)
 
     calls = {"reference": 0, "policy": 0}
