@@ -111,4 +111,5 @@ def train_dpo(policy, reference, tokenizer, train_pairs, val_pairs, cfg, seed, a
                                 grad_accum_steps=cfg.grad_accum_steps, checkpoint=checkpoint)
     return {"train_loss": after["train_loss"], "val_loss": after["loss"], "val_loss_before": before["loss"],
             "val_reward_accuracy": after["reward_accuracy"], "val_chosen_reward": after["chosen_reward"],
-            "val_rejected_reward": after["rejected_reward"], "val_margin": after["margin"]}, policy
+            "val_rejected_reward": after["rejected_reward"], "val_margin": after["margin"],
+            "kept_epoch": after["kept_epoch"]}, policy

@@ -116,6 +116,7 @@ class TrainingParams(Section):
     warmup_ratio: Fraction
     lr_scheduler: Literal["linear", "cosine", "constant_with_warmup"]
     max_steps: PositiveInt | None  # overrides epochs when set
+    keep: Literal["last", "best"]  # which epoch's weights the stage writes
     max_grad_norm: Annotated[float, Field(gt=0)]
     precision: Precision
     checkpoint_every: Annotated[int, Field(ge=0)]  # 0: no checkpoints

@@ -238,4 +238,4 @@ def train_reward_model(model, tokenizer, train_pairs, val_pairs, cfg, seed, acce
     _, after, model = fit(model, train_loader, val_loader, cfg, accelerator, live_dir, desc="reward", step=batch_loss,
                           evaluate=make_evaluate(accelerator), checkpoint=checkpoint)
     return {"train_loss": after["train_loss"], "val_loss": after["loss"], "val_accuracy": after["accuracy"],
-            "val_margin": after["margin"]}, model
+            "val_margin": after["margin"], "kept_epoch": after["kept_epoch"]}, model

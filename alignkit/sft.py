@@ -56,7 +56,8 @@ def train_sft(model, tokenizer, train_pairs, val_pairs, cfg, seed, accelerator, 
     val_loader = seeded_loader(examples(val_pairs), cfg.eval_batch_size, seed, _collator(tokenizer), shuffle=False)
     before, after, model = fit(model, train_loader, val_loader, cfg, accelerator, live_dir, desc="sft", step=_step,
                                evaluate=make_evaluate(accelerator), checkpoint=checkpoint)
-    metrics = {"val_loss": after["loss"], "val_perplexity": after["perplexity"], "val_loss_before": before["loss"]}
+    metrics = {"val_loss": after["loss"], "val_perplexity": after["perplexity"], "val_loss_before": before["loss"],
+               "kept_epoch": after["kept_epoch"]}
     if "train_loss" in after:
         metrics["train_loss"] = after["train_loss"]
     return metrics, model

@@ -106,18 +106,19 @@ def fit(model, train_loader, val_loader, cfg, accelerator, live_dir, *, desc, st
         checkpoint=None):
     """The training loop the stages share: AdamW, a warmup-then-decay schedule, clipping, accumulation.
 
-    cfg: a params section with lr, weight_decay, warmup_ratio, lr_scheduler, max_grad_norm, epochs and
-    max_steps (optimizer steps; when set it overrides epochs, and the last epoch may stop part-way).
+    cfg: a params section with lr, weight_decay, warmup_ratio, lr_scheduler, max_grad_norm, epochs,
+    max_steps (optimizer steps; when set it overrides epochs, and the last epoch may stop part-way) and
+    keep (last: the weights at the end; best: those of the epoch with the lowest validation loss).
     step(model, batch) -> (loss, {name: float}) for one micro-batch, under autocast.
     evaluate(model, val_loader) -> {name: float}, computed on every process.
     checkpoint: a Checkpointer, or None. With one, the loop resumes from its saved
     state when there is one, and saves every `checkpoint.every` optimizer steps.
     Curves go to dvclive once per optimizer step; `evaluate` runs before training
     and after each epoch. A non-finite loss stops training with a TrainingError
-    naming the step. Returns (metrics before training, after the last epoch plus
+    naming the step. Returns (metrics before training, after the kept epoch plus "kept_epoch" and
     "train_loss", the mean over the last epoch; the unwrapped model).
     """
-    from alignkit.checkpoint import TrainingError, rng_state, set_rng_state
+    from alignkit.checkpoint import TrainingError, model_weights, rng_state, set_rng_state
 
     # Counted as one process would: accelerate steps a prepared scheduler once per process.
     total = (cfg.max_steps * accelerator.num_processes if cfg.max_steps
@@ -132,12 +133,13 @@ def fit(model, train_loader, val_loader, cfg, accelerator, live_dir, *, desc, st
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         checkpoint.restore_live(live_dir)
-        position, before = saved["position"], saved["before"]
+        position, before, best = saved["position"], saved["before"], saved["best"]
         accelerator.step = position["accumulation_step"]
         print(f"{desc}: resumed from checkpoint at step {position['global_step']}", flush=True)
     else:
         position = {"epoch": 0, "batches_done": 0, "global_step": 0, "epoch_losses": [], "accumulation_step": 0}
         before = evaluate(model, val_loader)
+        best = None  # with cfg.keep == "best": the epoch with the lowest validation loss, its metrics and weights
     live = open_live(live_dir, accelerator, resume=bool(saved))
     after = before
     per_epoch = math.ceil(len(train_loader) / grad_accum_steps)  # per process, after sharding
@@ -185,7 +187,7 @@ def fit(model, train_loader, val_loader, cfg, accelerator, live_dir, *, desc, st
             if checkpoint and checkpoint.due(global_step):
                 checkpoint.save(global_step, accelerator.unwrap_model(model), {
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
-                    "epoch_generator": epoch_generator, "before": before,
+                    "epoch_generator": epoch_generator, "before": before, "best": best,
                     "position": {"epoch": epoch, "batches_done": batches_done, "global_step": global_step,
                                  "epoch_losses": list(epoch_losses), "accumulation_step": accelerator.step},
                 }, live_dir)
@@ -195,10 +197,19 @@ def fit(model, train_loader, val_loader, cfg, accelerator, live_dir, *, desc, st
         for name, value in after.items():
             live.log_metric(f"val/{name}", value, plot=False)
         bar.write(f"epoch {epoch}: " + ", ".join(f"val {k} {v:.4f}" for k, v in after.items()))
+        if cfg.keep == "best" and (best is None or after["loss"] < best["metrics"]["loss"]):
+            best = {"epoch": epoch, "metrics": after, "weights": model_weights(accelerator.unwrap_model(model))}
     bar.close()
     live.end()
     if checkpoint:
         checkpoint.complete(global_step)
+    model = accelerator.unwrap_model(model)
+    if best is not None:  # keep the best epoch's weights, and report its validation metrics
+        torch.nn.Module.load_state_dict(model, best["weights"])
+        after = {**best["metrics"], "kept_epoch": best["epoch"] + 1}
+        bar.write(f"{desc}: kept the weights of epoch {best['epoch']} (lowest val loss {after['loss']:.4f})")
+    else:
+        after = {**after, "kept_epoch": epochs}  # the last epoch's weights (counted from 1; 0: none trained)
     if epoch_losses:
         after = {**after, "train_loss": sum(epoch_losses) / len(epoch_losses)}
-    return before, after, accelerator.unwrap_model(model)
+    return before, after, model

@@ -13,7 +13,7 @@ LR = 0.1
 
 def config(**overrides):
     return SimpleNamespace(**{"lr": LR, "weight_decay": 0.0, "warmup_ratio": 0.1, "lr_scheduler": "linear",
-                              "max_steps": None, "epochs": 1, "max_grad_norm": 1.0, **overrides})
+                              "max_steps": None, "epochs": 1, "max_grad_norm": 1.0, "keep": "last", **overrides})
 
 
 def lrs(schedule, total=100):
@@ -66,3 +66,56 @@ def test_max_steps_overrides_epochs_and_stops_part_way(tmp_path):
     assert calls == {"step": 7, "evaluate": 4}
     logged = (tmp_path / "live" / "plots" / "metrics" / "train" / "lr.tsv").read_text().splitlines()[1:]
     assert [round(float(line.split("\t")[-1]), 6) for line in logged] == [round(LR * (7 - k) / 7, 6) for k in range(1, 8)]
+
+
+def tiny_run(tmp_path, cfg, val_losses, checkpoint=None, stop_after=None):
+    """fit on a linear model, 12 examples in batches of 4 (3 steps an epoch); evaluate returns val_losses in turn
+    and records the weights it saw. stop_after: raise after that many training steps (a crash)."""
+    from alignkit.training import fit
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 1)
+    data = [(torch.randn(2), torch.randn(1)) for _ in range(12)]
+    loader = seeded_loader(data, 4, 0, lambda items: tuple(torch.stack(x) for x in zip(*items)))
+    seen, steps = [], []
+
+    def step(model, batch):
+        steps.append(1)
+        if stop_after is not None and len(steps) > stop_after:
+            raise KeyboardInterrupt
+        x, y = batch
+        return torch.nn.functional.mse_loss(model(x), y), {}
+
+    def evaluate(model, loader):
+        seen.append(model.weight.detach().clone())
+        return {"loss": val_losses[len(seen) - 1]}
+
+    before, after, model = fit(model, loader, loader, cfg, make_accelerator("fp32", "x"), tmp_path / "live",
+                               desc="test", step=step, evaluate=evaluate, checkpoint=checkpoint)
+    return after, model, seen
+
+
+def test_keep_best_writes_the_epoch_with_the_lowest_validation_loss(tmp_path):
+    """Validation losses before training, then after epochs 1, 2, 3: 1.0, 0.5, 0.3, 0.4. keep best writes the
+    weights evaluated after epoch 2 (the 3rd evaluation) and reports its metrics; keep last, epoch 3's."""
+    after, model, seen = tiny_run(tmp_path / "best", config(epochs=3, keep="best"), [1.0, 0.5, 0.3, 0.4])
+    assert after["kept_epoch"] == 2 and after["loss"] == 0.3
+    assert torch.equal(model.weight, seen[2]) and not torch.equal(model.weight, seen[3])
+    after, model, seen = tiny_run(tmp_path / "last", config(epochs=3, keep="last"), [1.0, 0.5, 0.3, 0.4])
+    assert after["kept_epoch"] == 3 and after["loss"] == 0.4 and torch.equal(model.weight, seen[3])
+
+
+def test_keep_best_survives_a_resume_from_a_checkpoint(tmp_path):
+    """Validation losses 1.0, 0.2, 0.3, 0.4: epoch 1 is the best. A run stopped in epoch 3 (after 7 steps; the
+    checkpoint of step 6 holds epoch 1 as the best so far) and resumed sees only 0.3 and 0.4 after that, yet keeps
+    epoch 1's weights, as the uninterrupted run does: the best epoch travels in the checkpoint."""
+    from alignkit.checkpoint import Checkpointer
+
+    cfg, losses = config(epochs=3, keep="best"), [1.0, 0.2, 0.3, 0.4]
+    _, whole, _ = tiny_run(tmp_path / "whole", cfg, losses)
+    accelerator = make_accelerator("fp32", "x")
+    ckpt = Checkpointer(tmp_path / "ckpt", 3, "fp", accelerator)
+    with pytest.raises(KeyboardInterrupt):
+        tiny_run(tmp_path / "run", cfg, losses, checkpoint=ckpt, stop_after=7)
+    after, resumed, _ = tiny_run(tmp_path / "run", cfg, [0.3, 0.4], checkpoint=Checkpointer(tmp_path / "ckpt", 3, "fp", accelerator))
+    assert after["kept_epoch"] == 1 and after["loss"] == 0.2 and torch.equal(resumed.weight, whole.weight)
