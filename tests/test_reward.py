@@ -84,7 +84,8 @@ def test_fp16_on_a_cpu_is_a_params_error():
 
 def test_reduced_training_is_well_above_chance(reward_model):
     metrics = json.loads((reward_model / "reward.json").read_text())
-    assert set(metrics) == {"train_loss", "val_loss", "val_accuracy", "val_margin"}
+    assert set(metrics) == {"train_loss", "val_loss", "val_accuracy", "val_margin", "kept_epoch"}
+    assert metrics["kept_epoch"] == 1  # one epoch, keep: last
     assert metrics["val_accuracy"] >= 0.8
     assert metrics["val_margin"] > 0
     curves = reward_model / "live" / "plots" / "metrics" / "train"
