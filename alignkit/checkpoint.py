@@ -73,10 +73,29 @@ def set_rng_state(state):
 
 
 def model_weights(model):
-    """Every parameter and buffer by its module path. nn.Module's own state_dict, not a
-    wrapper's override (trl's value-head model renames keys); tied tensors are copied
-    apart, as safetensors stores no shared memory."""
-    return {k: v.detach().cpu().clone().contiguous() for k, v in nn.Module.state_dict(model).items()}
+    """The weights that define a trained model, by module path: every parameter and buffer, or, when part of
+    the model is frozen (a LoRA adapter on a base, trl's value head on one), only the trainable parameters --
+    a checkpoint then holds the adapter, not the base. nn.Module's own state_dict, not a wrapper's override
+    (trl's value-head model renames keys); tied tensors are copied apart, as safetensors stores no shared memory."""
+    state = nn.Module.state_dict(model)
+    return {k: state[k].detach().cpu().clone().contiguous() for k in model_weights_keys(model)}
+
+
+def load_weights(model, weights):
+    """Copy model_weights(...) back into `model`; ValueError unless they are exactly its trainable part."""
+    expected = set(model_weights_keys(model))
+    if set(weights) != expected:
+        extra, missing = sorted(set(weights) - expected), sorted(expected - set(weights))
+        raise ValueError(f"the weights do not fit this model (unexpected: {extra[:3]}, missing: {missing[:3]})")
+    nn.Module.load_state_dict(model, weights, strict=False)
+
+
+def model_weights_keys(model):
+    """The names model_weights keeps."""
+    params = dict(model.named_parameters())
+    if all(p.requires_grad for p in params.values()):
+        return list(nn.Module.state_dict(model))
+    return [k for k, v in params.items() if v.requires_grad]
 
 
 class Checkpointer:
@@ -99,7 +118,7 @@ class Checkpointer:
 
         try:
             state = torch.load(self.dir / STATE, map_location="cpu", weights_only=True)
-            nn.Module.load_state_dict(model, load_file(self.dir / WEIGHTS))
+            load_weights(model, load_file(self.dir / WEIGHTS))
         except Exception as err:  # any unreadable or mismatching checkpoint: name it, never guess
             raise TrainingError(f"{self.dir}: cannot resume from this checkpoint "
                                 f"({type(err).__name__}: {str(err).splitlines()[0]}); delete it to start afresh") from None

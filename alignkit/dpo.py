@@ -85,21 +85,21 @@ def make_evaluate(beta, loss_type, label_smoothing, accelerator):
 
 
 def train_dpo(policy, reference, tokenizer, train_pairs, val_pairs, cfg, seed, accelerator, live_dir, checkpoint=None):
-    """DPO of `policy` against the frozen `reference`. cfg: the `dpo` params section.
+    """DPO of `policy` against the frozen reference. cfg: the `dpo` params section.
 
+    reference: a context manager giving the reference model on the device (alignkit.adapters.frozen_reference):
+    used once, before training, for the log-probs of every pair.
     Returns (metrics for metrics/dpo.json, the unwrapped policy).
     """
-    reference.to(accelerator.device)
     datasets = {}
-    for name, pairs in (("train", train_pairs), ("val", val_pairs)):
-        encoded = encode_pairs(tokenizer, pairs, cfg.max_length, cfg.max_prompt_length)
-        ref = reference_logps(reference, encoded, tokenizer.pad_token_id, cfg.eval_batch_size, accelerator)
-        datasets[name] = [(c, r, rc.item(), rr.item()) for (c, r), rc, rr in zip(encoded, *ref)]
-    reference.cpu()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    with reference as model:
+        for name, pairs in (("train", train_pairs), ("val", val_pairs)):
+            encoded = encode_pairs(tokenizer, pairs, cfg.max_length, cfg.max_prompt_length)
+            ref = reference_logps(model, encoded, tokenizer.pad_token_id, cfg.eval_batch_size, accelerator)
+            datasets[name] = [(c, r, rc.item(), rr.item()) for (c, r), rc, rr in zip(encoded, *ref)]
     if cfg.gradient_checkpointing:
-        policy.gradient_checkpointing_enable()
+        # Non-reentrant: gradients reach an adapter even though the frozen base's inputs need none.
+        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         policy.config.use_cache = False
 
     collator = PairCollator(tokenizer.pad_token_id)

@@ -222,7 +222,12 @@ def _hub_unreachable():
 
 
 def load_policy(spec, key="models.policy", texts=(), seed=0):
-    """(causal LM, its tokenizer) from a preset, local directory or hub id."""
+    """(causal LM, its tokenizer) from a preset, local directory or hub id. A directory holding a LoRA adapter
+    loads as its base with the adapter merged in (alignkit.adapters.load_merged): a plain model either way."""
+    from alignkit.adapters import is_adapter_dir, load_merged
+
+    if is_adapter_dir(spec):
+        return load_merged(spec, key, load_policy)
     return _load(spec, key, texts, seed, ("gpt2", "llama"), "AutoModelForCausalLM")
 
 

@@ -102,6 +102,18 @@ class PrepareParams(Section):
 
 
 Precision = Literal["fp32", "bf16", "fp16"]
+Optimizer = Literal["adamw", "paged_adamw_32bit", "adamw_8bit"]
+
+
+class LoraParams(Section):
+    """A LoRA adapter (peft) on the policy; off: the stage trains and writes the whole model."""
+
+    enabled: bool
+    r: PositiveInt
+    alpha: Annotated[float, Field(gt=0)]
+    dropout: Fraction
+    target_modules: str | list[str]  # module names, or "all-linear" (every linear layer but the output)
+    bias: Literal["none", "all", "lora_only"]
 
 
 class TrainingParams(Section):
@@ -115,6 +127,7 @@ class TrainingParams(Section):
     weight_decay: Annotated[float, Field(ge=0)]
     warmup_ratio: Fraction
     lr_scheduler: Literal["linear", "cosine", "constant_with_warmup"]
+    optimizer: Optimizer
     max_steps: PositiveInt | None  # overrides epochs when set
     keep: Literal["last", "best"]  # which epoch's weights the stage writes
     max_grad_norm: Annotated[float, Field(gt=0)]
@@ -128,6 +141,19 @@ class RewardParams(TrainingParams):
 
 class PolicyTrainingParams(TrainingParams):
     max_prompt_length: PositiveInt  # prompt tokens, oldest turns dropped first
+    lora: LoraParams
+    quantization: Literal["none", "nf4"]  # nf4: the frozen base in 4 bits (needs lora.enabled)
+
+    @model_validator(mode="after")
+    def _quantized_base_needs_adapter(self):
+        _check_quantization(self, type(self).__name__.removesuffix("Params").lower())
+        return self
+
+
+def _check_quantization(cfg, stage):
+    if cfg.quantization != "none" and not cfg.lora.enabled:
+        raise ValueError(f"{stage}.quantization: {cfg.quantization!r} freezes the base in 4 bits, so only an adapter "
+                         f"can train; set {stage}.lora.enabled: true (or quantization: none)")
 
 
 class SFTParams(PolicyTrainingParams):
@@ -164,6 +190,9 @@ class PPOParams(Section):
     weight_decay: Annotated[float, Field(ge=0)]
     warmup_steps: Annotated[int, Field(ge=0)]
     lr_scheduler: Literal["linear", "cosine", "constant_with_warmup"]
+    optimizer: Optimizer
+    lora: LoraParams
+    quantization: Literal["none", "nf4"]
     temperature: Annotated[float, Field(gt=0)]
     top_p: Annotated[float, Field(gt=0, le=1)]
     top_k: Annotated[int, Field(ge=0)]
@@ -177,6 +206,7 @@ class PPOParams(Section):
 
     @model_validator(mode="after")
     def _batches_divide(self):
+        _check_quantization(self, "ppo")
         if self.mini_batch_size > self.batch_size:
             raise ValueError(f"ppo.mini_batch_size ({self.mini_batch_size}) is larger than ppo.batch_size "
                              f"({self.batch_size}): a mini-batch is a part of a PPO batch")

@@ -71,12 +71,25 @@ def disable_dropout(model):
     return model
 
 
+VALUE_HEAD = "value_head.safetensors"
+
+
 def save_policy(model, tokenizer, out):
-    """save_pretrained of model (safetensors; with trl's value head, if it has one) and tokenizer, atomically."""
+    """save_pretrained of the model (safetensors) and tokenizer, atomically. A LoRA adapter is written alone
+    (alignkit.adapters.save_adapter); trl's value head, if the model has one, goes to its own file
+    (value_head.safetensors), so the directory loads as a plain causal LM without unused weights."""
+    from safetensors.torch import save_file
+
+    from alignkit.adapters import has_adapter, save_adapter
     from alignkit.io import atomic_dir
 
     language_model = model.pretrained_model if hasattr(model, "v_head") else model
     language_model.generation_config.pad_token_id = tokenizer.pad_token_id
     with atomic_dir(out) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        if has_adapter(language_model):
+            save_adapter(language_model, tokenizer, tmp)
+        else:
+            language_model.save_pretrained(tmp, safe_serialization=True)
+        if hasattr(model, "v_head"):
+            save_file({k: v.detach().cpu().contiguous() for k, v in model.v_head.state_dict().items()}, tmp / VALUE_HEAD)
         tokenizer.save_pretrained(tmp)

@@ -50,12 +50,12 @@ def generation_kwargs(cfg, tokenizer):
             "eos_token_id": Renderer(tokenizer).stop_ids}
 
 
-def load_value_head_model(path, frozen=False):
-    """A policy with trl's value head, dropout off everywhere (so the first PPO ratio is exactly 1)."""
+def value_head_model(model, frozen=False):
+    """`model` (a causal LM, or one under a LoRA adapter) with trl's value head, dropout off everywhere
+    (so the first PPO ratio is exactly 1)."""
     from trl import AutoModelForCausalLMWithValueHead
 
-    model = AutoModelForCausalLMWithValueHead.from_pretrained(str(path), local_files_only=True,
-                                                              summary_dropout_prob=0.0)
+    model = AutoModelForCausalLMWithValueHead.from_pretrained(model, summary_dropout_prob=0.0)
     disable_dropout(model)
     if frozen:
         model.requires_grad_(False).eval()
@@ -63,9 +63,13 @@ def load_value_head_model(path, frozen=False):
 
 
 def make_trainer(cfg, seed, policy, reference, tokenizer, total_steps):
-    """trl's PPOTrainer configured from the `ppo` params section, with AdamW and the ppo.lr_scheduler schedule."""
+    """trl's PPOTrainer configured from the `ppo` params section, with ppo.optimizer and the ppo.lr_scheduler
+    schedule. reference: a frozen copy of the policy, or None when the policy has a LoRA adapter (trl then
+    scores the reference with the adapter switched off)."""
     from transformers import get_scheduler
     from trl import PPOConfig, PPOTrainer
+
+    from alignkit.adapters import make_optimizer
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*deprecated.*")
@@ -80,8 +84,7 @@ def make_trainer(cfg, seed, policy, reference, tokenizer, total_steps):
             accelerator_kwargs={"mixed_precision": PRECISIONS[cfg.precision]},
             exp_name="ppo", log_with=None,
         )
-    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr,
-                                  weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer((p for p in policy.parameters() if p.requires_grad), cfg, "ppo.optimizer")
     scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps,
                               num_training_steps=total_steps)
     with warnings.catch_warnings():

@@ -70,16 +70,15 @@ def seeded_loader(dataset, batch_size, seed, collate_fn, shuffle=True):
                                        collate_fn=collate_fn)
 
 
-def make_optimizer(model, cfg, total_steps):
-    """AdamW over the trainable parameters, and the learning-rate schedule cfg.lr_scheduler (linear,
-    cosine or constant_with_warmup, as transformers.get_scheduler names them) with warmup over
-    cfg.warmup_ratio of total_steps. cfg: lr, weight_decay, warmup_ratio, lr_scheduler."""
+def make_optimizer(model, cfg, total_steps, key="train"):
+    """cfg.optimizer (alignkit.adapters.make_optimizer) over the trainable parameters, and the learning-rate
+    schedule cfg.lr_scheduler (linear, cosine or constant_with_warmup, as transformers.get_scheduler names them)
+    with warmup over cfg.warmup_ratio of total_steps. cfg: lr, weight_decay, optimizer, warmup_ratio, lr_scheduler."""
     from transformers import get_scheduler
 
-    # fused: one pass over each parameter's memory per step instead of about ten (the for-loop
-    # default on CPU); at GPT-2-Medium size that is seconds per step on a CPU.
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-                                  weight_decay=cfg.weight_decay, fused=True)
+    from alignkit.adapters import make_optimizer as optimizer_for
+
+    optimizer = optimizer_for((p for p in model.parameters() if p.requires_grad), cfg, f"{key}.optimizer")
     return optimizer, get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=round(cfg.warmup_ratio * total_steps),
                                     num_training_steps=total_steps)
 
@@ -118,12 +117,12 @@ def fit(model, train_loader, val_loader, cfg, accelerator, live_dir, *, desc, st
     naming the step. Returns (metrics before training, after the kept epoch plus "kept_epoch" and
     "train_loss", the mean over the last epoch; the unwrapped model).
     """
-    from alignkit.checkpoint import TrainingError, model_weights, rng_state, set_rng_state
+    from alignkit.checkpoint import TrainingError, load_weights, model_weights, rng_state, set_rng_state
 
     # Counted as one process would: accelerate steps a prepared scheduler once per process.
     total = (cfg.max_steps * accelerator.num_processes if cfg.max_steps
              else cfg.epochs * math.ceil(len(train_loader) / grad_accum_steps))
-    optimizer, scheduler = make_optimizer(model, cfg, total)
+    optimizer, scheduler = make_optimizer(model, cfg, total, desc)
     generator = train_loader.generator  # the data order: its state at an epoch's start replays that epoch
     model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, val_loader, scheduler)
@@ -205,7 +204,7 @@ def fit(model, train_loader, val_loader, cfg, accelerator, live_dir, *, desc, st
         checkpoint.complete(global_step)
     model = accelerator.unwrap_model(model)
     if best is not None:  # keep the best epoch's weights, and report its validation metrics
-        torch.nn.Module.load_state_dict(model, best["weights"])
+        load_weights(model, best["weights"])
         after = {**best["metrics"], "kept_epoch": best["epoch"] + 1}
         bar.write(f"{desc}: kept the weights of epoch {best['epoch']} (lowest val loss {after['loss']:.4f})")
     else:

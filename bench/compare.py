@@ -136,6 +136,7 @@ def ppo(work, precision, warmup, repeats, **_):
     import time
 
     from alignkit import ppo as ours
+    from alignkit.models import load_policy
     from alignkit.policy import prepare_tokenizer
     from alignkit.reward import RewardScorer, load_reward_model
     from transformers import AutoTokenizer
@@ -149,8 +150,8 @@ def ppo(work, precision, warmup, repeats, **_):
     plan = list(enumerate(ours.batches(train, cfg.batch_size, params.seed)[:n]))
 
     def trainer():
-        return ours.make_trainer(cfg, params.seed, ours.load_value_head_model(sft),
-                                 ours.load_value_head_model(sft, frozen=True), tokenizer, n)
+        return ours.make_trainer(cfg, params.seed, ours.value_head_model(load_policy(str(sft))[0]),
+                                 ours.value_head_model(load_policy(str(sft))[0], frozen=True), tokenizer, n)
 
     reward_device = "cpu" if cfg.reward_device == "cpu" else device()
     scorer = RewardScorer(weights, reward_dir, cfg.reward_batch_size, reward_device)
@@ -254,9 +255,10 @@ def dpo_step_flops(config, n_params, batch_rows, seq_len):
 
 
 def dpo_step_at_scale(work, precision, warmup, repeats, model, pairs, seq_len, checkpointing=False, matmul_size=4096,
-                      **_):
+                      lora=None, **_):
     """One DPO training step of ours on a model of the given GPT-2 architecture, weights from its
-    config (so the compute equals the real model's): step time, FLOP/s, MFU, peak memory."""
+    config (so the compute equals the real model's): step time, FLOP/s, MFU, peak memory.
+    lora: {r, alpha, target_modules} to train a LoRA adapter on the frozen model instead (alignkit.adapters)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from alignkit import dpo as ours
@@ -265,11 +267,17 @@ def dpo_step_at_scale(work, precision, warmup, repeats, model, pairs, seq_len, c
     cfg = load_params(work / "params.yaml").dpo.model_copy(update={"gradient_checkpointing": checkpointing})
     config = GPT2Config(**model)
     torch.manual_seed(0)
-    policy = disable_dropout(GPT2LMHeadModel(config))
-    if checkpointing:
-        policy.gradient_checkpointing_enable()
-        policy.config.use_cache = False
+    policy = GPT2LMHeadModel(config)
     n_params = sum(p.numel() for p in policy.parameters())
+    if lora:
+        from alignkit.adapters import prepare
+
+        cfg = cfg.model_copy(update={"lora": cfg.lora.model_copy(update={"enabled": True, **lora})})
+        policy = prepare(policy, cfg, "dpo", device())
+    policy = disable_dropout(policy)
+    if checkpointing:
+        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        policy.config.use_cache = False
     # Full-length sequences (nothing padded): a quarter prompt, the rest answer.
     g = torch.Generator().manual_seed(0)
     rows = [(torch.randint(config.vocab_size, (seq_len,), generator=g).tolist(), seq_len // 4) for _ in range(2 * pairs)]
@@ -283,7 +291,8 @@ def dpo_step_at_scale(work, precision, warmup, repeats, model, pairs, seq_len, c
     flops = dpo_step_flops(config, n_params, 2 * pairs, seq_len)
     peak = matmul_peak(precision, matmul_size, 1, 3)
     sync()
-    return {"precision": precision, "checkpointing": checkpointing, "params": n_params, "pairs": pairs,
+    return {"precision": precision, "checkpointing": checkpointing, "lora": lora, "params": n_params,
+            "trainable": sum(p.numel() for p in policy.parameters() if p.requires_grad), "pairs": pairs,
             "seq_len": seq_len, "step_s": seconds, "flops_per_step": flops, "achieved_flops": flops / seconds,
             "matmul_peak_flops": peak, "mfu": flops / seconds / peak, "peak_memory_mib": peak_memory_mib()}
 

@@ -78,22 +78,25 @@ def run(settings, out_path, keep):
                  prompts=settings["generation_prompts"])
     scale = settings["at_scale"]
     at_scale = []
+    shared = {k: v for k, v in scale.items() if k not in ("precisions", "lora")}
     for p in scale["precisions"]:
         log(f"DPO step at scale, {p}")
-        at_scale.append(worker("dpo_step_at_scale", work, precision=p, **{k: v for k, v in scale.items()
-                                                                         if k != "precisions"}))
+        at_scale.append(worker("dpo_step_at_scale", work, precision=p, **shared))
     log(f"DPO step at scale, {scale['precisions'][-1]}, gradient checkpointing")
-    at_scale.append(worker("dpo_step_at_scale", work, precision=scale["precisions"][-1], checkpointing=True,
-                           **{k: v for k, v in scale.items() if k != "precisions"}))
+    at_scale.append(worker("dpo_step_at_scale", work, precision=scale["precisions"][-1], checkpointing=True, **shared))
+    log(f"DPO step at scale, {scale['precisions'][0]}, LoRA r={scale['lora']['r']} on every linear layer")
+    at_scale.append(worker("dpo_step_at_scale", work, precision=scale["precisions"][0], lora=scale["lora"],
+                           **shared))
 
     results = {
         "machine": machine(),
         "settings": settings,
         "comparisons": comparisons(reward, dpo, ppo, gen, at_scale),
         "precision": precision_rows(reward, reward_bf16, dpo, dpo_bf16, at_scale),
+        "lora": lora_rows(at_scale),
         "memory": {"stages": stages, "dpo_step_at_scale": [
-            {"precision": a["precision"], "checkpointing": a["checkpointing"], "peak_mib": a["peak_memory_mib"]}
-            for a in at_scale]},
+            {"precision": a["precision"], "checkpointing": a["checkpointing"], "lora": a["lora"],
+             "peak_mib": a["peak_memory_mib"]} for a in at_scale]},
         "dvc": dvc,
         "details": {"reward": reward, "reward_bf16": reward_bf16, "dpo": dpo, "dpo_bf16": dpo_bf16, "ppo": ppo,
                     "generation": gen, "dpo_step_at_scale": at_scale},
@@ -125,7 +128,7 @@ def comparisons(reward, dpo, ppo, gen, at_scale):
                   agreement=gen["agreement"]),
     ]
     for a in at_scale:
-        if not a["checkpointing"]:
+        if not a["checkpointing"] and not a["lora"]:
             rows.append({"path": f"hardware efficiency ({a['precision']})", "unit": "FLOP/s",
                          "ours": a["achieved_flops"], "theirs": a["matmul_peak_flops"], "ratio": a["mfu"],
                          "goal": 0.4, "met": a["mfu"] >= 0.4,
@@ -137,13 +140,24 @@ def comparisons(reward, dpo, ppo, gen, at_scale):
 def precision_rows(reward, reward_bf16, dpo, dpo_bf16, at_scale):
     rows = [{"path": "reward step (tiny-bert)", "fp32_s": reward["ours_step_s"], "bf16_s": reward_bf16["ours_step_s"]},
             {"path": "DPO step (tiny-gpt2)", "fp32_s": dpo["ours_step_s"], "bf16_s": dpo_bf16["ours_step_s"]}]
-    by = {a["precision"]: a for a in at_scale if not a["checkpointing"]}
+    by = {a["precision"]: a for a in at_scale if not a["checkpointing"] and not a["lora"]}
     if "fp32" in by and "bf16" in by:
         rows.append({"path": f"DPO step ({by['fp32']['params'] / 1e6:.0f}M-parameter GPT-2)", "fp32_s": by["fp32"]["step_s"],
                      "bf16_s": by["bf16"]["step_s"]})
     for row in rows:
         row["speedup"] = row["fp32_s"] / row["bf16_s"]
     return rows
+
+
+def lora_rows(at_scale):
+    """The DPO step at scale, whole model vs LoRA adapter, same precision, no checkpointing: time and peak memory."""
+    lora = next(a for a in at_scale if a["lora"])
+    full = next(a for a in at_scale if not a["lora"] and not a["checkpointing"] and a["precision"] == lora["precision"])
+    return [{"path": f"DPO step ({full['params'] / 1e6:.0f}M-parameter GPT-2, {full['precision']})",
+             "full_s": full["step_s"], "lora_s": lora["step_s"], "full_peak_mib": full["peak_memory_mib"],
+             "lora_peak_mib": lora["peak_memory_mib"], "trainable": lora["trainable"], "r": lora["lora"]["r"],
+             "memory_ratio": lora["peak_memory_mib"] / full["peak_memory_mib"], "goal": 0.5,
+             "met": lora["peak_memory_mib"] / full["peak_memory_mib"] <= 0.5}]
 
 
 def _num(x):
@@ -160,13 +174,19 @@ def table(results):
     lines += ["", "| step | fp32 s | bf16 s | bf16 speed-up |", "|---|---|---|---|"]
     for p in results["precision"]:
         lines.append(f"| {p['path']} | {p['fp32_s']:.4g} | {p['bf16_s']:.4g} | {p['speedup']:.2f}x |")
+    lines += ["", "| step | trains | seconds | peak MiB | LoRA / full memory | goal | met |", "|---|---|---|---|---|---|---|"]
+    for r in results["lora"]:
+        lines.append(f"| {r['path']} | whole model | {r['full_s']:.4g} | {r['full_peak_mib']:.0f} | | | |")
+        lines.append(f"| {r['path']} | LoRA r={r['r']}, all linear layers ({r['trainable'] / 1e6:.1f}M parameters) | "
+                     f"{r['lora_s']:.4g} | {r['lora_peak_mib']:.0f} | {r['memory_ratio']:.2f} | ≤ {r['goal']} | "
+                     f"{'yes' if r['met'] else 'no'} |")
     gpu = m["gpu"] is not None
     lines += ["", f"| stage | seconds | peak {'GPU memory (torch)' if gpu else 'RSS'} MiB |", "|---|---|---|"]
     for name, s in results["memory"]["stages"].items():
         lines.append(f"| {name} | {s['seconds']:.1f} | {s['peak_gpu_mib' if gpu else 'peak_rss_mib']:.0f} |")
     for a in results["memory"]["dpo_step_at_scale"]:
         lines.append(f"| one DPO step at scale, {a['precision']}, gradient checkpointing "
-                     f"{'on' if a['checkpointing'] else 'off'} | | {a['peak_mib']:.0f} |")
+                     f"{'on' if a['checkpointing'] else 'off'}{', LoRA' if a['lora'] else ''} | | {a['peak_mib']:.0f} |")
     d = results["dvc"]
     lines += ["", f"dvc status: {d['status_s']:.2f}s; no-op dvc repro: {d['repro_noop_s']:.2f}s"]
     return "\n".join(lines)

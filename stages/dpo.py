@@ -3,16 +3,18 @@
     python stages/dpo.py --params params.yaml --data data/prepared --sft models/sft \
         --out models/dpo --metrics metrics/dpo.json --live dvclive/dpo --checkpoints checkpoints/dpo
 
-Reads params: seed, dpo.*. The policy starts from --sft; the reference is the
-same weights, frozen (requires_grad=False, eval mode), and its log-probs are
+Reads params: seed, dpo.*. The policy starts from --sft (an SFT adapter merged
+into its base); the reference is the same weights, frozen (a copy in eval mode,
+or with dpo.lora the policy with its adapter switched off), and its log-probs are
 computed once before training. Writes --out (save_pretrained, safetensors,
-tokenizer included), validation loss, reward accuracy and implicit rewards to
+tokenizer included; with dpo.lora the adapter, on --sft), validation loss, reward accuracy and implicit rewards to
 --metrics, curves under --live, and every dpo.checkpoint_every steps a checkpoint to
 --checkpoints. Runs under `accelerate launch`.
 """
 
 import time
 
+from alignkit.adapters import frozen_reference, prepare
 from alignkit.checkpoint import stage_checkpointer
 from alignkit.data import read_splits
 from alignkit.dpo import train_dpo
@@ -32,12 +34,11 @@ def main(argv=None):
     accelerator = make_accelerator(cfg.precision, "dpo.precision", cfg.grad_accum_steps)
     seed_everything(params.seed)
     train, val = read_splits(args.data, "train", "validation")
-    policy, tokenizer = load_policy(args.sft, args.sft)
-    reference, _ = load_policy(args.sft, args.sft)
-    reference.requires_grad_(False)
+    policy, tokenizer = load_policy(args.sft, args.sft)  # an SFT adapter is merged into its base here
     prepare_tokenizer(tokenizer)
-    disable_dropout(policy)
-    disable_dropout(reference.eval())
+    # Dropout off everywhere, adapter included (as trl's DPOTrainer does): policy and reference agree at step 0.
+    policy = disable_dropout(prepare(policy, cfg, "dpo", accelerator.device))
+    reference = frozen_reference(policy, lambda: load_policy(args.sft, args.sft)[0], accelerator.device)
 
     checkpoint = stage_checkpointer(args.checkpoints, "dpo", params, accelerator, inputs=[__file__, args.data, args.sft])
     start = time.perf_counter()

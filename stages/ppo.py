@@ -5,21 +5,25 @@
         --out models/ppo --metrics metrics/ppo.json --live dvclive/ppo --checkpoints checkpoints/ppo
 
 Reads params: seed, ppo.*. The policy (with a value head) and a frozen reference
-start from --sft. Responses are decoded and scored as text by the reward model.
+start from --sft (an SFT adapter merged into its base); with ppo.lora the policy
+trains an adapter and the reference is the policy with it switched off (trl's
+peft support). Responses are decoded and scored as text by the reward model.
 Writes --out (save_pretrained of the policy with its value head, safetensors,
-tokenizer included), --metrics, per-step curves under --live, and every
+tokenizer included; with ppo.lora the adapter, on --sft), --metrics, per-step curves under --live, and every
 ppo.checkpoint_every steps a checkpoint to --checkpoints (a killed run resumes from it).
 """
 
 import time
 
+from alignkit.adapters import default_device, prepare, separate_reference
 from alignkit.checkpoint import stage_checkpointer
+from alignkit.models import load_policy
 from alignkit.data import read_splits
 from alignkit.errors import run_stage, stage_args
 from alignkit.io import write_json
 from alignkit.params import load_params
 from alignkit.policy import prepare_tokenizer, save_policy
-from alignkit.ppo import batches, load_value_head_model, make_trainer, train_ppo
+from alignkit.ppo import batches, make_trainer, train_ppo, value_head_model
 from alignkit.reward import RewardScorer
 from alignkit.training import seed_everything
 
@@ -28,13 +32,12 @@ def main(argv=None, step_hook=None):
     args = stage_args(__doc__, ("--params", "--data", "--sft", "--reward-weights", "--reward-dir", "--out", "--metrics", "--live", "--checkpoints"), argv)
     params = load_params(args.params)
     cfg = params.ppo
-    from transformers import AutoTokenizer
-
     seed_everything(params.seed)
     train, val = read_splits(args.data, "train", "validation")
-    tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(args.sft, local_files_only=True))
-    policy = load_value_head_model(args.sft)
-    reference = load_value_head_model(args.sft, frozen=True)
+    base, tokenizer = load_policy(args.sft, args.sft)  # an SFT adapter is merged into its base here
+    prepare_tokenizer(tokenizer)
+    policy = value_head_model(prepare(base, cfg, "ppo", default_device()))
+    reference = separate_reference(policy, lambda: value_head_model(load_policy(args.sft, args.sft)[0], frozen=True))
     steps = cfg.epochs * len(batches(train, cfg.batch_size, 0)[: cfg.max_steps_per_epoch])
     trainer = make_trainer(cfg, params.seed, policy, reference, tokenizer, steps)
     device = "cpu" if cfg.reward_device == "cpu" else trainer.accelerator.device

@@ -6,13 +6,15 @@
 Reads params: seed, models.policy, sft.*. The loss covers answer tokens only
 (prompt and padding masked). For a preset, the tokenizer is trained here on the
 training text and saved with the model. sft.epochs: 0 saves the base model
-unchanged. Writes --out (save_pretrained, safetensors, tokenizer included), the
+unchanged. Writes --out (save_pretrained, safetensors, tokenizer included; with
+sft.lora the adapter, and a preset's base under base/), the
 validation loss and perplexity on preferred answers to --metrics, curves under
 --live, and every sft.checkpoint_every steps a checkpoint to --checkpoints.
 """
 
 import time
 
+from alignkit.adapters import prepare
 from alignkit.checkpoint import stage_checkpointer
 from alignkit.conversation import plain_answer, plain_prompt
 from alignkit.data import read_splits
@@ -37,6 +39,7 @@ def main(argv=None):
     texts = [t for p in train for t in (plain_prompt(p.prompt), plain_answer(p.chosen), plain_answer(p.rejected))]
     model, tokenizer = load_policy(params.models.policy, "models.policy", texts, params.seed)
     prepare_tokenizer(tokenizer)
+    model = prepare(model, cfg, "sft", accelerator.device)  # whole model, or LoRA adapter (4-bit base with nf4)
 
     checkpoint = stage_checkpointer(args.checkpoints, "sft", params, accelerator, inputs=[__file__, args.data])
     start = time.perf_counter()

@@ -44,6 +44,12 @@ def test_shipped_params_and_the_reference_profiles_validate():
     assert (book.dpo.precision, book.dpo.gradient_checkpointing) == ("fp16", True)
     assert book.dpo.max_prompt_length == book.dpo.max_length == 512
     assert (book.dpo.lr_scheduler, book.dpo.max_steps, book.dpo.loss_type) == ("cosine", 200, "sigmoid")
+    for stage in (book.sft, book.dpo):  # QLoRA, as the book
+        assert (stage.lora.enabled, stage.lora.r, stage.lora.alpha, stage.lora.dropout, stage.quantization) == (
+            True, 64, 32, 0.1, "nf4")
+        assert stage.lora.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        assert stage.optimizer == "paged_adamw_32bit"
+    assert not default.sft.lora.enabled and not default.dpo.lora.enabled and not default.ppo.lora.enabled
 
 
 @pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.name)

@@ -10,9 +10,10 @@ import sys
 import pytest
 import yaml
 
-from tests.conftest import dvc, stage_env
+from tests.conftest import dvc, git_commit, stage_env
 
-STAGES = ["dpo", "evaluate@dpo", "evaluate@ppo", "evaluate@sft", "ppo", "prepare", "reward", "sft"]
+STAGES = ["dpo", "evaluate@dpo", "evaluate@ppo", "evaluate@sft", "merge@dpo", "merge@ppo", "merge@sft", "ppo", "prepare",
+          "reward", "sft"]
 
 
 def ran(output):
@@ -160,7 +161,7 @@ def test_changing_a_param_reruns_only_its_readers(built_copy):
 
 def test_experiment_on_dpo_lr_reruns_exactly_dpo_and_its_evaluation(built_copy):
     out = dvc(built_copy, "exp", "run", "-n", "dpo-lr-1e-5", "-S", "dpo.lr=1e-5")
-    assert ran(out) == ["dpo", "evaluate@dpo"]
+    assert ran(out) == ["dpo", "evaluate@dpo", "merge@dpo"]
 
     table = list(csv.DictReader(io.StringIO(dvc(built_copy, "exp", "show", "--no-pager", "--csv"))))
     row = next(r for r in table if r["Experiment"] == "dpo-lr-1e-5")
@@ -198,9 +199,11 @@ def test_bad_input_under_dvc_fails_and_leaves_no_output(repo_copy):
     assert not (repo_copy / "metrics" / "data.json").exists()
 
 
-def test_a_chat_model_on_multi_turn_conversations_runs_every_stage(repo_copy):
-    """`models.policy: tiny-llama` on the shipped multi-turn sample (HH dialogues with a system column), shortened:
-    every stage runs, through the chat template, and writes its metrics."""
+def test_a_chat_model_with_lora_on_multi_turn_conversations_runs_every_stage(repo_copy):
+    """`models.policy: tiny-llama` on the shipped multi-turn sample (HH dialogues with a system column), shortened,
+    with LoRA adapters for sft and dpo: every stage runs through the chat template; sft and dpo write adapters
+    (tracked in dvc.lock), the merge stage folds them into plain models, and evaluate reads those. An experiment
+    on dpo.lora.r reruns dpo, its merge and its evaluation only."""
     params = yaml.safe_load((repo_copy / "params.yaml").read_text())
     params["models"]["policy"] = "tiny-llama"
     params["data"]["path"] = "data/sample/conversations.jsonl"
@@ -213,6 +216,8 @@ def test_a_chat_model_on_multi_turn_conversations_runs_every_stage(repo_copy):
         params[section]["max_length"] = 192
     for section in ("sft", "dpo", "ppo", "eval"):
         params[section]["max_prompt_length"] = 160
+    for section in ("sft", "dpo"):
+        params[section]["lora"]["enabled"] = True
     (repo_copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     printed = dvc(repo_copy, "repro")
     assert ran(printed) == STAGES
@@ -222,13 +227,32 @@ def test_a_chat_model_on_multi_turn_conversations_runs_every_stage(repo_copy):
     assert data["rows_dropped"]["empty_answer"] == 6 and data["prompt_messages"]["max"] == 8  # system + 4 questions + 3 answers
     first = json.loads((repo_copy / "data" / "prepared" / "train.jsonl").open().readline())
     assert [m["role"] for m in first["prompt"]][:2] == ["system", "user"]
-    config = json.loads((repo_copy / "models" / "sft" / "config.json").read_text())
-    tokenizer = json.loads((repo_copy / "models" / "sft" / "tokenizer_config.json").read_text())
+    config = json.loads((repo_copy / "models" / "merged" / "sft" / "config.json").read_text())
+    tokenizer = json.loads((repo_copy / "models" / "merged" / "sft" / "tokenizer_config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLM"] and "<|assistant|>" in tokenizer["chat_template"]
     for name in ("reward", "sft", "dpo", "ppo", "eval/sft", "eval/dpo", "eval/ppo"):
         metrics = json.loads((repo_copy / "metrics" / f"{name}.json").read_text())
         assert metrics and all(v == v for v in metrics.values() if isinstance(v, float)), name  # written, no NaN
     dpo = json.loads((repo_copy / "metrics" / "dpo.json").read_text())
     assert dpo["val_loss"] < dpo["val_loss_before"]
+
+    # Adapters, not whole models, are the outputs of sft and dpo (sft's preset base beside its adapter).
+    for name in ("sft", "dpo"):
+        files = {p.name for p in (repo_copy / "models" / name).iterdir()}
+        assert {"adapter_config.json", "adapter_model.safetensors"} <= files and "model.safetensors" not in files
+    assert json.loads((repo_copy / "models" / "dpo" / "adapter_config.json").read_text())["base_model_name_or_path"] \
+        == "models/sft"
+    lock = yaml.safe_load((repo_copy / "dvc.lock").read_text())["stages"]
+    assert [o["path"] for o in lock["dpo"]["outs"]] == ["checkpoints/dpo", "models/dpo"]
+    assert {"models/dpo", "models/sft"} <= {d["path"] for d in lock["merge@dpo"]["deps"]}
+    assert "models/merged/dpo" in {d["path"] for d in lock["evaluate@dpo"]["deps"]}
+    for name in ("sft", "ppo", "dpo"):
+        assert (repo_copy / "models" / "merged" / name / "model.safetensors").is_file()
+        assert not (repo_copy / "models" / "merged" / name / "adapter_config.json").exists()
+
+    git_commit(repo_copy, "chat model with LoRA")
+    out = dvc(repo_copy, "exp", "run", "-S", "dpo.lora.r=4")
+    assert ran(out) == ["dpo", "evaluate@dpo", "merge@dpo"]
+    assert json.loads((repo_copy / "models" / "dpo" / "adapter_config.json").read_text())["r"] == 4
     generation = json.loads((repo_copy / "generations" / "dpo.jsonl").open().readline())
     assert generation["question"].startswith("System: ") and "\n\nHuman: " in generation["question"]

@@ -11,7 +11,7 @@ from alignkit.errors import ParamsError
 from alignkit.models import load_policy
 from alignkit.params import load_params
 from alignkit.policy import prepare_tokenizer
-from alignkit.ppo import batches, load_value_head_model, make_trainer, shaped_rewards
+from alignkit.ppo import batches, make_trainer, shaped_rewards, value_head_model
 from alignkit.reward import RewardScorer, encode_pairs
 from tests.conftest import stage_main, write_params
 
@@ -43,8 +43,8 @@ def test_kl_params_reach_the_controller_and_early_stopping(sft_model, tmp_path):
     cfg = load_params(write_params(tmp_path / "params.yaml", ppo={"kl_target": 3.0, "kl_horizon": 500,
                                                                   "target_kl": 0.05, "early_stopping": True})).ppo
     tokenizer = prepare_tokenizer(load_policy(str(sft_model / "sft"))[1])
-    policy = load_value_head_model(sft_model / "sft")
-    reference = load_value_head_model(sft_model / "sft", frozen=True)
+    policy = value_head_model(load_policy(str(sft_model / "sft"))[0])
+    reference = value_head_model(load_policy(str(sft_model / "sft"))[0], frozen=True)
     trainer = make_trainer(cfg, 0, policy, reference, tokenizer, total_steps=10)
     assert type(trainer.kl_ctl).__name__ == "AdaptiveKLController"
     assert (trainer.kl_ctl.value, trainer.kl_ctl.target, trainer.kl_ctl.horizon) == (cfg.init_kl_coef, 3.0, 500)
@@ -108,12 +108,14 @@ def test_ppo_raises_the_reward_model_score_on_held_out_prompts(ppo_run, prepared
     assert {"score", "reward", "kl", "kl_coef", "loss", "lr"} <= curves
 
 
-def test_saved_policy_loads_with_and_without_its_value_head(ppo_run):
+def test_saved_policy_is_a_plain_model_with_its_value_head_beside(ppo_run):
     out, _ = ppo_run
-    with_head = load_value_head_model(out / "ppo")
-    plain, tokenizer = load_policy(str(out / "ppo"))
-    assert type(plain).__name__ == "GPT2LMHeadModel" and tokenizer.eos_token == "<|endoftext|>"
-    assert torch.equal(with_head.pretrained_model.transformer.wte.weight, plain.transformer.wte.weight)
     from safetensors.torch import load_file
 
-    assert any(k.startswith("v_head.") for k in load_file(out / "ppo" / "model.safetensors"))
+    saved = load_file(out / "ppo" / "model.safetensors")
+    plain, tokenizer = load_policy(str(out / "ppo"))
+    assert type(plain).__name__ == "GPT2LMHeadModel" and tokenizer.eos_token == "<|endoftext|>"
+    assert torch.equal(saved["transformer.wte.weight"], plain.transformer.wte.weight)
+    # The value head has its own file, so the model directory holds no weights a plain causal LM leaves unused.
+    assert not any(k.startswith("v_head.") for k in saved)
+    assert set(load_file(out / "ppo" / "value_head.safetensors")) == {"summary.weight", "summary.bias"}

@@ -12,7 +12,7 @@ LR = 0.1
 
 
 def config(**overrides):
-    return SimpleNamespace(**{"lr": LR, "weight_decay": 0.0, "warmup_ratio": 0.1, "lr_scheduler": "linear",
+    return SimpleNamespace(**{"lr": LR, "weight_decay": 0.0, "warmup_ratio": 0.1, "lr_scheduler": "linear", "optimizer": "adamw",
                               "max_steps": None, "epochs": 1, "max_grad_norm": 1.0, "keep": "last", **overrides})
 
 
