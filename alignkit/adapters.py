@@ -192,8 +192,13 @@ def separate_reference(policy, load_copy):
 
 
 def default_device():
-    """Where a stage that has no Accelerator yet will train (trl's PPOTrainer makes its own): CUDA if present."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """Where a stage that has no Accelerator yet will train (trl's PPOTrainer makes its own): this process's
+    GPU (LOCAL_RANK under `accelerate launch`) if there is one, else the CPU."""
+    import os
+
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
 
 
 def make_optimizer(parameters, cfg, key):

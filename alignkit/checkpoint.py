@@ -5,7 +5,8 @@ Each training stage keeps one checkpoint directory, a DVC output marked
 
     checkpoints/<stage>/
         checkpoint.json     step, fingerprint, complete (a finished run: step and complete only)
-        model.safetensors   the model's weights (for PPO, with the value head)
+        model.safetensors   the model's weights (for PPO, with the value head); with a LoRA adapter,
+                            only the trainable ones (the adapter and value head, not the base)
         state.pt            optimizer, scheduler, RNG states, data position and running
                             sums; plain tensors and containers, loaded with weights_only=True
         live/               the stage's dvclive directory as it was at that step

@@ -66,7 +66,7 @@ def test_repro_builds_every_stage_then_does_nothing(built):
 # The outputs whose bytes depend on floating-point kernels, and so on the CPU kind (README, "Reproducible").
 # Prepared data, the reward model's tokenizer and config (models/reward), finished checkpoints (checkpoint.json),
 # params and code are the same everywhere.
-FLOAT_MADE = re.compile(r"^(models/(reward_model\.pth|sft|dpo|ppo)|generations/.+|dvclive/.+/plots/metrics"
+FLOAT_MADE = re.compile(r"^(models/(reward_model\.pth|sft|dpo|ppo|merged/(sft|dpo|ppo))|generations/.+|dvclive/.+/plots/metrics"
                         r"|plots/eval/.+|metrics/(reward|sft|dpo|ppo|eval/.+)\.json)$")
 
 # Rebuilt metrics agree with the committed ones within these tolerances (README, "Reproducible"):
