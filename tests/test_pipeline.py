@@ -243,7 +243,7 @@ def test_a_chat_model_with_lora_on_multi_turn_conversations_runs_every_stage(rep
     assert json.loads((repo_copy / "models" / "dpo" / "adapter_config.json").read_text())["base_model_name_or_path"] \
         == "models/sft"
     lock = yaml.safe_load((repo_copy / "dvc.lock").read_text())["stages"]
-    assert [o["path"] for o in lock["dpo"]["outs"]] == ["checkpoints/dpo", "models/dpo"]
+    assert "models/dpo" in [o["path"] for o in lock["dpo"]["outs"]]
     assert {"models/dpo", "models/sft"} <= {d["path"] for d in lock["merge@dpo"]["deps"]}
     assert "models/merged/dpo" in {d["path"] for d in lock["evaluate@dpo"]["deps"]}
     for name in ("sft", "ppo", "dpo"):

@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from alignkit.adapters import frozen_reference
 from alignkit.data import read_split
 from alignkit.dpo import make_step, reference_logps, encode_pairs, PairCollator, train_dpo
 from alignkit.models import load_policy
@@ -99,7 +100,8 @@ def test_reference_runs_once_before_training_and_step_zero_loss_is_log2(trained,
     calls = {"reference": 0, "policy": 0}
     reference.register_forward_hook(lambda *a: calls.__setitem__("reference", calls["reference"] + 1))
     policy.register_forward_hook(lambda *a: calls.__setitem__("policy", calls["policy"] + 1))
-    train_dpo(policy, reference, tokenizer, pairs[:16], pairs[16:], cfg, 0, accelerator, tmp_path / "live")
+    train_dpo(policy, frozen_reference(policy, lambda: reference, accelerator.device), tokenizer, pairs[:16],
+              pairs[16:], cfg, 0, accelerator, tmp_path / "live")
     # Reference: one pass over train (16 pairs -> 1 batch of 16) and validation (8 -> 1): 2 forwards, then never.
     assert calls["reference"] == 2
     # Policy: 2 training steps of one concatenated forward each, plus validation before and after (1 batch each).
