@@ -84,12 +84,14 @@ def test_tiny_benchmark_writes_results_and_table(tmp_path):
                            "evaluate@sft", "evaluate@ppo", "evaluate@dpo"}
     assert all(s["peak_rss_mib"] > 0 for s in stages.values())
     assert [(a["precision"], a["checkpointing"], bool(a["lora"])) for a in results["memory"]["dpo_step_at_scale"]] == [
-        ("fp32", False, False), ("bf16", False, False), ("bf16", True, False), ("fp32", False, True)]
-    # Full vs LoRA in the same run: the adapter is a small share of the model, both steps timed and measured.
-    (lora,) = results["lora"]
+        ("fp32", False, False), ("bf16", False, False), ("bf16", True, False), ("fp32", False, True), ("bf16", True, True)]
+    # Full vs LoRA in the same run and settings: the adapter is a small share of the model, both timed and measured.
     at_scale = results["details"]["dpo_step_at_scale"]
-    assert lora["trainable"] < 0.5 * at_scale[0]["params"] and lora["full_s"] > 0 and lora["lora_s"] > 0
-    assert lora["memory_ratio"] == pytest.approx(lora["lora_peak_mib"] / lora["full_peak_mib"])
+    assert [r["path"].rsplit(", ", 2)[1:] for r in results["lora"]] == [["fp32", "checkpointing off)"],
+                                                                        ["bf16", "checkpointing on)"]]
+    for lora in results["lora"]:
+        assert lora["trainable"] < 0.5 * at_scale[0]["params"] and lora["full_s"] > 0 and lora["lora_s"] > 0
+        assert lora["memory_ratio"] == pytest.approx(lora["lora_peak_mib"] / lora["full_peak_mib"])
     assert "| whole model |" in proc.stdout and "| LoRA r=8, all linear layers" in proc.stdout
     assert results["dvc"]["status_s"] > 0 and results["dvc"]["repro_noop_s"] > 0
     assert [p["path"] for p in results["precision"]][:2] == ["reward step (tiny-bert)", "DPO step (tiny-gpt2)"]
