@@ -168,12 +168,13 @@ class Checkpointer:
             return None
 
 
-def stage_checkpointer(directory, stage, params, accelerator, inputs=()):
+def stage_checkpointer(directory, stage, params, accelerator, inputs=(), cfg=None, extra=None):
     """The Checkpointer of a training stage. Its fingerprint covers the seed, the stage's params
-    section (all but checkpoint_every, which changes nothing about the result), the model specs,
+    section (all but checkpoint_every, which changes nothing about the result; cfg: that section when
+    it is not params.<stage>, as for one reward model), `extra` (any other params it reads), the model specs,
     the library code, and `inputs` (the stage script and its input files), so only a run of
     the same computation on the same inputs resumes."""
-    cfg = getattr(params, stage)
+    cfg = cfg or getattr(params, stage)
     code = sorted(Path(__file__).resolve().parent.glob("*.py"))
-    parts = (stage, params.seed, params.models.model_dump(), cfg.model_dump(exclude={"checkpoint_every"}))
+    parts = (stage, params.seed, params.models.model_dump(), cfg.model_dump(exclude={"checkpoint_every"}), extra)
     return Checkpointer(directory, cfg.checkpoint_every, fingerprint(*parts, paths=[*code, *inputs]), accelerator)

@@ -39,7 +39,7 @@ NA_STRINGS = {"nan", "NaN", "NAN", "-nan", "null", "NULL", "<NA>", "#N/A"}
 SPLITS = ("train", "validation", "test")
 # Why a row was dropped; metrics/data.json counts every one of them.
 BAD_ROW_REASONS = ("empty_cell", "not_text", "not_utf8", "too_long", "no_shared_prompt", "malformed_dialogue",
-                   "empty_answer", "identical_pair", "duplicate")
+                   "empty_answer", "identical_pair", "duplicate", "bad_flag")
 
 
 class BadRow(DataError):
@@ -65,6 +65,7 @@ class Pair:
     chosen: str
     rejected: str
     row: int  # the row in the raw file, for provenance
+    unsafe: bool = False  # the prompt asks for something to decline (data.<set>.columns.unsafe)
 
 
 def where(path, rec, column=None):
@@ -180,23 +181,24 @@ def _read_parquet(path):
 # ---------------------------------------------------------------- schema
 
 
-def resolve_columns(path, columns, schema, mapping):
+def resolve_columns(path, columns, schema, mapping, key="data"):
     """(schema name, {part: column}) for a file with `columns`; DataError naming what is missing.
 
-    mapping: data.columns as a dict (part -> column or None). auto picks the first schema whose
-    columns, after the mapping, are all present: reference, then prompt/chosen/rejected, then hh."""
+    mapping: data.<set>.columns as a dict (part -> column or None), key that set's params key (errors name
+    it). auto picks the first schema whose columns, after the mapping, are all present: reference, then
+    prompt/chosen/rejected, then hh. The unsafe flag's column, when mapped, is in the layout as "unsafe"."""
     mapped = {part: column for part, column in mapping.items() if column is not None}
     for part, column in mapped.items():
         if column not in columns:
             close = difflib.get_close_matches(column, columns, n=1)
             hint = f"did you mean {show(close[0])}?" if close else f"found columns: {_listing(columns)}"
-            raise DataError(f"data.columns.{part}: no column {show(column)} in {path} ({hint})")
+            raise DataError(f"{key}.columns.{part}: no column {show(column)} in {path} ({hint})")
 
     def layout(name):
         return None if name == "hh" and "prompt" in mapped else {**SCHEMAS[name], **mapped}
 
     if schema == "hh" and "prompt" in mapped:
-        raise DataError(f"data.columns.prompt: the hh schema takes the prompt from the dialogues in {path}; set it to null")
+        raise DataError(f"{key}.columns.prompt: the hh schema takes the prompt from the dialogues in {path}; set it to null")
     if schema == "auto":
         fitting = [name for name in SCHEMAS if layout(name) and set(layout(name).values()) <= set(columns)]
         if fitting:
@@ -258,16 +260,16 @@ def _empty(cell):
             or (isinstance(cell, str) and (not cell.strip() or cell.strip() in NA_STRINGS)))
 
 
-def apply_filters(path, columns, records, conditions):
+def apply_filters(path, columns, records, conditions, key="data"):
     """(records where every condition holds, Counter of removed rows by the first condition they fail).
 
     An empty cell fails its condition. An unknown column, or a cell that cannot be read as the
-    condition value's kind, is a DataError naming the params key data.filter[i]."""
+    condition value's kind, is a DataError naming the params key <key>.filter[i]."""
     for i, c in enumerate(conditions):
         if c.column not in columns:
             close = difflib.get_close_matches(c.column, columns, n=1)
             hint = f"did you mean {show(close[0])}?" if close else f"found columns: {_listing(columns)}"
-            raise DataError(f"data.filter[{i}].column: no column {show(c.column)} in {path} ({hint})")
+            raise DataError(f"{key}.filter[{i}].column: no column {show(c.column)} in {path} ({hint})")
     kept, removed = [], Counter({condition_label(c): 0 for c in conditions})
     for rec in records:
         for i, c in enumerate(conditions):
@@ -279,7 +281,7 @@ def apply_filters(path, columns, records, conditions):
                 try:
                     holds = _COMPARE[c.op](_as_kind_of(cell, values[0]), c.value)
                 except ValueError as kind:
-                    raise DataError(f"data.filter[{i}] ({condition_label(c)}): {where(path, rec, c.column)}: "
+                    raise DataError(f"{key}.filter[{i}] ({condition_label(c)}): {where(path, rec, c.column)}: "
                                     f"{show(cell)} is not {kind}") from None
             if not holds:
                 removed[condition_label(c)] += 1
@@ -343,6 +345,8 @@ def split_hh(path, rec, chosen, rejected):
 
 def row_pair(path, schema, layout, rec, max_chars):
     """One record -> Pair, or BadRow. layout: {part: column} from resolve_columns."""
+    layout = dict(layout)
+    unsafe = unsafe_flag(path, rec, layout.pop("unsafe")) if "unsafe" in layout else False
     texts = {}
     for part, column in layout.items():
         # HH cells are whole dialogues whose leading "\n\nHuman:" is part of the format
@@ -368,7 +372,18 @@ def row_pair(path, schema, layout, rec, max_chars):
     if chosen == rejected:
         raise BadRow("identical_pair", f"{where(path, rec, layout['chosen'])}: the same answer as column "
                                        f"{show(layout['rejected'])}")
-    return Pair(messages, chosen, rejected, rec.row)
+    return Pair(messages, chosen, rejected, rec.row, unsafe)
+
+
+def unsafe_flag(path, rec, column):
+    """The unsafe mark of a row: a boolean, 0/1, or true/false/yes/no/1/0 text; BadRow otherwise."""
+    value = rec.values.get(column)
+    if _empty(value):
+        raise BadRow("empty_cell", f"{where(path, rec, column)}: missing value")
+    try:
+        return _as_kind_of(value.decode("utf-8") if isinstance(value, bytes) else value, True)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRow("bad_flag", f"{where(path, rec, column)}: expected true or false, got {show(value)}") from None
 
 
 def to_pairs(path, schema, layout, records, cfg):
@@ -448,6 +463,8 @@ def describe(rows_in, filtered, pairs, dropped, splits):
         "rows_kept": len(pairs),
         "rows_dropped": {reason: dropped.get(reason, 0) for reason in BAD_ROW_REASONS},
         "splits": {name: len(rows) for name, rows in splits.items()},
+        # Pairs whose prompt is marked unsafe (data.<set>.columns.unsafe): a request to decline.
+        "unsafe_prompts": sum(p.unsafe for p in pairs),
         "chars": {"prompt": stats([len(as_text(p.prompt)) for p in pairs]),
                   **{side: stats([len(getattr(p, side)) for p in pairs]) for side in ("chosen", "rejected")}},
         # Messages per prompt: system, user and earlier assistant turns.
@@ -461,7 +478,7 @@ def write_split(path, pairs):
     with open(path, "w", encoding="utf-8") as f:
         for p in pairs:
             f.write(json.dumps({"prompt": to_json(p.prompt), "chosen": p.chosen, "rejected": p.rejected,
-                                "row": p.row}, ensure_ascii=False) + "\n")
+                                "row": p.row, "unsafe": p.unsafe}, ensure_ascii=False) + "\n")
 
 
 def read_split(path):
@@ -473,3 +490,15 @@ def read_split(path):
 def read_splits(directory, *names):
     """read_split of each named split ('train', 'validation', 'test') in a prepared directory."""
     return [read_split(Path(directory) / f"{name}.jsonl") for name in names]
+
+
+def read_sets(root, sets, *names):
+    """Each named split of the union of prepared data sets root/<set>/ (in the order of `sets`).
+
+    A set missing under root is a DataError naming it: the stage's params name a set that prepare did not write."""
+    missing = [s for s in sets if not (Path(root) / s).is_dir()]
+    if missing:
+        raise DataError(f"{root}: no prepared data set {show(missing[0])} (prepared: "
+                        f"{', '.join(sorted(p.name for p in Path(root).iterdir() if p.is_dir())) or 'none'})")
+    per_set = [read_splits(Path(root) / s, *names) for s in sets]
+    return [[pair for splits in per_set for pair in splits[i]] for i in range(len(names))]

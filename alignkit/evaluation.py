@@ -72,31 +72,43 @@ def preference_accuracy(model, tokenizer, pairs, max_length, max_prompt_length, 
 def evaluate_policy(name, policy, sft, tokenizer, scorer, pairs, cfg, gen, seed):
     """All metrics of one policy on `pairs` (the test split), and its generations for people to read.
 
-    sft is the SFT policy: the baseline of win_rate_vs_sft and the reference of kl_to_reference.
+    sft is the SFT policy: the baseline of win_rate_vs_sft and the reference of kl_to_reference. scorer:
+    the reward models (ensemble.RewardModels); reward_mean and the top-level win rates are of their
+    combined reward (ppo.reward), reward_models.<name> of each model's own score.
     """
     questions, references = [p.prompt for p in pairs], [p.chosen for p in pairs]
+    unsafe = [p.unsafe for p in pairs]
     answers, answer_ids = generate(policy, tokenizer, questions, gen, cfg.batch_size, seed, f"generate {name}",
                                    cfg.max_prompt_length)
     sft_answers, _ = generate(sft, tokenizer, questions, gen, cfg.batch_size, seed, "generate sft",
                               cfg.max_prompt_length)
-    rewards = scorer.score(questions, answers)
+    rewards, raw = scorer.score(questions, answers, unsafe)
     budget = max_prompt_tokens(policy.config, gen["max_new_tokens"], cfg.max_prompt_length)
     kl = (answer_logps(policy, tokenizer, questions, answer_ids, cfg.batch_size, budget)
           - answer_logps(sft, tokenizer, questions, answer_ids, cfg.batch_size, budget))
     accuracy_sum, accuracy_mean = preference_accuracy(policy, tokenizer, pairs, cfg.max_length,
                                                       cfg.max_prompt_length, cfg.batch_size)
 
-    def win_rate_vs(others):  # the same text on both sides is a tie, whatever padding noise does to its scores
-        return win_rate(rewards.tolist(), scorer.score(questions, others).tolist(),
-                        [a == b for a, b in zip(answers, others)])
+    others = {"sft": (sft_answers, *scorer.score(questions, sft_answers, unsafe)),
+              "reference": (references, *scorer.score(questions, references, unsafe))}
 
+    def win_rate_vs(mine, other, theirs):  # the same text on both sides is a tie, whatever padding does to scores
+        return win_rate(mine.tolist(), theirs.tolist(), [a == b for a, b in zip(answers, other)])
+
+    per_model = {
+        model: {"mean": raw[model].mean().item(),
+                **{f"win_rate_vs_{o}": win_rate_vs(raw[model], texts, theirs[model])
+                   for o, (texts, _, theirs) in others.items()}}
+        for model in scorer.names}
+    violation_rate, _ = scorer.violation_rate(raw, unsafe)
     metrics = {
         "bleu": bleu(references, answers),
         **rouge(references, answers),
         "reward_mean": rewards.mean().item(),
         "reward_std": rewards.std().item(),
-        "win_rate_vs_sft": win_rate_vs(sft_answers),
-        "win_rate_vs_reference": win_rate_vs(references),
+        **{f"win_rate_vs_{o}": win_rate_vs(rewards, texts, combined) for o, (texts, combined, _) in others.items()},
+        "reward_models": per_model,
+        **({"safety_violation_rate": violation_rate} if violation_rate is not None else {}),
         "preference_accuracy": accuracy_sum,
         "preference_accuracy_normalized": accuracy_mean,
         "kl_to_reference": kl.mean().item(),
@@ -104,6 +116,7 @@ def evaluate_policy(name, policy, sft, tokenizer, scorer, pairs, cfg, gen, seed)
         "distinct_1": distinct_n(answers, 1),
         "distinct_2": distinct_n(answers, 2),
     }
-    generations = [{"question": as_text(q), "reference": r, "answer": a, "reward": round(s, 4)}
-                   for q, r, a, s in zip(questions, references, answers, rewards.tolist())]
+    generations = [{"question": as_text(q), "unsafe": u, "reference": r, "answer": a, "reward": round(s, 4),
+                    "scores": {m: round(raw[m][i].item(), 4) for m in scorer.names}}
+                   for i, (q, u, r, a, s) in enumerate(zip(questions, unsafe, references, answers, rewards.tolist()))]
     return metrics, generations

@@ -22,7 +22,7 @@ from typing import Annotated, Literal
 
 import annotated_types as at
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 from ruamel.yaml import YAML, YAMLError
 
 from alignkit.errors import ParamsError, show
@@ -44,6 +44,7 @@ class ColumnsParams(Section):
     chosen: str | None
     rejected: str | None
     system: str | None  # null: no system turn
+    unsafe: str | None  # a column of booleans marking prompts to decline; null: none is
 
 
 FILTER_OPS = ("==", "!=", ">=", "<=", ">", "<", "in")
@@ -74,7 +75,7 @@ class DataParams(Section):
     @model_validator(mode="after")
     def _filter_values(self):
         for i, c in enumerate(self.filter):
-            key = f"data.filter[{i}].value"
+            key = f"<here>.filter[{i}].value"  # <here>: data.<set>, filled in by _describe_error
             values = c.value if isinstance(c.value, list) else [c.value]
             if (c.op == "in") != isinstance(c.value, list) or (c.op == "in" and not values):
                 want = "a non-empty list" if c.op == "in" else "one value, not a list (use op: in for a list)"
@@ -86,6 +87,9 @@ class DataParams(Section):
             if any(isinstance(v, float) and v != v or v in (float("inf"), float("-inf")) for v in values):
                 raise ValueError(f"{key}: expected a finite number, got {show(c.value)}")
         return self
+
+
+NAME = re.compile(r"^[A-Za-z0-9_-]+$")  # a data set's or reward model's name: it becomes a path
 
 
 class ModelsParams(Section):
@@ -135,11 +139,45 @@ class TrainingParams(Section):
     checkpoint_every: Annotated[int, Field(ge=0)]  # 0: no checkpoints
 
 
+class RewardModelParams(Section):
+    """One named reward model: its data set, its encoder (null: models.reward), and any training key of the
+    `reward` section it sets for itself (the others are shared)."""
+
+    data: str
+    encoder: str | None
+
+
+# Every shared training key may be set per reward model too: the same type (null only where the shared
+# key takes null), absent unless given -- the default None is never validated, so it means "not set".
+RewardModelParams = create_model(
+    "RewardModelParams", __base__=RewardModelParams, __doc__=RewardModelParams.__doc__,
+    **{name: (Annotated[(f.annotation, *f.metadata)] if f.metadata else f.annotation, None)
+       for name, f in TrainingParams.model_fields.items()})
+
+
 class RewardParams(TrainingParams):
-    pass
+    models: dict[str, RewardModelParams]
+
+    @model_validator(mode="after")
+    def _each_model_valid(self):
+        for name in self.models:
+            try:
+                self.model(name)
+            except ValidationError as err:
+                e = err.errors()[0]
+                raise ValueError(f"reward.models.{name}.{e['loc'][0]}: expected {_expected(['reward', e['loc'][0]])}, "
+                                 f"got {show(e['input'])}") from None
+        return self
+
+    def model(self, name):
+        """The training params of reward model `name`: the shared keys, with the ones it sets itself."""
+        entry = self.models[name]
+        own = {k: getattr(entry, k) for k in entry.model_fields_set if k in TrainingParams.model_fields}
+        return TrainingParams(**{**{k: getattr(self, k) for k in TrainingParams.model_fields}, **own})
 
 
 class PolicyTrainingParams(TrainingParams):
+    data: list[str]  # the prepared data sets it trains on (names in `data`), as one
     max_prompt_length: PositiveInt  # prompt tokens, oldest turns dropped first
     lora: LoraParams
     quantization: Literal["none", "nf4"]  # nf4: the frozen base in 4 bits (needs lora.enabled)
@@ -168,7 +206,20 @@ class DPOParams(PolicyTrainingParams):
     gradient_checkpointing: bool
 
 
+class CombineParams(Section):
+    """How the named reward models' scores become PPO's reward (and evaluate's combined reward)."""
+
+    combine: Literal["weighted_sum", "llama2"]
+    weights: dict[str, float]  # weighted_sum: one per reward model
+    helpfulness: str | None  # llama2: the reward model that judges helpfulness
+    safety: str | None  # llama2 and the safety violation rate: the one that judges safety
+    safety_threshold: Annotated[float, Field(gt=0, lt=1)]  # on the sigmoid scale (Llama 2: 0.15)
+    whiten: bool  # each score standardised with its model's mean and std on its training answers
+
+
 class PPOParams(Section):
+    data: list[str]  # the prepared data sets whose training prompts PPO samples from
+    reward: CombineParams
     checkpoint_every: Annotated[int, Field(ge=0)]
     lr: Annotated[float, Field(gt=0)]
     epochs: PositiveInt
@@ -220,6 +271,7 @@ class PPOParams(Section):
 
 
 class EvalParams(Section):
+    data: list[str]  # the prepared data sets whose test splits every model is evaluated on, as one
     batch_size: PositiveInt
     max_length: Annotated[int, Field(ge=8)]
     max_prompt_length: PositiveInt
@@ -236,7 +288,7 @@ class EvalParams(Section):
 
 class Params(Section):
     seed: Annotated[int, Field(ge=0)]
-    data: DataParams
+    data: dict[str, DataParams]  # named data sets
     models: ModelsParams
     prepare: PrepareParams
     reward: RewardParams
@@ -244,6 +296,54 @@ class Params(Section):
     dpo: DPOParams
     ppo: PPOParams
     eval: EvalParams
+
+    @model_validator(mode="after")
+    def _names_refer(self):
+        """Data sets and reward models are named once; every other mention must name one of them."""
+        def check(names, key, known, what):
+            """what: 'data set in data' -- what the names are, and the section that lists them."""
+            kind, section = what.split(" in ")
+            for name in names:
+                if name not in known:
+                    close = difflib.get_close_matches(name, list(known), n=1)
+                    hint = f"did you mean {close[0]!r}?" if close else f"{section}: {', '.join(known) or 'none'}"
+                    raise ValueError(f"{key}: unknown {kind} {show(name)} ({hint})")
+
+        for key, names in (("data", self.data), ("reward.models", self.reward.models)):
+            if not names:
+                raise ValueError(f"{key}: expected at least one entry, got none")
+            bad = next((n for n in names if not NAME.match(n)), None)
+            if bad is not None:
+                raise ValueError(f"{key}: name {show(bad)} must be letters, digits, _ or - "
+                                 f"(it becomes a directory name)")
+        sets, models = list(self.data), list(self.reward.models)
+        for name, entry in self.reward.models.items():
+            check([entry.data], f"reward.models.{name}.data", sets, "data set in data")
+        for stage in ("sft", "dpo", "ppo", "eval"):
+            if not getattr(self, stage).data:
+                raise ValueError(f"{stage}.data: expected at least one data set name, got []")
+            for i, name in enumerate(getattr(self, stage).data):
+                check([name], f"{stage}.data[{i}]", sets, "data set in data")
+        rc = self.ppo.reward
+        if rc.combine == "weighted_sum":
+            check(list(rc.weights), "ppo.reward.weights", models, "reward model in reward.models")
+            missing = [m for m in models if m not in rc.weights]
+            if missing:
+                raise ValueError(f"ppo.reward.weights: no weight for reward model {show(missing[0])}: combine "
+                                 f"weighted_sum needs one per reward model in reward.models ({', '.join(models)})")
+            if not any(rc.weights.values()):
+                raise ValueError("ppo.reward.weights: every weight is 0, so the reward would be 0 whatever the answer")
+        else:
+            for key in ("helpfulness", "safety"):
+                if getattr(rc, key) is None:
+                    raise ValueError(f"ppo.reward.{key}: combine llama2 needs a reward model name, got null")
+            if rc.helpfulness == rc.safety:
+                raise ValueError(f"ppo.reward.safety: combine llama2 needs two different reward models, "
+                                 f"got {show(rc.safety)} for both helpfulness and safety")
+        for key in ("helpfulness", "safety"):
+            if getattr(rc, key) is not None:
+                check([getattr(rc, key)], f"ppo.reward.{key}", models, "reward model in reward.models")
+        return self
 
 
 class _Yaml11Loader(yaml.SafeLoader):
@@ -324,8 +424,8 @@ def _describe_error(e):
         return f"{key}: unknown key ({hint})"
     if e["type"] == "missing":
         return f"{key}: missing key"
-    if e["type"] == "value_error":  # a check across keys; its message names them
-        return e["msg"].removeprefix("Value error, ")
+    if e["type"] == "value_error":  # a check across keys; its message names them (<here>: where it failed)
+        return e["msg"].removeprefix("Value error, ").replace("<here>", key)
     expected = _expected(loc)
     if e["type"] == "finite_number":  # .inf or .nan
         expected = re.sub(r"^an? ", "a finite ", expected)
@@ -333,24 +433,32 @@ def _describe_error(e):
 
 
 def _field_at(loc):
-    """The pydantic FieldInfo at a dotted location such as ['prepare', 'max_chars']."""
+    """The pydantic FieldInfo at a dotted location such as ['prepare', 'max_chars'] (dict keys included:
+    ['data', 'helpful', 'path'])."""
     fields = _model_at(loc[:-1]).model_fields
     return next(f for name, f in fields.items() if loc[-1] in (name, f.alias))
 
 
 def _model_at(loc):
-    """The params model class at a location; [] is the whole file."""
-    model = Params
-    for depth in range(len(loc)):
-        model = _field_at(loc[: depth + 1]).annotation
+    """The params model class at a location; [] is the whole file. A mapping's key is skipped."""
+    model, i = Params, 0
+    while i < len(loc):
+        model = next(f for name, f in model.model_fields.items() if loc[i] in (name, f.alias)).annotation
         if typing.get_origin(model) is list:  # data.filter: a list of conditions
             (model,) = typing.get_args(model)
+        elif typing.get_origin(model) is dict:  # data.<set>, reward.models.<name>
+            model = typing.get_args(model)[1]
+            i += 1
+        i += 1
     return model
 
 
 def _expected(loc):
     """Describe what a field accepts: 'a positive float', "one of 'a', 'b'"."""
-    field = _field_at(loc)
+    try:
+        field = _field_at(loc)
+    except (AttributeError, StopIteration):  # a value in a mapping (data.<set>, ppo.reward.weights.<name>)
+        return _describe(typing.get_args(_field_at(loc[:-1]).annotation)[1], [])
     return _describe(field.annotation, field.metadata)
 
 
@@ -367,6 +475,8 @@ def _describe(ann, metadata):
         return "a mapping"
     if typing.get_origin(ann) is list:
         return "a list"
+    if typing.get_origin(ann) is dict:
+        return "a mapping"
     kind = {int: "integer", float: "float", str: "string", bool: "boolean (true or false)"}[ann]
     bounds = {type(m): m for m in metadata}
     lo = bounds.get(at.Gt) or bounds.get(at.Ge)

@@ -1,9 +1,10 @@
-"""RLHF with trl 0.11's PPOTrainer: rollouts from the policy, rewards from the BERT reward model.
+"""RLHF with trl 0.11's PPOTrainer: rollouts from the policy, rewards from the named reward models.
 
 The policy (any causal LM, with trl's value head) generates from prompts rendered
 by alignkit.conversation (its chat template, if it has one); responses are decoded
-to text and scored by the reward model through RewardScorer, which re-tokenizes
-(conversation as text, answer) with the BERT tokenizer.
+to text and scored by every reward model (ensemble.RewardModels), each of which
+re-tokenizes (conversation as text, answer) with its own BERT tokenizer; their
+scores are combined as ppo.reward says (a weighted sum, or Llama 2's rule).
 
 KL control in trl 0.11: the adaptive controller (adap_kl_ctrl) moves the KL
 coefficient from init_kl_coef towards `target` (our ppo.kl_target) over
@@ -107,12 +108,15 @@ def respond(trainer, queries, cfg, tokenizer):
 
 
 @torch.no_grad()
-def mean_score(trainer, scorer, tokenizer, questions, cfg, seed):
-    """Mean reward-model score of the policy's sampled answers to `questions` (seeded)."""
+def mean_score(trainer, scorer, tokenizer, pairs, cfg, seed):
+    """Mean combined reward of the policy's sampled answers to the prompts of `pairs` (seeded), and each
+    reward model's mean raw score: (combined, {name: mean})."""
     torch.manual_seed(seed)
+    questions = [p.prompt for p in pairs]
     queries = [q.to(trainer.accelerator.device) for q in query_tensors(tokenizer, questions, max_prompt(cfg, trainer))]
     _, texts = respond(trainer, queries, cfg, tokenizer)
-    return scorer.score(questions, texts).mean().item()
+    combined, raw = scorer.score(questions, texts, [p.unsafe for p in pairs])
+    return combined.mean().item(), {name: s.mean().item() for name, s in raw.items()}
 
 
 def max_prompt(cfg, trainer):
@@ -127,32 +131,32 @@ STEP_CURVES = {  # dvclive name -> trl stats key
 
 
 def reward_baselines(scorer, pairs, cfg):
-    """{(prompt, chosen): b} for reward_baseline=reference (b = RM(question, preferred answer)), else {}.
-
-    The baseline never changes, so it is scored once, in batches, not every step."""
+    """{(prompt, chosen): b} for reward_baseline=reference (b = the combined reward of the preferred answer),
+    else {}. The baseline never changes, so it is scored once, in batches, not every step."""
     if cfg.reward_baseline != "reference":
         return {}
-    scores = scorer.score([p.prompt for p in pairs], [p.chosen for p in pairs])
-    return dict(zip(((p.prompt, p.chosen) for p in pairs), scores.tolist()))
+    combined, _ = scorer.score([p.prompt for p in pairs], [p.chosen for p in pairs], [p.unsafe for p in pairs])
+    return dict(zip(((p.prompt, p.chosen) for p in pairs), combined.tolist()))
 
 
 def ppo_iteration(trainer, scorer, tokenizer, batch, baseline, cfg, step_hook=None):
-    """Generate, score, step for one batch of pairs: (queries, responses, scores, rewards, trl stats).
+    """Generate, score, step for one batch of pairs: (queries, responses, scores, rewards, trl stats, raw).
 
-    Generation is batched with left padding, the reward model scores the whole batch
+    scores: the combined reward-model score (B,); raw: each reward model's scores {name: (B,)}.
+    Generation is batched with left padding, each reward model scores the whole batch
     in one call, and nothing empties a cache or waits on the host in between.
     """
     device = trainer.accelerator.device
     questions = [p.prompt for p in batch]
     queries = [q.to(device) for q in query_tensors(tokenizer, questions, max_prompt(cfg, trainer))]
     responses, texts = respond(trainer, queries, cfg, tokenizer)
-    scores = scorer.score(questions, texts)  # (B,), one batched call
+    scores, raw = scorer.score(questions, texts, [p.unsafe for p in batch])  # (B,), one batched call per model
     b = torch.tensor([baseline[(p.prompt, p.chosen)] for p in batch]) if baseline else torch.zeros(len(batch))
     rewards = shaped_rewards(scores, b, cfg.reward_clip)
     if step_hook is not None:
         step_hook(queries, responses, rewards)
     stats = trainer.step(queries, responses, [r.to(device) for r in rewards])
-    return queries, responses, scores, rewards, stats
+    return queries, responses, scores, rewards, stats, raw
 
 
 def kl_state(value):
@@ -180,7 +184,7 @@ def train_ppo(trainer, scorer, tokenizer, train_pairs, val_pairs, cfg, seed, liv
     from alignkit.training import open_live
 
     accelerator = trainer.accelerator
-    held_out = [p.prompt for p in val_pairs]  # one sampled answer per validation row
+    held_out = val_pairs  # one sampled answer per validation row
     saved = checkpoint.load(accelerator.unwrap_model(trainer.model)) if checkpoint else None
     if saved:
         trainer.optimizer.load_state_dict(saved["optimizer"])
@@ -194,11 +198,12 @@ def train_ppo(trainer, scorer, tokenizer, train_pairs, val_pairs, cfg, seed, liv
     else:
         before = mean_score(trainer, scorer, tokenizer, held_out, cfg, seed)
         position = {"epoch": 0, "batches_done": 0, "global_step": 0, "per_epoch": {}, "epoch_scores": [],
-                    "lengths": [], "stats": {}}
+                    "lengths": [], "stats": {}, "model_scores": {name: [] for name in scorer.names}}
     live = open_live(live_dir, accelerator, resume=bool(saved))
 
     baseline = reward_baselines(scorer, train_pairs, cfg)
     per_epoch, lengths, last = position["per_epoch"], position["lengths"], position["stats"]
+    model_scores = position["model_scores"]  # each reward model's mean raw score, per step
     global_step = position["global_step"]
     plan = [batches(train_pairs, cfg.batch_size, seed + epoch)[: cfg.max_steps_per_epoch] for epoch in range(cfg.epochs)]
     bar = tqdm(total=sum(map(len, plan)), initial=global_step, desc="ppo", disable=None)
@@ -210,8 +215,8 @@ def train_ppo(trainer, scorer, tokenizer, train_pairs, val_pairs, cfg, seed, liv
         for done, batch in enumerate(plan[epoch], start=1):
             if resuming and done <= position["batches_done"]:
                 continue
-            queries, responses, scores, rewards, stats = ppo_iteration(trainer, scorer, tokenizer, batch, baseline,
-                                                                       cfg, step_hook)
+            queries, responses, scores, rewards, stats, raw = ppo_iteration(trainer, scorer, tokenizer, batch,
+                                                                            baseline, cfg, step_hook)
             global_step += 1
             loss = float(stats["ppo/loss/total"])
             if not (math.isfinite(loss) and torch.isfinite(scores).all()):
@@ -223,6 +228,9 @@ def train_ppo(trainer, scorer, tokenizer, train_pairs, val_pairs, cfg, seed, liv
             epoch_scores.append(scores.mean().item())
             lengths.append(sum(len(r) for r in responses) / len(responses))
             live.log_metric("train/score", scores.mean().item())
+            for name, values in raw.items():
+                model_scores[name].append(values.mean().item())
+                live.log_metric(f"train/score_{name}", model_scores[name][-1])
             live.log_metric("train/reward", rewards.mean().item())
             for name, value in last.items():
                 live.log_metric(f"train/{name}", value)
@@ -237,18 +245,24 @@ def train_ppo(trainer, scorer, tokenizer, train_pairs, val_pairs, cfg, seed, liv
                     "accumulation_step": accelerator.step,
                     "position": {"epoch": epoch, "batches_done": done, "global_step": global_step,
                                  "per_epoch": dict(per_epoch), "epoch_scores": list(epoch_scores),
-                                 "lengths": list(lengths), "stats": last},
+                                 "lengths": list(lengths), "stats": last,
+                                 "model_scores": {k: list(v) for k, v in model_scores.items()}},
                 }, live_dir)
         per_epoch[f"epoch_{epoch + 1}"] = sum(epoch_scores) / len(epoch_scores)
-        bar.write(f"epoch {epoch}: mean reward-model score {per_epoch[f'epoch_{epoch + 1}']:.4f}")
+        bar.write(f"epoch {epoch}: mean combined reward-model score {per_epoch[f'epoch_{epoch + 1}']:.4f}")
     bar.close()
     live.end()
     after = mean_score(trainer, scorer, tokenizer, held_out, cfg, seed)
     if checkpoint:
         checkpoint.complete(global_step)
+    (before, models_before), (after, models_after) = before, after
     return {
         "score_per_epoch": per_epoch,
+        # The combined reward (ppo.reward) of one sampled answer per validation prompt, before and after.
         "val_score_before": before, "val_score_after": after,
+        # Each reward model's mean raw score on those answers, and over the training rollouts.
+        "val_model_scores_before": models_before, "val_model_scores_after": models_after,
+        "train_model_scores": {name: sum(v) / len(v) for name, v in model_scores.items()},
         "kl": last["kl"], "kl_coef": last["kl_coef"], "entropy": last["entropy"], "clipfrac": last["clipfrac"],
         "response_length": sum(lengths) / len(lengths),
     }

@@ -20,7 +20,8 @@ from alignkit.errors import ModelError
 from alignkit.losses import bradley_terry_loss
 from alignkit.training import fit, seeded_loader
 
-SETTINGS_NAME = "alignkit_reward.json"  # beside the tokenizer: how inputs were encoded
+SETTINGS_NAME = "alignkit_reward.json"  # beside the tokenizer: how inputs were encoded, and the score statistics
+WEIGHTS_NAME = "reward_model.pth"  # a reward model's state dict, in its directory
 
 
 class RewardModel(nn.Module):
@@ -65,21 +66,22 @@ def encode_pairs(tokenizer, questions, answers, max_length):
     return features
 
 
-def save_reward_model(model, tokenizer, max_length, weights_path, model_dir):
-    """State dict of the whole model to weights_path; tokenizer, encoder config and
-    the encoding settings to model_dir, so the model can be rebuilt offline."""
+def save_reward_model(model, tokenizer, max_length, weights_path, model_dir, stats):
+    """State dict of the whole model to weights_path; tokenizer, encoder config, the encoding settings and
+    the score statistics (stats: {score_mean, score_std}, for whitening) to model_dir, so the model can be
+    rebuilt offline."""
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(model_dir)
     model.encoder.config.save_pretrained(model_dir)
-    (model_dir / SETTINGS_NAME).write_text(json.dumps({"max_length": max_length}) + "\n")
+    (model_dir / SETTINGS_NAME).write_text(json.dumps({"max_length": max_length, **stats}) + "\n")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with open(weights_path, "wb") as f:  # a file object: the archive's inner name does not vary with the path
         torch.save(state, f)
 
 
 def load_reward_model(weights_path, model_dir):
-    """Rebuild a saved RewardModel offline: (model in eval mode, tokenizer, max_length).
+    """Rebuild a saved RewardModel offline: (model in eval mode, tokenizer, settings: max_length, score_mean, score_std).
 
     The weights are read with torch.load(weights_only=True): a file that would run
     code when unpickled is refused. Keys and shapes are checked against the model
@@ -95,7 +97,7 @@ def load_reward_model(weights_path, model_dir):
         raise ModelError(f"{model_dir}: not a saved reward model directory ({str(err).strip().splitlines()[0]})") from None
     model = RewardModel(AutoModel.from_config(config))
     model.load_state_dict(read_state_dict(weights_path, model.state_dict(), f"the reward model in {model_dir}"))
-    return model.eval(), tokenizer, settings["max_length"]
+    return model.eval(), tokenizer, settings
 
 
 def read_state_dict(path, expected, what):
@@ -146,7 +148,10 @@ class RewardScorer:
     """
 
     def __init__(self, weights_path, model_dir, batch_size, device="cpu"):
-        self.model, self.tokenizer, self.max_length = load_reward_model(weights_path, model_dir)
+        self.model, self.tokenizer, settings = load_reward_model(weights_path, model_dir)
+        self.max_length = settings["max_length"]
+        # Mean and std of its scores on its training answers: what whitening subtracts and divides by.
+        self.mean, self.std = settings["score_mean"], settings["score_std"]
         self.tokenizer.deprecation_warnings["Asking-to-pad-a-fast-tokenizer"] = True  # pre-tokenized on purpose
         self.model.to(device)
         self.device, self.batch_size = device, batch_size
@@ -237,5 +242,20 @@ def train_reward_model(model, tokenizer, train_pairs, val_pairs, cfg, seed, acce
                                shuffle=False)
     _, after, model = fit(model, train_loader, val_loader, cfg, accelerator, live_dir, desc="reward", step=batch_loss,
                           evaluate=make_evaluate(accelerator), checkpoint=checkpoint)
+    stats_loader = seeded_loader(train_loader.dataset, cfg.eval_batch_size, seed, collate, shuffle=False)
+    stats = score_statistics(model, accelerator.prepare(stats_loader), accelerator)
     return {"train_loss": after["train_loss"], "val_loss": after["loss"], "val_accuracy": after["accuracy"],
-            "val_margin": after["margin"], "kept_epoch": after["kept_epoch"]}, model
+            "val_margin": after["margin"], "kept_epoch": after["kept_epoch"], **stats}, model
+
+
+@torch.no_grad()
+def score_statistics(model, loader, accelerator):
+    """{score_mean, score_std}: the mean and (population) std of the model's scores on every answer, chosen and
+    rejected, of a loader of pairs -- the statistics with which ppo.reward.whiten standardises its scores."""
+    model.eval()
+    scores = []
+    for batch in loader:
+        with accelerator.autocast():
+            scores.append(accelerator.gather_for_metrics(model(**batch).float()))
+    scores = torch.cat(scores)
+    return {"score_mean": scores.mean().item(), "score_std": scores.std(correction=0).item()}

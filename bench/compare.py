@@ -50,8 +50,9 @@ def reward(work, precision, warmup, repeats, with_peer=True, **_):
     from alignkit.reward import PairCollator, PairDataset, batch_loss, load_reward_model
 
     cfg = load_params(work / "params.yaml").reward
-    (train,) = read_splits(work / "data" / "prepared", "train")
-    model, tokenizer, _ = load_reward_model(work / "models" / "reward_model.pth", work / "models" / "reward")
+    (train,) = read_splits(work / "data" / "prepared" / "helpful", "train")
+    reward_dir = work / "models" / "reward" / "helpful"
+    model, tokenizer, _ = load_reward_model(reward_dir / "reward_model.pth", reward_dir)
     n, bs = warmup + repeats, cfg.batch_size
     data = PairDataset(tokenizer, train[: n * bs], cfg.max_length)
     collate = PairCollator(tokenizer)
@@ -84,7 +85,7 @@ def dpo(work, precision, warmup, repeats, with_peer=True, **_):
     from alignkit.policy import disable_dropout, prepare_tokenizer
 
     cfg = load_params(work / "params.yaml").dpo
-    (train,) = read_splits(work / "data" / "prepared", "train")
+    (train,) = read_splits(work / "data" / "prepared" / "helpful", "train")
     dev = device()
     # Policy: the dpo stage's result; reference: the SFT model it started from (so the loss is not log 2).
     policy, tokenizer = load_policy(str(work / "models" / "dpo"))
@@ -138,13 +139,16 @@ def ppo(work, precision, warmup, repeats, **_):
     from alignkit import ppo as ours
     from alignkit.models import load_policy
     from alignkit.policy import prepare_tokenizer
-    from alignkit.reward import RewardScorer, load_reward_model
+    from alignkit.ensemble import RewardModels
+    from alignkit.params import CombineParams
+    from alignkit.reward import load_reward_model
     from transformers import AutoTokenizer
 
     params = load_params(work / "params.yaml")
     cfg = params.ppo.model_copy(update={"precision": precision})
-    (train,) = read_splits(work / "data" / "prepared", "train")
-    sft, weights, reward_dir = work / "models" / "sft", work / "models" / "reward_model.pth", work / "models" / "reward"
+    (train,) = read_splits(work / "data" / "prepared" / "helpful", "train")
+    sft, reward_dir = work / "models" / "sft", work / "models" / "reward" / "helpful"
+    weights = reward_dir / "reward_model.pth"
     tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(sft, local_files_only=True))
     n = warmup + repeats
     plan = list(enumerate(ours.batches(train, cfg.batch_size, params.seed)[:n]))
@@ -154,13 +158,17 @@ def ppo(work, precision, warmup, repeats, **_):
                                  ours.value_head_model(load_policy(str(sft))[0], frozen=True), tokenizer, n)
 
     reward_device = "cpu" if cfg.reward_device == "cpu" else device()
-    scorer = RewardScorer(weights, reward_dir, cfg.reward_batch_size, reward_device)
-    reward_model, reward_tokenizer, max_length = load_reward_model(weights, reward_dir)
+    # The helpfulness model alone, its raw score as the reward: what the notebook computed.
+    one = CombineParams(combine="weighted_sum", weights={"helpful": 1.0}, helpfulness=None, safety=None,
+                        safety_threshold=0.15, whiten=False)
+    scorer = RewardModels(reward_dir.parent, ["helpful"], one, cfg.reward_batch_size, reward_device)
+    reward_model, reward_tokenizer, settings = load_reward_model(weights, reward_dir)
+    max_length = settings["max_length"]
 
     # Agreement: the batched scorer and one-at-a-time scoring give the same rewards.
     pairs = [p for _, batch in plan[:1] for p in batch]
     questions, answers = [p.prompt for p in pairs] * 2, [p.chosen for p in pairs] + [p.rejected for p in pairs]
-    batched = scorer.score(questions, answers)
+    batched, _ = scorer.score(questions, answers, [False] * len(answers))
     alone = peers.score_one_at_a_time(reward_model, reward_tokenizer, questions, answers, max_length)
     diff = (batched - alone).abs().max().item()
     if diff > AGREE_TOL:
@@ -207,7 +215,7 @@ def generation(work, precision, warmup, repeats, prompts=64, **_):
     from alignkit.policy import max_prompt_tokens, prepare_tokenizer
 
     params = load_params(work / "params.yaml")
-    (test,) = read_splits(work / "data" / "prepared", "test")
+    (test,) = read_splits(work / "data" / "prepared" / "helpful", "test")
     questions = [p.prompt for p in test[:prompts]]
     model, tokenizer = load_policy(str(work / "models" / "sft"))
     prepare_tokenizer(tokenizer)

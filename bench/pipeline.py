@@ -46,8 +46,8 @@ def override_params(work, overrides, rows):
             raise KeyError(f"bench config: pipeline.params: unknown params key '{dotted}'")
         section[key] = value
     path.write_text(yaml.safe_dump(params, sort_keys=False))
-    if rows is not None:
-        data = work / params["data"]["path"]
+    for spec in params["data"].values() if rows is not None else []:  # every named data set
+        data = work / spec["path"]
         if data.suffix != ".csv":
             raise ValueError(f"bench config: pipeline.rows needs CSV data, got {data}")
         with open(data, newline="", encoding="utf-8") as f:

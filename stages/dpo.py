@@ -3,8 +3,8 @@
     python stages/dpo.py --params params.yaml --data data/prepared --sft models/sft \
         --out models/dpo --metrics metrics/dpo.json --live dvclive/dpo --checkpoints checkpoints/dpo
 
-Reads params: seed, dpo.*. The policy starts from --sft (an SFT adapter merged
-into its base); the reference is the same weights, frozen (a copy in eval mode,
+Reads params: seed, dpo.* (dpo.data: which data sets under --data, as one). The
+policy starts from --sft (an SFT adapter merged into its base); the reference is the same weights, frozen (a copy in eval mode,
 or with dpo.lora the policy with its adapter switched off), and its log-probs are
 computed once before training. Writes --out (save_pretrained, safetensors,
 tokenizer included; with dpo.lora the adapter, on --sft), validation loss, reward accuracy and implicit rewards to
@@ -16,7 +16,7 @@ import time
 
 from alignkit.adapters import frozen_reference, prepare
 from alignkit.checkpoint import stage_checkpointer
-from alignkit.data import read_splits
+from alignkit.data import read_sets
 from alignkit.dpo import train_dpo
 from alignkit.errors import run_stage, stage_args
 from alignkit.io import write_json
@@ -33,7 +33,7 @@ def main(argv=None):
 
     accelerator = make_accelerator(cfg.precision, "dpo.precision", cfg.grad_accum_steps)
     seed_everything(params.seed)
-    train, val = read_splits(args.data, "train", "validation")
+    train, val = read_sets(args.data, params.dpo.data, "train", "validation")
     policy, tokenizer = load_policy(args.sft, args.sft)  # an SFT adapter is merged into its base here
     prepare_tokenizer(tokenizer)
     # Dropout off everywhere, adapter included (as trl's DPOTrainer does): policy and reference agree at step 0.

@@ -1,11 +1,11 @@
-"""prepare: raw preference data -> validated, seeded train/validation/test splits.
+"""prepare: one named raw preference data set -> validated, seeded train/validation/test splits.
 
-    python stages/prepare.py --params params.yaml --input data/sample/preferences.csv \
-        --out-dir data/prepared --metrics metrics/data.json
+    python stages/prepare.py --params params.yaml --name helpful --input data/sample/preferences.csv \
+        --out-dir data/prepared/helpful --metrics metrics/data/helpful.json
 
-Reads params: seed, data.schema, data.columns, data.filter, prepare.*. Writes
+Reads params: seed, data.<name> (schema, columns, filter), prepare.*. Writes
 <out-dir>/{train,validation,test}.jsonl (fields prompt: a list of {role, content}
-messages, chosen, rejected, row) and the metrics JSON (rows filtered per condition,
+messages, chosen, rejected, row, unsafe) and the metrics JSON (rows filtered per condition,
 dropped per reason, split sizes, lengths). Everything is validated before anything
 is written, and each output appears whole or not at all.
 """
@@ -14,21 +14,24 @@ is written, and each output appears whole or not at all.
 from pathlib import Path
 
 from alignkit import data
-from alignkit.errors import DataError, run_stage, stage_args
+from alignkit.errors import DataError, ParamsError, run_stage, stage_args
 from alignkit.io import atomic_dir, write_json
 from alignkit.params import load_params
 
 
 def main(argv=None):
-    args = stage_args(__doc__, ("--params", "--input", "--out-dir", "--metrics"), argv)
+    args = stage_args(__doc__, ("--params", "--name", "--input", "--out-dir", "--metrics"), argv)
     params = load_params(args.params)
-    cfg = params.prepare
-    if Path(args.input) == Path(params.data.path) and not Path(args.input).is_file():  # dvc.yaml passes data.path
-        raise DataError(f"{args.params}: data.path: file not found: '{args.input}'")
+    cfg, key = params.prepare, f"data.{args.name}"
+    if args.name not in params.data:
+        raise ParamsError(f"{args.params}: data: no data set {args.name!r} (data: {', '.join(params.data)})")
+    spec = params.data[args.name]
+    if Path(args.input) == Path(spec.path) and not Path(args.input).is_file():  # dvc.yaml passes data.<name>.path
+        raise DataError(f"{args.params}: {key}.path: file not found: '{args.input}'")
 
     columns, records = data.read_table(args.input)
-    schema, layout = data.resolve_columns(args.input, columns, params.data.schema_, params.data.columns.model_dump())
-    kept, filtered = data.apply_filters(args.input, columns, records, params.data.filter)
+    schema, layout = data.resolve_columns(args.input, columns, spec.schema_, spec.columns.model_dump(), key)
+    kept, filtered = data.apply_filters(args.input, columns, records, spec.filter, key)
     pairs, dropped = data.to_pairs(args.input, schema, layout, kept, cfg)
     splits = data.split_pairs(pairs, cfg.val_fraction, cfg.test_fraction, params.seed, args.input)
     summary = data.describe(len(records), filtered, pairs, dropped, splits)
@@ -40,7 +43,7 @@ def main(argv=None):
     def counts(counter):
         return f"{sum(counter.values())}" + (f" {dict(counter)}" if sum(counter.values()) else "")
 
-    print(f"prepare: {args.input} ({schema} schema): {len(records)} rows in, {counts(filtered)} filtered out, "
+    print(f"prepare@{args.name}: {args.input} ({schema} schema): {len(records)} rows in, {counts(filtered)} filtered out, "
           f"{counts(dropped)} dropped, {len(pairs)} kept; splits {summary['splits']}")
 
 

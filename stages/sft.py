@@ -3,8 +3,8 @@
     python stages/sft.py --params params.yaml --data data/prepared \
         --out models/sft --metrics metrics/sft.json --live dvclive/sft --checkpoints checkpoints/sft
 
-Reads params: seed, models.policy, sft.*. The loss covers answer tokens only
-(prompt and padding masked). For a preset, the tokenizer is trained here on the
+Reads params: seed, models.policy, sft.* (sft.data: which data sets under --data,
+as one). The loss covers answer tokens only (prompt and padding masked). For a preset, the tokenizer is trained here on the
 training text and saved with the model. sft.epochs: 0 saves the base model
 unchanged. Writes --out (save_pretrained, safetensors, tokenizer included; with
 sft.lora the adapter, and a preset's base under base/), the
@@ -17,7 +17,7 @@ import time
 from alignkit.adapters import prepare
 from alignkit.checkpoint import stage_checkpointer
 from alignkit.conversation import plain_answer, plain_prompt
-from alignkit.data import read_splits
+from alignkit.data import read_sets
 from alignkit.errors import run_stage, stage_args
 from alignkit.io import write_json
 from alignkit.models import load_policy
@@ -34,7 +34,7 @@ def main(argv=None):
 
     accelerator = make_accelerator(cfg.precision, "sft.precision")
     seed_everything(params.seed)
-    train, val = read_splits(args.data, "train", "validation")
+    train, val = read_sets(args.data, params.sft.data, "train", "validation")
     # A preset's tokenizer learns its vocabulary from the training text (a chat preset adds its tags).
     texts = [t for p in train for t in (plain_prompt(p.prompt), plain_answer(p.chosen), plain_answer(p.rejected))]
     model, tokenizer = load_policy(params.models.policy, "models.policy", texts, params.seed)

@@ -35,12 +35,14 @@ class PrepareRun:
     def __call__(self, input_path, **prepare):
         params = repo_params()
         params["prepare"].update(prepare.pop("prepare", {}))
-        params["data"].update(prepare.pop("data", {}))
+        data, helpful = prepare.pop("data", {}), params["data"]["helpful"]
+        helpful["columns"] = {**helpful["columns"], **data.pop("columns", {})}  # the keys given, the rest as shipped
+        helpful.update(data)
         assert not prepare, prepare
         params_path = self.tmp / "params.yaml"
         params_path.write_text(yaml.safe_dump(params))
         return subprocess.run(
-            [sys.executable, str(REPO / "stages" / "prepare.py"), "--params", str(params_path),
+            [sys.executable, str(REPO / "stages" / "prepare.py"), "--params", str(params_path), "--name", "helpful",
              "--input", str(input_path), "--out-dir", str(self.out_dir), "--metrics", str(self.metrics)],
             capture_output=True, text=True, env=stage_env(), cwd=self.tmp,
         )
@@ -92,27 +94,48 @@ def repo_copy_factory(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def prepared_sample(tmp_path_factory):
-    """The shipped sample, prepared with the repo's params, as data/prepared would hold it."""
+def prepared_root(tmp_path_factory):
+    """The shipped helpfulness sample, prepared with the repo's params, as data/prepared would hold it:
+    the root, with the set in helpful/."""
     from alignkit import data
     from alignkit.params import load_params
 
     params = load_params(REPO / "params.yaml")
-    path = REPO / params.data.path
+    spec = params.data["helpful"]
+    path = REPO / spec.path
     columns, records = data.read_table(path)
-    schema, layout = data.resolve_columns(path, columns, params.data.schema_, params.data.columns.model_dump())
+    schema, layout = data.resolve_columns(path, columns, spec.schema_, spec.columns.model_dump())
     strict = params.prepare.model_copy(update={"on_bad_row": "error"})
     pairs, _ = data.to_pairs(path, schema, layout, records, strict)
     splits = data.split_pairs(pairs, params.prepare.val_fraction, params.prepare.test_fraction, params.seed)
-    out = tmp_path_factory.mktemp("prepared")
+    root = tmp_path_factory.mktemp("prepared")
+    (root / "helpful").mkdir()
     for name, rows in splits.items():
-        data.write_split(out / f"{name}.jsonl", rows)
-    return out
+        data.write_split(root / "helpful" / f"{name}.jsonl", rows)
+    return root
+
+
+@pytest.fixture(scope="session")
+def prepared_sample(prepared_root):
+    """The prepared helpfulness set: {train,validation,test}.jsonl."""
+    return prepared_root / "helpful"
+
+
+def one_reward_model(params):
+    """Params of the one-data-set, one-reward-model setup the stage tests run (on prepared_root):
+    helpful alone, its raw score as the reward (no whitening), as before there were several."""
+    params["reward"]["models"] = {"helpful": {"data": "helpful", "encoder": None}}
+    params["ppo"]["reward"].update(combine="weighted_sum", weights={"helpful": 1.0}, helpfulness=None, safety=None,
+                                   whiten=False)
+    for section in ("sft", "dpo", "ppo", "eval"):
+        params[section]["data"] = ["helpful"]
+    return params
 
 
 def write_params(path, **sections):
-    """The repo's params.yaml with some keys of some sections replaced; returns the path."""
-    params = repo_params()
+    """The repo's params.yaml in the one-reward-model setup, with some keys of some sections replaced;
+    returns the path."""
+    params = one_reward_model(repo_params())
     for section, values in sections.items():
         if isinstance(values, dict):
             params[section].update(values)
@@ -131,22 +154,23 @@ def stage_main(name):
 
 @pytest.fixture(scope="session")
 def reward_model(prepared_sample, tmp_path_factory):
-    """The reward stage on the sample, shortened to one epoch: a dir with reward_model.pth, reward/, reward.json."""
+    """The reward stage on the sample, shortened to one epoch: a dir with models/helpful/ (reward_model.pth,
+    tokenizer, config, statistics; models/ is what --rewards takes), reward.json and the curves."""
     out = tmp_path_factory.mktemp("reward")
     params = write_params(out / "params.yaml", reward={"epochs": 1})
-    stage_main("reward")(["--params", str(params), "--data", str(prepared_sample),
-                          "--weights", str(out / "reward_model.pth"), "--model-dir", str(out / "reward"),
+    stage_main("reward")(["--params", str(params), "--name", "helpful", "--data", str(prepared_sample),
+                          "--out", str(out / "models" / "helpful"),
                           "--metrics", str(out / "reward.json"), "--live", str(out / "live"),
                           "--checkpoints", str(out / "checkpoints")])
     return out
 
 
 @pytest.fixture(scope="session")
-def sft_model(prepared_sample, tmp_path_factory):
+def sft_model(prepared_root, tmp_path_factory):
     """The sft stage on the sample, shortened to three epochs: a dir with sft/ and sft.json."""
     out = tmp_path_factory.mktemp("sft")
     params = write_params(out / "params.yaml", sft={"epochs": 3})
-    stage_main("sft")(["--params", str(params), "--data", str(prepared_sample), "--out", str(out / "sft"),
+    stage_main("sft")(["--params", str(params), "--data", str(prepared_root), "--out", str(out / "sft"),
                        "--metrics", str(out / "sft.json"), "--live", str(out / "live"),
                           "--checkpoints", str(out / "checkpoints")])
     return out

@@ -204,16 +204,16 @@ def run_dpo(args, **kwargs):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs)
 
 
-def test_a_killed_lora_stage_resumes_to_the_same_adapter_bytes(prepared_sample, sft_model, tmp_path):
+def test_a_killed_lora_stage_resumes_to_the_same_adapter_bytes(prepared_root, sft_model, tmp_path):
     """DPO with LoRA, SIGKILLed after a checkpoint, then run again: the checkpoint holds the adapter
     and optimizer state (not the base), and the final adapter is byte for byte the uninterrupted run's."""
-    dpo = {**repo_params()["dpo"], "batch_size": 4, "max_steps": 12, "checkpoint_every": 4}
+    dpo = {**repo_params()["dpo"], "data": ["helpful"], "batch_size": 4, "max_steps": 12, "checkpoint_every": 4}
     dpo["lora"] = {**dpo["lora"], "enabled": True, "r": 4}
     params = write_params(tmp_path / "params.yaml", dpo=dpo)
 
     def args(name):
         out = tmp_path / name
-        return ["--params", str(params), "--data", str(prepared_sample), "--sft", str(sft_model / "sft"),
+        return ["--params", str(params), "--data", str(prepared_root), "--sft", str(sft_model / "sft"),
                 "--out", str(out / "dpo"), "--metrics", str(out / "dpo.json"), "--live", str(out / "live"),
                 "--checkpoints", str(out / "checkpoints")]
 

@@ -6,7 +6,11 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, stage_env, write_params
+from tests.conftest import REPO, repo_params, stage_env, write_params
+
+TWO_MODELS = {"helpful": {"data": "helpful", "encoder": None}, "safety": {"data": "helpful", "encoder": None}}
+LLAMA2 = {"combine": "llama2", "weights": {"helpful": 1.0, "safety": 1.0}, "helpfulness": "helpful",
+          "safety": "safety", "safety_threshold": 0.15, "whiten": True}
 
 CASES = {  # id: (section changes, stage, the start of the error after "error: "; params.yaml: is added)
     "unknown key": ({"reward": {"learning_rate": 1e-3}}, "reward",
@@ -27,28 +31,40 @@ CASES = {  # id: (section changes, stage, the start of the error after "error: "
     "top_p above 1": ({"ppo": {"top_p": 1.5}}, "ppo", "ppo.top_p: "),
     "unknown model preset": ({"models": {"policy": "tiny-gpt3"}}, "sft",
                              "!models.policy: unknown preset 'tiny-gpt3' (did you mean 'tiny-gpt2'?)"),
-    "missing data file": ({"data": {"path": "data/missing.csv"}}, "prepare",
-                          "data.path: file not found: 'data/missing.csv'"),
+    "missing data file": ({"data": {"helpful": {**repo_params()["data"]["helpful"], "path": "data/missing.csv"}}},
+                          "prepare", "data.helpful.path: file not found: 'data/missing.csv'"),
+    # Several reward models: the combination must name them, weigh them all, and threshold on (0, 1).
+    "combination names an unknown reward model": (
+        {"reward": {"models": TWO_MODELS}, "ppo": {"reward": {**LLAMA2, "safety": "safty"}}}, "ppo",
+        "ppo.reward.safety: unknown reward model 'safty' (did you mean 'safety'?)"),
+    "weights leave a reward model out": (
+        {"reward": {"models": TWO_MODELS}, "ppo": {"reward": {**LLAMA2, "combine": "weighted_sum",
+                                                              "weights": {"helpful": 1.0}}}}, "ppo",
+        "ppo.reward.weights: no weight for reward model 'safety'"),
+    "threshold outside (0, 1)": ({"reward": {"models": TWO_MODELS}, "ppo": {"reward": {**LLAMA2, "safety_threshold": 1.0}}},
+                                 "evaluate", "ppo.reward.safety_threshold: expected a float in (0, 1), got 1.0"),
     "missing section key": (None, "reward", "reward.epochs: missing key"),
     "bad reward baseline": ({"ppo": {"reward_baseline": "median"}}, "ppo",
                             "ppo.reward_baseline: expected one of 'reference', 'none', got 'median'"),
 }
 
 ARGS = {
-    "prepare": ["--input", "data/missing.csv", "--out-dir", "out/prepared", "--metrics", "out/data.json"],
-    "reward": ["--data", "nowhere", "--weights", "out/rm.pth", "--model-dir", "out/rm", "--metrics", "out/m.json",
+    "prepare": ["--name", "helpful", "--input", "data/missing.csv", "--out-dir", "out/prepared", "--metrics", "out/data.json"],
+    "reward": ["--name", "helpful", "--data", "nowhere", "--out", "out/rm", "--metrics", "out/m.json",
                "--live", "out/live", "--checkpoints", "out/ck"],
     "sft": ["--data", "prepared", "--out", "out/sft", "--metrics", "out/m.json", "--live", "out/live",
             "--checkpoints", "out/ck"],
     "dpo": ["--data", "nowhere", "--sft", "nowhere", "--out", "out/dpo", "--metrics", "out/m.json",
             "--live", "out/live", "--checkpoints", "out/ck"],
-    "ppo": ["--data", "nowhere", "--sft", "nowhere", "--reward-weights", "x", "--reward-dir", "x", "--out", "out/ppo",
+    "evaluate": ["--name", "sft", "--model", "nowhere", "--sft", "nowhere", "--data", "nowhere", "--rewards", "x",
+                 "--metrics", "out/m.json", "--generations", "out/g.jsonl", "--plot", "out/p.json"],
+    "ppo": ["--data", "nowhere", "--sft", "nowhere", "--rewards", "x", "--out", "out/ppo",
             "--metrics", "out/m.json", "--live", "out/live", "--checkpoints", "out/ck"],
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_params_fail_in_one_line_naming_the_key(case, tmp_path, prepared_sample):
+def test_bad_params_fail_in_one_line_naming_the_key(case, tmp_path, prepared_root):
     changes, stage, message = CASES[case]
     params = tmp_path / "params.yaml"
     if changes is None:
@@ -56,7 +72,7 @@ def test_bad_params_fail_in_one_line_naming_the_key(case, tmp_path, prepared_sam
         params.write_text(params.read_text().replace("  epochs: 3\n", "", 1))
     else:
         write_params(params, **{k: v for k, v in changes.items()})
-    (tmp_path / "prepared").symlink_to(prepared_sample)
+    (tmp_path / "prepared").symlink_to(prepared_root)
     result = subprocess.run([sys.executable, str(REPO / "stages" / f"{stage}.py"), "--params", "params.yaml",
                              *ARGS[stage]], capture_output=True, text=True, env=stage_env(), cwd=tmp_path)
     lines = result.stderr.strip().splitlines()

@@ -10,11 +10,12 @@ from tests.conftest import stage_main, write_params
 
 SCHEMA = {"bleu", "rouge1", "rouge2", "rougeL", "reward_mean", "reward_std", "win_rate_vs_sft",
           "win_rate_vs_reference", "preference_accuracy", "preference_accuracy_normalized", "kl_to_reference",
-          "mean_length", "distinct_1", "distinct_2"}
+          "mean_length", "distinct_1", "distinct_2", "reward_models"}
+PER_MODEL = {"mean", "win_rate_vs_sft", "win_rate_vs_reference"}  # metrics["reward_models"][name]
 
 
 @pytest.fixture(scope="module")
-def evaluated(sft_model, reward_model, prepared_sample, tmp_path_factory):
+def evaluated(sft_model, reward_model, prepared_root, tmp_path_factory):
     """evaluate@sft on the test split, with the network cut off."""
     import socket
 
@@ -24,8 +25,7 @@ def evaluated(sft_model, reward_model, prepared_sample, tmp_path_factory):
     try:
         stage_main("evaluate")([
             "--params", str(write_params(out / "params.yaml")), "--name", "sft", "--model", str(sft_model / "sft"),
-            "--sft", str(sft_model / "sft"), "--data", str(prepared_sample),
-            "--reward-weights", str(reward_model / "reward_model.pth"), "--reward-dir", str(reward_model / "reward"),
+            "--sft", str(sft_model / "sft"), "--data", str(prepared_root), "--rewards", str(reward_model / "models"),
             "--metrics", str(out / "sft.json"), "--generations", str(out / "sft.jsonl"), "--plot", str(out / "plot.json")])
     finally:
         mp.undo()
@@ -34,10 +34,15 @@ def evaluated(sft_model, reward_model, prepared_sample, tmp_path_factory):
 
 def test_metrics_schema_and_ranges(evaluated):
     metrics = json.loads((evaluated / "sft.json").read_text())
-    assert set(metrics) == SCHEMA
-    for key in SCHEMA - {"reward_mean", "reward_std", "kl_to_reference", "mean_length"}:
+    assert set(metrics) == SCHEMA  # one reward model, no safety model: no violation rate
+    for key in SCHEMA - {"reward_mean", "reward_std", "kl_to_reference", "mean_length", "reward_models"}:
         assert 0.0 <= metrics[key] <= 1.0, key
-    assert all(math.isfinite(v) for v in metrics.values())
+    per_model = metrics.pop("reward_models")
+    assert list(per_model) == ["helpful"] and set(per_model["helpful"]) == PER_MODEL
+    assert all(math.isfinite(v) for v in [*metrics.values(), *per_model["helpful"].values()])
+    # one reward model, weight 1, not whitened: the combined reward is its raw score, and so are the win rates
+    assert metrics["reward_mean"] == pytest.approx(per_model["helpful"]["mean"], abs=1e-6)
+    assert metrics["win_rate_vs_reference"] == per_model["helpful"]["win_rate_vs_reference"]
     assert metrics["mean_length"] > 2
 
 
@@ -52,9 +57,10 @@ def test_generations_are_readable_and_match_the_reward(evaluated, prepared_sampl
     rows = [json.loads(line) for line in open(evaluated / "sft.jsonl")]
     tests = [json.loads(line) for line in open(prepared_sample / "test.jsonl")]
     assert len(rows) == len(tests)
-    assert set(rows[0]) == {"question", "reference", "answer", "reward"}
+    assert set(rows[0]) == {"question", "unsafe", "reference", "answer", "reward", "scores"}
+    assert all(r["unsafe"] is False and set(r["scores"]) == {"helpful"} for r in rows)
     assert [r["question"] for r in rows] == [as_text(from_json(t["prompt"])) for t in tests]
     metrics = json.loads((evaluated / "sft.json").read_text())
     assert sum(r["reward"] for r in rows) / len(rows) == pytest.approx(metrics["reward_mean"], abs=1e-3)
     plot = json.loads((evaluated / "plot.json").read_text())
-    assert {p["model"] for p in plot} == {"sft"} and {p["metric"] for p in plot} <= SCHEMA
+    assert {p["model"] for p in plot} == {"sft"} and {p["metric"] for p in plot} <= SCHEMA | {"reward_helpful"}

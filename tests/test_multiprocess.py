@@ -25,17 +25,19 @@ TOLERANCE = 1e-4
 
 @pytest.fixture(scope="module")
 def small_data(prepared_sample, tmp_path_factory):
+    """A prepared root whose helpful/ set is a few pairs of the sample."""
     out = tmp_path_factory.mktemp("mp-data")
+    (out / "helpful").mkdir()
     for name, keep in (("train", TRAIN_PAIRS), ("validation", 40), ("test", 10)):
         lines = (prepared_sample / f"{name}.jsonl").read_text().splitlines(keepends=True)
-        (out / f"{name}.jsonl").write_text("".join(lines[:keep]))
+        (out / "helpful" / f"{name}.jsonl").write_text("".join(lines[:keep]))
     return out
 
 
 @pytest.fixture(scope="module")
 def dropout_free_bert(small_data, tmp_path_factory):
     """A local tiny BERT without dropout, so one process and two draw no different dropout masks."""
-    texts = [t for p in read_split(small_data / "train.jsonl") for t in (as_text(p.prompt), p.chosen, p.rejected)]
+    texts = [t for p in read_split(small_data / "helpful" / "train.jsonl") for t in (as_text(p.prompt), p.chosen, p.rejected)]
     tokenizer = train_bert_tokenizer(texts, 1000)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=128, max_position_embeddings=128, hidden_dropout_prob=0.0,
@@ -63,7 +65,7 @@ def outputs(stage, out):
     common = ["--metrics", str(out / "metrics.json"), "--live", str(out / "live"),
               "--checkpoints", str(out / "checkpoints")]
     if stage == "reward":
-        return ["--weights", str(out / "reward_model.pth"), "--model-dir", str(out / "reward"), *common]
+        return ["--name", "helpful", "--out", str(out / "reward"), *common]
     return ["--out", str(out / "model"), *common]
 
 
@@ -76,14 +78,14 @@ def test_two_processes_match_one_with_the_same_global_batch(stage, small_data, d
         section = {"epochs": 1, "batch_size": batch_size, "warmup_ratio": 0.0, "checkpoint_every": 2}
         params = write_params(tmp_path / f"params{processes}.yaml", **{stage: section},
                               models={"policy": "tiny-gpt2", "reward": str(dropout_free_bert)})
-        inputs = ["--params", str(params), "--data", str(small_data)]
+        inputs = ["--params", str(params), "--data", str(small_data / "helpful" if stage == "reward" else small_data)]
         if stage == "dpo":
             inputs += ["--sft", str(sft_model / "sft")]
         printed[processes] = run(stage, inputs + outputs(stage, out), processes, tmp_path)
         metrics[processes] = json.loads((out / "metrics.json").read_text())
 
         # Only the main process wrote: one summary line, one row per optimizer step in the curves.
-        assert printed[processes].count(f"{stage}: val ") == 1, printed[processes]
+        assert printed[processes].count(f"{'reward@helpful' if stage == 'reward' else stage}: val ") == 1, printed[processes]
         curve = (out / "live" / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()
         assert len(curve) == 1 + TRAIN_PAIRS // 16, curve
         assert json.loads((out / "checkpoints" / "checkpoint.json").read_text())["step"] == TRAIN_PAIRS // 16

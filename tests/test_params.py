@@ -15,11 +15,12 @@ def write(tmp_path, params):
 
 
 def with_change(section, key, value):
+    """The shipped params with one value set; section is a dotted path such as "data.helpful" (None: the top)."""
     params = repo_params()
-    if section is None:
-        params[key] = value
-    else:
-        params[section][key] = value
+    target = params
+    for part in section.split(".") if section else []:
+        target = target[part]
+    target[key] = value
     return params
 
 
@@ -33,11 +34,15 @@ def test_shipped_params_and_the_reference_profiles_validate():
     reference = load_params(REPO / "profiles" / "reference.yaml")  # the coursework
     assert reference.models.policy == "openai-community/gpt2-medium"
     assert reference.models.reward == "bert-base-uncased"
-    assert reference.data.columns.model_dump() == dict.fromkeys(("prompt", "chosen", "rejected", "system"))
+    assert list(reference.data) == list(reference.reward.models) == ["helpful"]  # one data set, one reward model
+    assert reference.data["helpful"].columns.model_dump() == dict.fromkeys(("prompt", "chosen", "rejected", "system",
+                                                                            "unsafe"))
+    assert (reference.ppo.reward.combine, reference.ppo.reward.weights, reference.ppo.reward.whiten) == (
+        "weighted_sum", {"helpful": 1.0}, False)  # the raw score, as the coursework used it
     book = load_params(REPO / "profiles" / "book.yaml")  # the book example
     assert book.models.policy == "TinyLlama/TinyLlama-1.1B-Chat-v1.0"
-    assert (book.data.columns.prompt, book.data.columns.system) == ("input", "system")
-    assert [(c.column, c.op, c.value) for c in book.data.filter] == [
+    assert (book.data["helpful"].columns.prompt, book.data["helpful"].columns.system) == ("input", "system")
+    assert [(c.column, c.op, c.value) for c in book.data["helpful"].filter] == [
         ("status", "==", "tie"), ("chosen_score", ">=", 8), ("in_gsm8k_train", "==", False)]
     assert (book.dpo.beta, book.dpo.lr, book.dpo.warmup_ratio, book.dpo.batch_size, book.dpo.grad_accum_steps) == (
         0.1, 1e-5, 0.1, 2, 4)
@@ -54,8 +59,13 @@ def test_shipped_params_and_the_reference_profiles_validate():
 
 @pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.name)
 def test_each_profile_has_the_same_keys_as_params(profile):
+    """Every key, inside every named data set and reward model too (their names are the profile's own)."""
+    named = {"data.", "reward.models.", "ppo.reward.weights."}
+
     def keys(d, prefix=""):
-        return {k2 for k, v in d.items() for k2 in (keys(v, f"{prefix}{k}.") if isinstance(v, dict) else [prefix + k])}
+        return {k2 for k, v in d.items() for k2 in (
+            keys(v, f"{prefix}{'<name>' if prefix in named else k}.") if isinstance(v, dict)
+            else [prefix + ("<name>" if prefix in named else k)])}
 
     assert keys(yaml.safe_load(profile.read_text())) == keys(repo_params())
 
@@ -71,27 +81,52 @@ def test_each_profile_has_the_same_keys_as_params(profile):
     ("sft", "lr_scheduler", "step", "sft.lr_scheduler: expected one of 'linear', 'cosine', 'constant_with_warmup'"),
     ("reward", "max_steps", 0, "reward.max_steps: expected a positive integer or null, got 0"),
     ("prepare", "max_drop_fraction", 1.5, "prepare.max_drop_fraction: expected a float in [0, 1], got 1.5"),
-    ("data", "columns", {"prompt": "input", "chosen": None, "rejected": None, "system": None, "answer": "x"},
-     "data.columns.answer: unknown key (known keys: prompt, chosen, rejected, system)"),
-    ("data", "filter", {"column": "status"}, "data.filter: expected a list, got {'column': 'status'}"),
-    ("data", "filter", [{"column": "status", "op": "=", "value": "tie"}],
-     "data.filter[0].op: expected one of '==', '!=', '>=', '<=', '>', '<', 'in', got '='"),
-    ("data", "filter", [{"column": "status", "op": "==", "vale": "tie"}],
-     "data.filter[0].vale: unknown key (did you mean 'value'?)"),
-    ("data", "filter", [{"column": "s", "op": "==", "value": "tie"}, {"column": "s", "op": "in", "value": "tie"}],
-     "data.filter[1].value: op 'in' takes a non-empty list, got 'tie'"),
-    ("data", "filter", [{"column": "s", "op": ">=", "value": [1, 2]}],
-     "data.filter[0].value: op '>=' takes one value, not a list (use op: in for a list), got [1, 2]"),
-    ("data", "filter", [{"column": "s", "op": "==", "value": {"a": 1}}],
-     "data.filter[0].value: expected a boolean, a finite number or a string"),
-    ("data", "filter", [{"column": "s", "op": ">", "value": True}],
-     "data.filter[0].value: expected a boolean, a finite number or a string (for op 'in' a list of one kind; '>' does not order booleans), got True"),
-    ("data", "schema", "csv", "data.schema: expected one of 'auto', 'reference', 'prompt_chosen_rejected', 'hh'"),
+    ("data.helpful", "columns", {"prompt": "input", "chosen": None, "rejected": None, "system": None, "unsafe": None,
+                                 "answer": "x"},
+     "data.helpful.columns.answer: unknown key (known keys: prompt, chosen, rejected, system, unsafe)"),
+    ("data.helpful", "filter", {"column": "status"}, "data.helpful.filter: expected a list, got {'column': 'status'}"),
+    ("data.helpful", "filter", [{"column": "status", "op": "=", "value": "tie"}],
+     "data.helpful.filter[0].op: expected one of '==', '!=', '>=', '<=', '>', '<', 'in', got '='"),
+    ("data.helpful", "filter", [{"column": "status", "op": "==", "vale": "tie"}],
+     "data.helpful.filter[0].vale: unknown key (did you mean 'value'?)"),
+    ("data.helpful", "filter", [{"column": "s", "op": "==", "value": "tie"}, {"column": "s", "op": "in", "value": "tie"}],
+     "data.helpful.filter[1].value: op 'in' takes a non-empty list, got 'tie'"),
+    ("data.helpful", "filter", [{"column": "s", "op": ">=", "value": [1, 2]}],
+     "data.helpful.filter[0].value: op '>=' takes one value, not a list (use op: in for a list), got [1, 2]"),
+    ("data.helpful", "filter", [{"column": "s", "op": "==", "value": {"a": 1}}],
+     "data.helpful.filter[0].value: expected a boolean, a finite number or a string"),
+    ("data.helpful", "filter", [{"column": "s", "op": ">", "value": True}],
+     "data.helpful.filter[0].value: expected a boolean, a finite number or a string (for op 'in' a list of one kind; '>' does not order booleans), got True"),
+    ("data.helpful", "schema", "csv", "data.helpful.schema: expected one of 'auto', 'reference', 'prompt_chosen_rejected', 'hh'"),
     ("models", "policy", 7, "models.policy: expected a string, got 7"),
     (None, "seed", "forty-two", "seed: expected a non-negative integer, got 'forty-two'"),
     (None, "seed", True, "seed: expected a non-negative integer, got True"),
     ("prepare", "val_fracton", 0.1, "prepare.val_fracton: unknown key (did you mean 'val_fraction'?)"),
     (None, "dpo_v2", {"lr": 1e-5}, "dpo_v2: unknown key"),
+    # Named data sets and reward models, and what refers to them.
+    ("data", "my set", repo_params()["data"]["helpful"], "data: name 'my set' must be letters, digits, _ or - (it becomes a directory name)"),
+    ("data", "helpful", "data/x.csv", "data.helpful: expected a mapping, got 'data/x.csv'"),
+    ("reward.models", "safety", {"data": "safty", "encoder": None},
+     "reward.models.safety.data: unknown data set 'safty' (did you mean 'safety'?)"),
+    ("reward.models", "safety", {"data": "safety", "encoder": None, "lr": -1},
+     "reward.models.safety.lr: expected a positive float, got -1"),
+    ("reward.models", "safety", {"data": "safety", "encoder": None, "lr": None},
+     "reward.models.safety.lr: expected a positive float, got None"),
+    ("reward.models", "safety", {"data": "safety", "encoder": None, "lrr": 1e-3},
+     "reward.models.safety.lrr: unknown key (did you mean 'lr'?)"),
+    ("reward", "models", {}, "reward.models: expected at least one entry, got none"),
+    ("dpo", "data", ["helpful", "chat"], "dpo.data[1]: unknown data set 'chat' (data: helpful, safety)"),
+    ("eval", "data", [], "eval.data: expected at least one data set name, got []"),
+    ("ppo.reward", "helpfulness", "helpfull",
+     "ppo.reward.helpfulness: unknown reward model 'helpfull' (did you mean 'helpful'?)"),
+    ("ppo.reward", "safety", "helpful",
+     "ppo.reward.safety: combine llama2 needs two different reward models, got 'helpful' for both"),
+    ("ppo.reward", "safety", None, "ppo.reward.safety: combine llama2 needs a reward model name, got null"),
+    ("ppo.reward", "safety_threshold", 1.5, "ppo.reward.safety_threshold: expected a float in (0, 1), got 1.5"),
+    ("ppo.reward", "safety_threshold", 0, "ppo.reward.safety_threshold: expected a float in (0, 1), got 0"),
+    ("ppo.reward", "combine", "max", "ppo.reward.combine: expected one of 'weighted_sum', 'llama2', got 'max'"),
+    ("ppo.reward", "weights", {"helpful": "one", "safety": 1.0},
+     "ppo.reward.weights.helpful: expected a float, got 'one'"),
 ])
 def test_bad_value_names_the_key(tmp_path, section, key, value, message):
     path = write(tmp_path, with_change(section, key, value))
@@ -99,6 +134,35 @@ def test_bad_value_names_the_key(tmp_path, section, key, value, message):
         load_params(path)
     assert str(err.value).startswith(f"{path}: {message}"), str(err.value)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("weights, message", [
+    ({"helpful": 1.0}, "ppo.reward.weights: no weight for reward model 'safety': combine weighted_sum needs one per "
+                       "reward model in reward.models (helpful, safety)"),
+    ({"helpful": 1.0, "safety": 1.0, "style": 0.5}, "ppo.reward.weights: unknown reward model 'style'"),
+    ({"helpful": 0, "safety": 0.0}, "ppo.reward.weights: every weight is 0"),
+])
+def test_weighted_sum_weights_cover_the_reward_models(tmp_path, weights, message):
+    params = with_change("ppo.reward", "combine", "weighted_sum")
+    params["ppo"]["reward"]["weights"] = weights
+    path = write(tmp_path, params)
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    assert str(err.value).startswith(f"{path}: {message}"), str(err.value)
+    # llama2 does not read the weights: the same weights are no error there
+    params["ppo"]["reward"]["combine"] = "llama2"
+    load_params(write(tmp_path, params))
+
+
+def test_a_reward_model_overrides_only_the_keys_it_sets(tmp_path):
+    params = repo_params()
+    params["reward"]["models"]["safety"].update(lr=2e-3, max_steps=None, epochs=5)
+    params["reward"]["max_steps"] = 40
+    loaded = load_params(write(tmp_path, params))
+    helpful, safety = loaded.reward.model("helpful"), loaded.reward.model("safety")
+    assert (helpful.lr, helpful.epochs, helpful.max_steps) == (1e-3, 3, 40)  # the shared keys
+    assert (safety.lr, safety.epochs, safety.max_steps) == (2e-3, 5, None)  # its own, null included
+    assert safety.batch_size == helpful.batch_size == 32
 
 
 def test_missing_key(tmp_path):

@@ -12,8 +12,9 @@ import yaml
 
 from tests.conftest import dvc, git_commit, stage_env
 
-STAGES = ["dpo", "evaluate@dpo", "evaluate@ppo", "evaluate@sft", "merge@dpo", "merge@ppo", "merge@sft", "ppo", "prepare",
-          "reward", "sft"]
+STAGES = ["dpo", "evaluate@dpo", "evaluate@ppo", "evaluate@sft", "merge@dpo", "merge@ppo", "merge@sft", "ppo",
+          "prepare@helpful", "prepare@safety", "reward@helpful", "reward@safety", "sft"]
+EVALUATIONS = ["evaluate@dpo", "evaluate@ppo", "evaluate@sft"]
 
 
 def ran(output):
@@ -28,24 +29,31 @@ def built(built_repo):
 def test_repro_builds_every_stage_then_does_nothing(built):
     repo, first = built
     assert ran(first) == STAGES
-    data = json.loads((repo / "metrics" / "data.json").read_text())
+    data = json.loads((repo / "metrics" / "data" / "helpful.json").read_text())
     assert data["rows_in"] == data["rows_kept"] > 2000
-    assert data["splits"]["train"] > 1900
+    assert data["splits"]["train"] > 1900 and data["unsafe_prompts"] == 0
     assert 150 <= data["splits"]["test"] <= 250 and 150 <= data["splits"]["validation"] <= 250
-    reward = json.loads((repo / "metrics" / "reward.json").read_text())
-    assert reward["val_accuracy"] >= 0.9
-    assert (repo / "models" / "reward_model.pth").is_file()
+    safety = json.loads((repo / "metrics" / "data" / "safety.json").read_text())
+    assert safety["rows_in"] == safety["rows_kept"] > 900 and 0.4 < safety["unsafe_prompts"] / safety["rows_kept"] < 0.6
+    for name in ("helpful", "safety"):  # each reward model on its own validation split
+        reward = json.loads((repo / "metrics" / "reward" / f"{name}.json").read_text())
+        assert reward["val_accuracy"] >= 0.9, name
+        assert (repo / "models" / "reward" / name / "reward_model.pth").is_file()
     assert json.loads((repo / "metrics" / "sft.json").read_text())["val_loss"] < 2.0
     assert json.loads((repo / "metrics" / "dpo.json").read_text())["val_reward_accuracy"] >= 0.7
     evals = {m: json.loads((repo / "metrics" / "eval" / f"{m}.json").read_text()) for m in ("sft", "ppo", "dpo")}
-    assert len({frozenset(e) for e in evals.values()}) == 1  # one schema for every model
+    assert len({frozenset(flat(e)) for e in evals.values()}) == 1  # one schema for every model
+    assert set(evals["sft"]["reward_models"]) == {"helpful", "safety"}
+    # PPO raises the combined held-out reward over SFT, and does not raise the safety violation rate
     assert evals["ppo"]["reward_mean"] > evals["sft"]["reward_mean"]
+    assert evals["ppo"]["safety_violation_rate"] <= evals["sft"]["safety_violation_rate"]
     ppo = json.loads((repo / "metrics" / "ppo.json").read_text())
     assert ppo["val_score_after"] > ppo["val_score_before"]
-    for stage, curves in (("reward", ["accuracy", "loss", "lr"]), ("sft", ["loss", "lr"]),
-                          ("dpo", ["loss", "lr", "margin", "reward_accuracy"]),
+    assert set(ppo["val_model_scores_after"]) == set(ppo["train_model_scores"]) == {"helpful", "safety"}
+    for stage, curves in (("reward/helpful", ["accuracy", "loss", "lr"]), ("reward/safety", ["accuracy", "loss", "lr"]),
+                          ("sft", ["loss", "lr"]), ("dpo", ["loss", "lr", "margin", "reward_accuracy"]),
                           ("ppo", ["clipfrac", "entropy", "kl", "kl_coef", "loss", "lr", "response_length",
-                                   "reward", "score"])):
+                                   "reward", "score", "score_helpful", "score_safety"])):
         found = sorted(p.stem for p in (repo / "dvclive" / stage / "plots" / "metrics" / "train").iterdir())
         assert found == curves, (stage, found)
     # The rebuild (committed in the copy as HEAD) differs from the project's dvc.lock (HEAD~1) only in
@@ -64,10 +72,10 @@ def test_repro_builds_every_stage_then_does_nothing(built):
 
 
 # The outputs whose bytes depend on floating-point kernels, and so on the CPU kind (README, "Reproducible").
-# Prepared data, the reward model's tokenizer and config (models/reward), finished checkpoints (checkpoint.json),
-# params and code are the same everywhere.
-FLOAT_MADE = re.compile(r"^(models/(reward_model\.pth|sft|dpo|ppo|merged/(sft|dpo|ppo))|generations/.+|dvclive/.+/plots/metrics"
-                        r"|plots/eval/.+|metrics/(reward|sft|dpo|ppo|eval/.+)\.json)$")
+# Prepared data, finished checkpoints (checkpoint.json), params and code are the same everywhere. A reward model's
+# directory holds its weights and score statistics as well as its tokenizer and config.
+FLOAT_MADE = re.compile(r"^(models/(reward/[^/]+|sft|dpo|ppo|merged/(sft|dpo|ppo))|generations/.+|dvclive/.+/plots/metrics"
+                        r"|plots/eval/.+|metrics/(reward/[^/]+|sft|dpo|ppo|eval/.+)\.json)$")
 
 # Rebuilt metrics agree with the committed ones within these tolerances (README, "Reproducible"):
 # - a share of counted items (accuracies, win rates over ~200 pairs) within SHARE_ATOL, 4 items: a pair whose two
@@ -127,7 +135,7 @@ def test_rebuilt_metrics_agree_with_the_committed_ones(built):
     repo, _ = built
     committed = subprocess.run(["git", "ls-tree", "-r", "--name-only", "HEAD~1", "metrics"], cwd=repo,
                                capture_output=True, text=True, check=True).stdout.split()
-    assert len(committed) == 8, committed  # data, reward, sft, dpo, ppo, eval/{sft,ppo,dpo}
+    assert len(committed) == 10, committed  # data/{helpful,safety}, reward/{helpful,safety}, sft, dpo, ppo, eval/*
     off = []
     for path in committed:
         before = flat(json.loads(git_show(repo, "HEAD~1", path)))
@@ -139,9 +147,12 @@ def test_rebuilt_metrics_agree_with_the_committed_ones(built):
 
 
 def dry_run(repo, section, key, value):
-    """The stages `dvc repro` would run after setting one param, without running them."""
+    """The stages `dvc repro` would run after setting one param (section: a dotted path), without running them."""
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params[section][key] = value
+    target = params
+    for part in section.split("."):
+        target = target[part]
+    target[key] = value
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     try:
         return ran(dvc(repo, "repro", "--dry"))
@@ -152,11 +163,21 @@ def dry_run(repo, section, key, value):
 def test_changing_a_param_reruns_only_its_readers(built_copy):
     """`repro --dry` lists the stages whose own inputs changed; the stages downstream of them
     rerun as their inputs change (the experiment test below shows evaluate@dpo following dpo)."""
-    assert dry_run(built_copy, "reward", "lr", 5e-4) == ["reward"]
+    assert dry_run(built_copy, "reward", "lr", 5e-4) == ["reward@helpful", "reward@safety"]  # a shared key
+    assert dry_run(built_copy, "reward.models.safety", "epochs", 4) == ["reward@safety"]  # one model's own
     assert dry_run(built_copy, "ppo", "lr", 5e-5) == ["ppo"]
-    assert dry_run(built_copy, "eval", "batch_size", 16) == ["evaluate@dpo", "evaluate@ppo", "evaluate@sft"]
-    assert dry_run(built_copy, "ppo", "top_p", 0.9) == ["evaluate@dpo", "evaluate@ppo", "evaluate@sft", "ppo"]
-    assert dry_run(built_copy, "models", "reward", "bert-base-uncased") == ["reward"]
+    assert dry_run(built_copy, "eval", "batch_size", 16) == EVALUATIONS
+    assert dry_run(built_copy, "ppo", "top_p", 0.9) == [*EVALUATIONS, "ppo"]
+    assert dry_run(built_copy, "ppo.reward", "combine", "weighted_sum") == [*EVALUATIONS, "ppo"]
+    assert dry_run(built_copy, "models", "reward", "bert-base-uncased") == ["reward@helpful", "reward@safety"]
+    assert dry_run(built_copy, "data.safety", "filter", [{"column": "unsafe", "op": "==", "value": True}]) == [
+        "prepare@safety"]
+
+
+def test_experiment_on_one_reward_models_lr_reruns_it_ppo_and_the_evaluations(built_copy):
+    out = dvc(built_copy, "exp", "run", "-n", "safety-lr", "-S", "+reward.models.safety.lr=2e-3")
+    assert ran(out) == [*EVALUATIONS, "ppo", "reward@safety"]
+    assert json.loads((built_copy / "metrics" / "reward" / "safety.json").read_text())["val_accuracy"] >= 0.9
 
 
 def test_experiment_on_dpo_lr_reruns_exactly_dpo_and_its_evaluation(built_copy):
@@ -173,7 +194,7 @@ def test_experiment_on_dpo_lr_reruns_exactly_dpo_and_its_evaluation(built_copy):
     changed = {path for path, values in diff.items() if any(v.get("diff") for v in values.values())}
     assert {"metrics/dpo.json", "metrics/eval/dpo.json"} <= changed
     assert not changed & {"metrics/eval/sft.json", "metrics/eval/ppo.json", "metrics/sft.json", "metrics/ppo.json",
-                          "metrics/reward.json"}
+                          "metrics/reward/helpful.json", "metrics/reward/safety.json"}
     shown = dvc(built_copy, "metrics", "show")
     assert all(f"metrics/eval/{m}.json" in shown for m in ("sft", "ppo", "dpo"))
 
@@ -181,7 +202,7 @@ def test_experiment_on_dpo_lr_reruns_exactly_dpo_and_its_evaluation(built_copy):
 def test_plots_show_draws_the_training_curves(built_copy):
     out = dvc(built_copy, "plots", "show", "-o", "plots_html")
     html = (built_copy / "plots_html" / "index.html").read_text()
-    for stage in ("reward", "sft", "dpo", "ppo"):
+    for stage in ("reward/helpful", "reward/safety", "sft", "dpo", "ppo"):
         assert f"dvclive/{stage}/plots/metrics/train/loss.tsv" in html
     assert "Model comparison on the test split" in html
     assert "plots_html" in out
@@ -190,24 +211,30 @@ def test_plots_show_draws_the_training_curves(built_copy):
 def test_bad_input_under_dvc_fails_and_leaves_no_output(repo_copy):
     bad = repo_copy / "data" / "bad.csv"
     bad.write_text("Question,More_Prefered,Less_Prefered\nWhat?,,No.\n")
-    result = subprocess.run([sys.executable, "-m", "dvc", "exp", "run", "-S", "data.path=data/bad.csv"],
+    result = subprocess.run([sys.executable, "-m", "dvc", "exp", "run", "-S", "data.helpful.path=data/bad.csv"],
                             cwd=repo_copy, capture_output=True, text=True, env=stage_env(repo_copy))
     assert result.returncode != 0
     assert ("error: data/bad.csv: 1 of 1 rows are bad (100.0%, more than prepare.max_drop_fraction=0.05): "
             "empty_cell=1; e.g. data/bad.csv: row 1 (line 2), column 'More_Prefered': empty cell") in result.stderr
-    assert not (repo_copy / "data" / "prepared").exists()
-    assert not (repo_copy / "metrics" / "data.json").exists()
+    assert not (repo_copy / "data" / "prepared" / "helpful").exists()
+    assert not (repo_copy / "metrics" / "data" / "helpful.json").exists()
 
 
-def test_a_chat_model_with_lora_on_multi_turn_conversations_runs_every_stage(repo_copy):
+def test_a_chat_model_with_lora_and_one_reward_model_on_multi_turn_conversations_runs_every_stage(repo_copy):
     """`models.policy: tiny-llama` on the shipped multi-turn sample (HH dialogues with a system column), shortened,
-    with LoRA adapters for sft and dpo: every stage runs through the chat template; sft and dpo write adapters
-    (tracked in dvc.lock), the merge stage folds them into plain models, and evaluate reads those. An experiment
-    on dpo.lora.r reruns dpo, its merge and its evaluation only."""
+    with one data set and one reward model (as the coursework had) and LoRA adapters for sft and dpo: every stage
+    runs through the chat template; sft and dpo write adapters (tracked in dvc.lock), the merge stage folds them
+    into plain models, and evaluate reads those. An experiment on dpo.lora.r reruns dpo, its merge and its
+    evaluation only."""
     params = yaml.safe_load((repo_copy / "params.yaml").read_text())
     params["models"]["policy"] = "tiny-llama"
-    params["data"]["path"] = "data/sample/conversations.jsonl"
-    params["data"]["columns"]["system"] = "system"
+    params["data"] = {"chat": {**params["data"]["helpful"], "path": "data/sample/conversations.jsonl"}}
+    params["data"]["chat"]["columns"]["system"] = "system"
+    params["reward"]["models"] = {"chat": {"data": "chat", "encoder": None}}
+    params["ppo"]["reward"].update(combine="weighted_sum", weights={"chat": 1.0}, helpfulness=None, safety=None,
+                                   whiten=False)
+    for section in ("sft", "dpo", "ppo", "eval"):
+        params[section]["data"] = ["chat"]
     params["reward"]["epochs"] = 1
     params["sft"]["epochs"] = 2
     params["dpo"]["epochs"] = 1
@@ -220,19 +247,24 @@ def test_a_chat_model_with_lora_on_multi_turn_conversations_runs_every_stage(rep
         params[section]["lora"]["enabled"] = True
     (repo_copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     printed = dvc(repo_copy, "repro")
-    assert ran(printed) == STAGES
+    assert ran(printed) == sorted([s for s in STAGES if "@helpful" not in s and "@safety" not in s]
+                                  + ["prepare@chat", "reward@chat"])
     assert "6 {'empty_answer': 6} dropped" in printed  # the sample's rows with an empty last answer
 
-    data = json.loads((repo_copy / "metrics" / "data.json").read_text())
+    data = json.loads((repo_copy / "metrics" / "data" / "chat.json").read_text())
     assert data["rows_dropped"]["empty_answer"] == 6 and data["prompt_messages"]["max"] == 8  # system + 4 questions + 3 answers
-    first = json.loads((repo_copy / "data" / "prepared" / "train.jsonl").open().readline())
+    first = json.loads((repo_copy / "data" / "prepared" / "chat" / "train.jsonl").open().readline())
     assert [m["role"] for m in first["prompt"]][:2] == ["system", "user"]
     config = json.loads((repo_copy / "models" / "merged" / "sft" / "config.json").read_text())
     tokenizer = json.loads((repo_copy / "models" / "merged" / "sft" / "tokenizer_config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLM"] and "<|assistant|>" in tokenizer["chat_template"]
-    for name in ("reward", "sft", "dpo", "ppo", "eval/sft", "eval/dpo", "eval/ppo"):
-        metrics = json.loads((repo_copy / "metrics" / f"{name}.json").read_text())
+    for name in ("reward/chat", "sft", "dpo", "ppo", "eval/sft", "eval/dpo", "eval/ppo"):
+        metrics = flat(json.loads((repo_copy / "metrics" / f"{name}.json").read_text()))
         assert metrics and all(v == v for v in metrics.values() if isinstance(v, float)), name  # written, no NaN
+    evaluated = json.loads((repo_copy / "metrics" / "eval" / "ppo.json").read_text())
+    assert list(evaluated["reward_models"]) == ["chat"] and "safety_violation_rate" not in evaluated
+    # one reward model, weight 1, not whitened: the combined reward is its raw score
+    assert evaluated["reward_mean"] == pytest.approx(evaluated["reward_models"]["chat"]["mean"], abs=1e-6)
     dpo = json.loads((repo_copy / "metrics" / "dpo.json").read_text())
     assert dpo["val_loss"] < dpo["val_loss_before"]
 

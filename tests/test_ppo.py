@@ -60,7 +60,7 @@ def test_kl_params_reach_the_controller_and_early_stopping(sft_model, tmp_path):
 
 def test_gpt2_answers_are_scored_as_text_retokenized_by_the_bert_tokenizer(sft_model, reward_model):
     policy, gpt2_tokenizer = load_policy(str(sft_model / "sft"))
-    scorer = RewardScorer(reward_model / "reward_model.pth", reward_model / "reward", batch_size=4)
+    scorer = RewardScorer(reward_model / "models" / "helpful" / "reward_model.pth", reward_model / "models" / "helpful", batch_size=4)
     assert gpt2_tokenizer.get_vocab() != scorer.tokenizer.get_vocab()
     prompt = gpt2_tokenizer("Question: What is the capital of Italy?\nAnswer:", return_tensors="pt")
     out = policy.generate(**prompt, max_new_tokens=12, do_sample=False, pad_token_id=gpt2_tokenizer.eos_token_id)
@@ -77,14 +77,13 @@ def test_gpt2_answers_are_scored_as_text_retokenized_by_the_bert_tokenizer(sft_m
 
 
 @pytest.fixture(scope="module")
-def ppo_run(sft_model, reward_model, prepared_sample, tmp_path_factory):
+def ppo_run(sft_model, reward_model, prepared_root, tmp_path_factory):
     """A short PPO run (12 steps) from the shortened SFT policy, recording what each step received."""
     out = tmp_path_factory.mktemp("ppo")
     params = write_params(out / "params.yaml", ppo={"max_steps_per_epoch": 12})
     received = []
-    stage_main("ppo")(["--params", str(params), "--data", str(prepared_sample), "--sft", str(sft_model / "sft"),
-                       "--reward-weights", str(reward_model / "reward_model.pth"),
-                       "--reward-dir", str(reward_model / "reward"), "--out", str(out / "ppo"),
+    stage_main("ppo")(["--params", str(params), "--data", str(prepared_root), "--sft", str(sft_model / "sft"),
+                       "--rewards", str(reward_model / "models"), "--out", str(out / "ppo"),
                        "--metrics", str(out / "ppo.json"), "--live", str(out / "live"),
                        "--checkpoints", str(out / "checkpoints")],
                       step_hook=lambda q, r, s: received.append((len(q), len(r), len(s))))
@@ -103,9 +102,12 @@ def test_ppo_raises_the_reward_model_score_on_held_out_prompts(ppo_run, prepared
     assert metrics["val_score_after"] > metrics["val_score_before"]
     assert math.isfinite(metrics["kl"]) and math.isfinite(metrics["kl_coef"])
     assert set(metrics) == {"score_per_epoch", "val_score_before", "val_score_after", "kl", "kl_coef", "entropy",
-                            "clipfrac", "response_length"}
+                            "clipfrac", "response_length", "val_model_scores_before", "val_model_scores_after",
+                            "train_model_scores"}
+    # one reward model, its raw score: the combined score is its own
+    assert metrics["val_model_scores_after"] == {"helpful": pytest.approx(metrics["val_score_after"], abs=1e-6)}
     curves = {p.stem for p in (out / "live" / "plots" / "metrics" / "train").iterdir()}
-    assert {"score", "reward", "kl", "kl_coef", "loss", "lr"} <= curves
+    assert {"score", "score_helpful", "reward", "kl", "kl_coef", "loss", "lr"} <= curves
 
 
 def test_saved_policy_is_a_plain_model_with_its_value_head_beside(ppo_run):

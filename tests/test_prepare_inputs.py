@@ -193,7 +193,7 @@ def test_prompt_chosen_rejected_jsonl_gz(prepare, tmp_path):
     rows, metrics = read_outputs(prepare)
     assert metrics["splits"] == {"train": 4, "validation": 2, "test": 2}
     assert {"prompt": [{"role": "user", "content": "Q3?"}], "chosen": "Good 3.", "rejected": "Bad 3.",
-            "row": 4} in sum(rows.values(), [])
+            "row": 4, "unsafe": False} in sum(rows.values(), [])
 
 
 def test_reference_schema_parquet(prepare, tmp_path):
@@ -223,7 +223,7 @@ def test_anthropic_hh_dialogues(prepare, tmp_path):
     first = next(r for r in sum(rows.values(), []) if r["row"] == 1)
     assert first == {"prompt": [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello!"},
                                 {"role": "user", "content": "What is 2+2?"}],
-                     "chosen": "It is 4.", "rejected": "I don't know.", "row": 1}
+                     "chosen": "It is 4.", "rejected": "I don't know.", "row": 1, "unsafe": False}
 
 
 def test_hh_dialogues_without_shared_assistant_turn(prepare, tmp_path):
@@ -306,7 +306,7 @@ def test_a_filter_on_an_unknown_column_names_the_params_key(prepare, tmp_path):
     result = prepare(path, data={"columns": {"prompt": "input", "chosen": None, "rejected": None, "system": None},
                                  "filter": [{"column": "chosen_scores", "op": ">=", "value": 8}]})
     assert result.returncode == 2 and result.stderr.strip() == (
-        f"error: data.filter[0].column: no column 'chosen_scores' in {path} (did you mean 'chosen_score'?)")
+        f"error: data.helpful.filter[0].column: no column 'chosen_scores' in {path} (did you mean 'chosen_score'?)")
     assert prepare.wrote_nothing()
 
 
@@ -368,3 +368,36 @@ def test_quoted_values_in_errors_are_cut_short(prepare, tmp_path):
     path = csv_file(tmp_path, "x;" * 500 + "\n", header="a;" * 1000 + "\n")
     msg = assert_error(prepare(path), path, "semicolon-delimited")
     assert len(msg) < 300 and "..." in msg
+
+
+def test_the_unsafe_column_marks_prompts_and_a_bad_mark_is_dropped_and_counted(prepare, tmp_path):
+    """data.<set>.columns.unsafe: true/false/yes/no/1/0 cells become each pair's unsafe mark; anything else
+    is a bad row (bad_flag), dropped and counted."""
+    rows = [row.rstrip("\n") + f",{mark}\n" for row, mark in zip(GOOD, ["false", "TRUE", "0", "yes"])]
+    path = csv_file(tmp_path, *rows, "How do I pick a lock?,I can't help with that.,Sure! First...,maybe\n",
+                    header="Question,More_Prefered,Less_Prefered,harmful\n")
+    result = prepare(path, data={"columns": {"prompt": None, "chosen": None, "rejected": None, "system": None,
+                                             "unsafe": "harmful"}},
+                     prepare={"max_drop_fraction": 0.25, **TINY_SPLITS})
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(prepare.metrics.read_text())
+    assert metrics["rows_dropped"] == dropped(bad_flag=1) and metrics["unsafe_prompts"] == 2
+    kept = {l["row"]: l["unsafe"] for s in ("train", "validation", "test")
+            for l in map(json.loads, (prepare.out_dir / f"{s}.jsonl").open())}
+    assert kept == {1: False, 2: True, 3: False, 4: True}
+
+
+def test_a_bad_unsafe_mark_with_on_bad_row_error_names_row_and_column(prepare, tmp_path):
+    path = csv_file(tmp_path, GOOD[0].rstrip("\n") + ",perhaps\n", header="Question,More_Prefered,Less_Prefered,harmful\n")
+    result = prepare(path, data={"columns": {"prompt": None, "chosen": None, "rejected": None, "system": None,
+                                             "unsafe": "harmful"}}, prepare={"on_bad_row": "error"})
+    assert_error(result, path, "row 1 (line 2), column 'harmful': expected true or false, got 'perhaps'")
+
+
+def test_an_unsafe_column_that_is_not_there_names_the_key(prepare, tmp_path):
+    path = csv_file(tmp_path, *GOOD)
+    result = prepare(path, data={"columns": {"prompt": None, "chosen": None, "rejected": None, "system": None,
+                                             "unsafe": "harmfull"}})
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: data.helpful.columns.unsafe: no column 'harmfull' in {path} " \
+                                    f"(found columns: 'Question', 'More_Prefered', 'Less_Prefered')"

@@ -28,7 +28,7 @@ REDUCED = {
             "checkpoint_every": 2},
 }
 ROWS = 240
-OUTPUTS = {"reward": ["models/reward_model.pth", "models/reward"], "sft": ["models/sft"], "dpo": ["models/dpo"],
+OUTPUTS = {"reward@helpful": ["models/reward/helpful"], "sft": ["models/sft"], "dpo": ["models/dpo"],
            "ppo": ["models/ppo"]}
 
 
@@ -39,9 +39,10 @@ def reduce_repo(repo):
     for section, values in REDUCED.items():
         params[section].update(values)
     path.write_text(yaml.safe_dump(params, sort_keys=False))
-    data = repo / params["data"]["path"]
-    lines = data.read_text(encoding="utf-8").splitlines(keepends=True)
-    data.write_text("".join(lines[: ROWS + 1]), encoding="utf-8")
+    for spec in params["data"].values():  # the helpfulness and the safety set
+        data = repo / spec["path"]
+        lines = data.read_text(encoding="utf-8").splitlines(keepends=True)
+        data.write_text("".join(lines[: ROWS + 1]), encoding="utf-8")
     return repo
 
 
@@ -69,7 +70,7 @@ def test_two_clean_runs_give_identical_metrics_and_models(reduced_repo, tmp_path
     repo = private_copy(reduced_repo, tmp_path)
     dvc(repo, "repro", "-f")
     first = metrics_files(reduced_repo)
-    assert len(first) == 8  # data, reward, sft, dpo, ppo, eval/{sft,ppo,dpo}
+    assert len(first) == 10  # data/{helpful,safety}, reward/{helpful,safety}, sft, dpo, ppo, eval/{sft,ppo,dpo}
     assert metrics_files(repo) == first
     assert (repo / "dvc.lock").read_text() == (reduced_repo / "dvc.lock").read_text()
 
@@ -77,7 +78,7 @@ def test_two_clean_runs_give_identical_metrics_and_models(reduced_repo, tmp_path
 def kill_when_checkpointed(repo, stage, every):
     """Start `dvc repro -f -s stage`, SIGKILL its whole process group once the stage has written
     a checkpoint, and return the step of that checkpoint."""
-    info = repo / "checkpoints" / stage / "checkpoint.json"
+    info = repo / "checkpoints" / stage.replace("@", "/") / "checkpoint.json"
     proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "-f", "-s", stage], cwd=repo, env=stage_env(repo),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 300
@@ -101,13 +102,14 @@ def kill_when_checkpointed(repo, stage, every):
             proc.wait()
 
 
-@pytest.mark.parametrize("stage", ["reward", "sft", "dpo", "ppo"])
+@pytest.mark.parametrize("stage", ["reward@helpful", "sft", "dpo", "ppo"])
 def test_killed_stage_resumes_from_its_checkpoint(reduced_repo, tmp_path, stage):
     repo = private_copy(reduced_repo, tmp_path)
-    step = kill_when_checkpointed(repo, stage, REDUCED[stage]["checkpoint_every"])
+    step = kill_when_checkpointed(repo, stage, REDUCED[stage.split("@")[0]]["checkpoint_every"])
+    metrics = f"metrics/{stage.replace('@', '/')}.json"
 
     # The kill left no half-written model or metrics for a later stage to read.
-    for out in OUTPUTS[stage] + [f"metrics/{stage}.json"]:
+    for out in OUTPUTS[stage] + [metrics]:
         assert not (repo / out).exists(), out
 
     printed = dvc(repo, "repro")
@@ -116,9 +118,9 @@ def test_killed_stage_resumes_from_its_checkpoint(reduced_repo, tmp_path, stage)
     resumed_at = int(resumed[0].rsplit(" ", 1)[1])
     assert resumed_at >= step > 0
     # The same final metrics, and the same models (their hashes are in dvc.lock), as the uninterrupted run.
-    assert (repo / f"metrics/{stage}.json").read_bytes() == (reduced_repo / f"metrics/{stage}.json").read_bytes()
+    assert (repo / metrics).read_bytes() == (reduced_repo / metrics).read_bytes()
     assert (repo / "dvc.lock").read_text() == (reduced_repo / "dvc.lock").read_text()
-    assert json.loads((repo / "checkpoints" / stage / "checkpoint.json").read_text())["complete"] is True
+    assert json.loads((repo / "checkpoints" / stage.replace("@", "/") / "checkpoint.json").read_text())["complete"] is True
 
 
 def test_a_non_finite_loss_stops_the_stage_naming_the_step_and_keeps_the_last_checkpoint(
@@ -137,8 +139,8 @@ def test_a_non_finite_loss_stops_the_stage_naming_the_step_and_keeps_the_last_ch
     params = write_params(tmp_path / "params.yaml", reward={"epochs": 1, "checkpoint_every": 2})
     out = tmp_path / "out"
     with pytest.raises(AlignError) as err:
-        stage_main("reward")(["--params", str(params), "--data", str(prepared_sample),
-                              "--weights", str(out / "reward_model.pth"), "--model-dir", str(out / "reward"),
+        stage_main("reward")(["--params", str(params), "--name", "helpful", "--data", str(prepared_sample),
+                              "--out", str(out / "reward"),
                               "--metrics", str(out / "reward.json"), "--live", str(out / "live"),
                               "--checkpoints", str(out / "checkpoints")])
     message = str(err.value)
@@ -147,7 +149,7 @@ def test_a_non_finite_loss_stops_the_stage_naming_the_step_and_keeps_the_last_ch
     info = json.loads((out / "checkpoints" / "checkpoint.json").read_text())
     assert info["step"] == 4 and info["complete"] is False
     assert (out / "checkpoints" / "model.safetensors").is_file()
-    assert not (out / "reward_model.pth").exists() and not (out / "reward.json").exists()
+    assert not (out / "reward").exists() and not (out / "reward.json").exists()
 
 
 def test_resume_skips_a_checkpoint_of_other_params(prepared_sample, tmp_path):

@@ -7,9 +7,9 @@ import pytest
 
 from tests.conftest import dvc
 
-TRACKED = ["models/reward_model.pth", "models/reward/tokenizer.json", "models/sft/model.safetensors",
-           "models/dpo/model.safetensors", "models/ppo/model.safetensors", "data/prepared/train.jsonl",
-           "generations/dpo.jsonl"]
+TRACKED = ["models/reward/helpful/reward_model.pth", "models/reward/safety/tokenizer.json",
+           "models/sft/model.safetensors", "models/dpo/model.safetensors", "models/ppo/model.safetensors",
+           "data/prepared/helpful/train.jsonl", "data/prepared/safety/test.jsonl", "generations/dpo.jsonl"]
 
 
 def git(repo, *args):
@@ -47,7 +47,7 @@ def test_push_and_pull_one_model(built_copy, tmp_path):
     dvc(fresh, "pull", "dpo")
     assert (fresh / "models/dpo/model.safetensors").read_bytes() == \
         (built_copy / "models/dpo/model.safetensors").read_bytes()
-    assert not (fresh / "models/reward_model.pth").exists()  # only dpo's outputs were pushed and pulled
+    assert not (fresh / "models/reward/helpful").exists()  # only dpo's outputs were pushed and pulled
 
 
 @pytest.fixture

@@ -84,7 +84,7 @@ def test_fp16_on_a_cpu_is_a_params_error():
 
 def test_reduced_training_is_well_above_chance(reward_model):
     metrics = json.loads((reward_model / "reward.json").read_text())
-    assert set(metrics) == {"train_loss", "val_loss", "val_accuracy", "val_margin", "kept_epoch"}
+    assert set(metrics) == {"train_loss", "val_loss", "val_accuracy", "val_margin", "kept_epoch", "score_mean", "score_std"}
     assert metrics["kept_epoch"] == 1  # one epoch, keep: last
     assert metrics["val_accuracy"] >= 0.8
     assert metrics["val_margin"] > 0
@@ -93,7 +93,7 @@ def test_reduced_training_is_well_above_chance(reward_model):
 
 
 def test_saved_weights_are_a_plain_state_dict(reward_model):
-    state = torch.load(reward_model / "reward_model.pth", weights_only=True)
+    state = torch.load(reward_model / "models" / "helpful" / "reward_model.pth", weights_only=True)
     assert "score_head.weight" in state and "score_head.bias" in state
     assert any(k.startswith("encoder.embeddings.") for k in state)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
@@ -101,7 +101,7 @@ def test_saved_weights_are_a_plain_state_dict(reward_model):
 
 def test_scorer_reloads_the_model_and_reproduces_validation_accuracy(reward_model, prepared_sample):
     val = read_split(prepared_sample / "validation.jsonl")
-    scorer = RewardScorer(reward_model / "reward_model.pth", reward_model / "reward", batch_size=64)
+    scorer = RewardScorer(reward_model / "models" / "helpful" / "reward_model.pth", reward_model / "models" / "helpful", batch_size=64)
     prompts = [p.prompt for p in val]
     chosen = scorer.score(prompts, [p.chosen for p in val])
     rejected = scorer.score(prompts, [p.rejected for p in val])
@@ -122,11 +122,11 @@ def test_stage_trains_from_a_local_distilbert_directory_offline(prepared_sample,
     tokenizer.save_pretrained(local)
 
     params = write_params(tmp_path / "params.yaml", models={"reward": str(local)}, reward={"epochs": 1})
-    stage_main("reward")(["--params", str(params), "--data", str(prepared_sample),
-                          "--weights", str(tmp_path / "rm.pth"), "--model-dir", str(tmp_path / "rm"),
+    stage_main("reward")(["--params", str(params), "--name", "helpful", "--data", str(prepared_sample),
+                          "--out", str(tmp_path / "rm"),
                           "--metrics", str(tmp_path / "rm.json"), "--live", str(tmp_path / "live"),
                           "--checkpoints", str(tmp_path / "checkpoints")])
     metrics = json.loads((tmp_path / "rm.json").read_text())
     assert metrics["val_accuracy"] >= 0.8
-    scorer = RewardScorer(tmp_path / "rm.pth", tmp_path / "rm", batch_size=8)
+    scorer = RewardScorer(tmp_path / "rm" / "reward_model.pth", tmp_path / "rm", batch_size=8)
     assert type(scorer.model.encoder).__name__ == "DistilBertModel" and not scorer.model.use_pooler

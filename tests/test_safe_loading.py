@@ -24,7 +24,7 @@ def saved(tmp_path):
     torch.manual_seed(0)
     model = RewardModel(BertModel(config))
     weights, model_dir = tmp_path / "reward_model.pth", tmp_path / "reward"
-    save_reward_model(model, tokenizer, 32, weights, model_dir)
+    save_reward_model(model, tokenizer, 32, weights, model_dir, {"score_mean": 0.5, "score_std": 2.0})
     return weights, model_dir, model.state_dict()
 
 
@@ -52,8 +52,8 @@ def test_a_pickle_that_would_run_code_is_refused(saved, tmp_path):
 
 def test_the_saved_model_loads(saved):
     weights, model_dir, state = saved
-    model, _, max_length = load_reward_model(weights, model_dir)
-    assert max_length == 32
+    model, _, settings = load_reward_model(weights, model_dir)
+    assert settings == {"max_length": 32, "score_mean": 0.5, "score_std": 2.0}
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
 
 

@@ -18,11 +18,11 @@ from tests.conftest import repo_params, stage_main, write_params
 
 
 @pytest.fixture(scope="module")
-def trained(sft_model, prepared_sample, tmp_path_factory):
+def trained(sft_model, prepared_root, tmp_path_factory):
     """The shortened SFT run, and DPO from it with the default params."""
     out = tmp_path_factory.mktemp("dpo")
     params = write_params(out / "params.yaml")
-    stage_main("dpo")(["--params", str(params), "--data", str(prepared_sample), "--sft", str(sft_model / "sft"),
+    stage_main("dpo")(["--params", str(params), "--data", str(prepared_root), "--sft", str(sft_model / "sft"),
                        "--out", str(out / "dpo"), "--metrics", str(out / "dpo.json"), "--live", str(out / "live-dpo"),
                        "--checkpoints", str(out / "checkpoints-dpo")])
     for name in ("sft", "sft.json"):
@@ -62,9 +62,9 @@ def test_dpo_moves_the_policy_and_keeps_its_tokenizer(trained):
     assert (trained / "sft" / "tokenizer.json").read_bytes() == (trained / "dpo" / "tokenizer.json").read_bytes()
 
 
-def test_sft_with_zero_epochs_saves_the_base_model_unchanged(prepared_sample, tmp_path):
+def test_sft_with_zero_epochs_saves_the_base_model_unchanged(prepared_root, prepared_sample, tmp_path):
     params = write_params(tmp_path / "params.yaml", sft={"epochs": 0})
-    stage_main("sft")(["--params", str(params), "--data", str(prepared_sample), "--out", str(tmp_path / "sft"),
+    stage_main("sft")(["--params", str(params), "--data", str(prepared_root), "--out", str(tmp_path / "sft"),
                        "--metrics", str(tmp_path / "sft.json"), "--live", str(tmp_path / "live"),
                        "--checkpoints", str(tmp_path / "checkpoints")])
     train = read_split(prepared_sample / "train.jsonl")
