@@ -79,9 +79,9 @@ def test_tiny_benchmark_writes_results_and_table(tmp_path):
     assert results["comparisons"][4]["agreement"]["greedy_identical_share"] >= 0.9
 
     stages = results["memory"]["stages"]
-    assert list(stages)[0] == "prepare"
-    assert set(stages) == {"prepare", "reward", "sft", "dpo", "ppo", "merge@sft", "merge@ppo", "merge@dpo",
-                           "evaluate@sft", "evaluate@ppo", "evaluate@dpo"}
+    assert list(stages)[0].startswith("prepare@")
+    assert set(stages) == {"prepare@helpful", "prepare@safety", "reward@helpful", "reward@safety", "sft", "dpo", "ppo",
+                           "merge@sft", "merge@ppo", "merge@dpo", "evaluate@sft", "evaluate@ppo", "evaluate@dpo"}
     assert all(s["peak_rss_mib"] > 0 for s in stages.values())
     assert [(a["precision"], a["checkpointing"], bool(a["lora"])) for a in results["memory"]["dpo_step_at_scale"]] == [
         ("fp32", False, False), ("bf16", False, False), ("bf16", True, False), ("fp32", False, True), ("bf16", True, True)]

@@ -252,3 +252,16 @@ def test_long_values_are_cut_short_in_errors(tmp_path):
     with pytest.raises(ParamsError) as err:
         load_params(path)
     assert len(str(err.value)) < 160 and str(err.value).endswith("...")
+
+
+def test_each_reward_stage_lists_every_shared_key_and_only_its_own_entry():
+    """dvc.yaml's reward stage names the shared reward keys one by one (not `reward`, which holds every model's
+    entry): each must be there, or changing it would not rerun the reward models."""
+    from alignkit.params import TrainingParams
+
+    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["reward"]
+    assert stage["foreach"] == "${reward.models}"
+    listed = stage["do"]["params"]
+    assert sorted(p for p in listed if p.startswith("reward.") and p != "reward.models.${key}") == sorted(
+        f"reward.{k}" for k in TrainingParams.model_fields)
+    assert "reward.models.${key}" in listed and "reward" not in listed and "reward.models" not in listed

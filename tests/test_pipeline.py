@@ -164,7 +164,8 @@ def test_changing_a_param_reruns_only_its_readers(built_copy):
     """`repro --dry` lists the stages whose own inputs changed; the stages downstream of them
     rerun as their inputs change (the experiment test below shows evaluate@dpo following dpo)."""
     assert dry_run(built_copy, "reward", "lr", 5e-4) == ["reward@helpful", "reward@safety"]  # a shared key
-    assert dry_run(built_copy, "reward.models.safety", "epochs", 4) == ["reward@safety"]  # one model's own
+    # one model's own key: that model, and what reads the reward models' params (their names)
+    assert dry_run(built_copy, "reward.models.safety", "epochs", 4) == [*EVALUATIONS, "ppo", "reward@safety"]
     assert dry_run(built_copy, "ppo", "lr", 5e-5) == ["ppo"]
     assert dry_run(built_copy, "eval", "batch_size", 16) == EVALUATIONS
     assert dry_run(built_copy, "ppo", "top_p", 0.9) == [*EVALUATIONS, "ppo"]
@@ -176,7 +177,8 @@ def test_changing_a_param_reruns_only_its_readers(built_copy):
 
 def test_experiment_on_one_reward_models_lr_reruns_it_ppo_and_the_evaluations(built_copy):
     out = dvc(built_copy, "exp", "run", "-n", "safety-lr", "-S", "+reward.models.safety.lr=2e-3")
-    assert ran(out) == [*EVALUATIONS, "ppo", "reward@safety"]
+    # and merge@ppo, which passes the new PPO policy on to evaluate@ppo; not reward@helpful, sft, dpo
+    assert ran(out) == [*EVALUATIONS, "merge@ppo", "ppo", "reward@safety"]
     assert json.loads((built_copy / "metrics" / "reward" / "safety.json").read_text())["val_accuracy"] >= 0.9
 
 

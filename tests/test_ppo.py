@@ -60,7 +60,8 @@ def test_kl_params_reach_the_controller_and_early_stopping(sft_model, tmp_path):
 
 def test_gpt2_answers_are_scored_as_text_retokenized_by_the_bert_tokenizer(sft_model, reward_model):
     policy, gpt2_tokenizer = load_policy(str(sft_model / "sft"))
-    scorer = RewardScorer(reward_model / "models" / "helpful" / "reward_model.pth", reward_model / "models" / "helpful", batch_size=4)
+    helpful = reward_model / "models" / "helpful"
+    scorer = RewardScorer(helpful / "reward_model.pth", helpful, batch_size=4)
     assert gpt2_tokenizer.get_vocab() != scorer.tokenizer.get_vocab()
     prompt = gpt2_tokenizer("Question: What is the capital of Italy?\nAnswer:", return_tensors="pt")
     out = policy.generate(**prompt, max_new_tokens=12, do_sample=False, pad_token_id=gpt2_tokenizer.eos_token_id)

@@ -101,7 +101,8 @@ def test_saved_weights_are_a_plain_state_dict(reward_model):
 
 def test_scorer_reloads_the_model_and_reproduces_validation_accuracy(reward_model, prepared_sample):
     val = read_split(prepared_sample / "validation.jsonl")
-    scorer = RewardScorer(reward_model / "models" / "helpful" / "reward_model.pth", reward_model / "models" / "helpful", batch_size=64)
+    helpful = reward_model / "models" / "helpful"
+    scorer = RewardScorer(helpful / "reward_model.pth", helpful, batch_size=64)
     prompts = [p.prompt for p in val]
     chosen = scorer.score(prompts, [p.chosen for p in val])
     rejected = scorer.score(prompts, [p.rejected for p in val])
