@@ -72,7 +72,8 @@ def preference_accuracy(model, tokenizer, pairs, max_length, max_prompt_length, 
 def evaluate_policy(name, policy, sft, tokenizer, scorer, pairs, cfg, gen, seed):
     """All metrics of one policy on `pairs` (the test split), and its generations for people to read.
 
-    sft is the SFT policy: the baseline of win_rate_vs_sft and the reference of kl_to_reference. scorer:
+    sft is the SFT policy: the baseline of win_rate_vs_sft and the reference of kl_to_reference (when it is
+    `policy` itself, its seeded answers and log-probs are those of the policy, computed once). scorer:
     the reward models (ensemble.RewardModels); reward_mean and the top-level win rates are of their
     combined reward (ppo.reward), reward_models.<name> of each model's own score.
     """
@@ -80,16 +81,17 @@ def evaluate_policy(name, policy, sft, tokenizer, scorer, pairs, cfg, gen, seed)
     unsafe = [p.unsafe for p in pairs]
     answers, answer_ids = generate(policy, tokenizer, questions, gen, cfg.batch_size, seed, f"generate {name}",
                                    cfg.max_prompt_length)
-    sft_answers, _ = generate(sft, tokenizer, questions, gen, cfg.batch_size, seed, "generate sft",
-                              cfg.max_prompt_length)
+    same = sft is policy
+    sft_answers = answers if same else generate(sft, tokenizer, questions, gen, cfg.batch_size, seed, "generate sft",
+                                                cfg.max_prompt_length)[0]
     rewards, raw = scorer.score(questions, answers, unsafe)
     budget = max_prompt_tokens(policy.config, gen["max_new_tokens"], cfg.max_prompt_length)
-    kl = (answer_logps(policy, tokenizer, questions, answer_ids, cfg.batch_size, budget)
-          - answer_logps(sft, tokenizer, questions, answer_ids, cfg.batch_size, budget))
+    logps = answer_logps(policy, tokenizer, questions, answer_ids, cfg.batch_size, budget)
+    kl = logps - (logps if same else answer_logps(sft, tokenizer, questions, answer_ids, cfg.batch_size, budget))
     accuracy_sum, accuracy_mean = preference_accuracy(policy, tokenizer, pairs, cfg.max_length,
                                                       cfg.max_prompt_length, cfg.batch_size)
 
-    others = {"sft": (sft_answers, *scorer.score(questions, sft_answers, unsafe)),
+    others = {"sft": (sft_answers, *((rewards, raw) if same else scorer.score(questions, sft_answers, unsafe))),
               "reference": (references, *scorer.score(questions, references, unsafe))}
 
     def win_rate_vs(mine, other, theirs):  # the same text on both sides is a tie, whatever padding does to scores

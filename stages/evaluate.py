@@ -12,6 +12,7 @@ combined reward and each model's score) and a plot file for `dvc plots`.
 """
 
 import json
+from pathlib import Path
 
 from alignkit.data import read_sets
 from alignkit.errors import run_stage, stage_args
@@ -34,7 +35,8 @@ def main(argv=None):
 
     (test,) = read_sets(args.data, params.eval.data, "test")
     policy, tokenizer = load_policy(args.model, args.model)
-    sft, _ = load_policy(args.sft, args.sft)
+    same = Path(args.model).resolve() == Path(args.sft).resolve()  # evaluate@sft: SFT against itself
+    sft = policy if same else load_policy(args.sft, args.sft)[0]
     prepare_tokenizer(tokenizer)
     scorer = RewardModels(args.rewards, params.reward.models, params.ppo.reward, params.eval.batch_size)
     metrics, generations = evaluate_policy(args.name, policy, sft, tokenizer, scorer, test, params.eval,
