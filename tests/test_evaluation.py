@@ -20,12 +20,17 @@ def evaluated(sft_model, reward_model, prepared_root, tmp_path_factory):
     import socket
 
     out = tmp_path_factory.mktemp("eval")
+    # SFT against a second copy of itself: loaded twice, so evaluate's shortcut for the same directory does not
+    # apply and the test checks that two loads sample the same answers under one seed.
+    import shutil
+
+    copy = shutil.copytree(sft_model / "sft", out / "sft-copy")
     mp = pytest.MonkeyPatch()
     mp.setattr(socket.socket, "connect", lambda *a: (_ for _ in ()).throw(AssertionError("network access")))
     try:
         stage_main("evaluate")([
             "--params", str(write_params(out / "params.yaml")), "--name", "sft", "--model", str(sft_model / "sft"),
-            "--sft", str(sft_model / "sft"), "--data", str(prepared_root), "--rewards", str(reward_model / "models"),
+            "--sft", str(copy), "--data", str(prepared_root), "--rewards", str(reward_model / "models"),
             "--metrics", str(out / "sft.json"), "--generations", str(out / "sft.jsonl"), "--plot", str(out / "plot.json")])
     finally:
         mp.undo()
