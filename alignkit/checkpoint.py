@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from alignkit.errors import AlignError
+from alignkit.errors import AlignError, register_resume_point
 from alignkit.io import atomic_dir
 
 INFO, WEIGHTS, STATE, LIVE = "checkpoint.json", "model.safetensors", "state.pt", "live"
@@ -106,6 +106,7 @@ class Checkpointer:
         self.dir, self.every, self.fingerprint = Path(directory), every, fingerprint
         self.accelerator = accelerator
         self.step = None  # the step of the last checkpoint written or read
+        register_resume_point(self)  # Ctrl-C names the step a rerun resumes from
 
     def due(self, step):
         return self.every > 0 and step % self.every == 0

@@ -130,8 +130,13 @@ class Renderer:
             return self.tokenizer.apply_chat_template(to_json(messages), tokenize=False, add_generation_prompt=True)
         return plain_prompt(messages)
 
+    def _ids(self, text):
+        # verbose=False: a text longer than the model takes is fitted right after (fit_prompt drops turns, encode
+        # cuts the answer), so the tokenizer's "longer than the specified maximum sequence length" would be noise.
+        return self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+
     def prompt_ids(self, messages):
-        ids = self.tokenizer(self.prompt_text(messages), add_special_tokens=False)["input_ids"]
+        ids = self._ids(self.prompt_text(messages))
         if self.bos is not None and ids[:1] != [self.bos]:
             ids = [self.bos] + ids
         return ids
@@ -139,8 +144,8 @@ class Renderer:
     def answer_ids(self, answer):
         """The answer's ids, ending with exactly one end-of-turn (chat) or EOS (plain)."""
         if self.chat:
-            return self.tokenizer(self.before + answer + self.end_of_turn, add_special_tokens=False)["input_ids"]
-        return self.tokenizer(plain_answer(answer), add_special_tokens=False)["input_ids"] + [self.eos]
+            return self._ids(self.before + answer + self.end_of_turn)
+        return self._ids(plain_answer(answer)) + [self.eos]
 
     def fit_prompt(self, messages, budget):
         """Prompt ids of at most `budget` tokens: oldest turns dropped first, then cut from the left."""

@@ -5,7 +5,7 @@ import torch
 from alignkit.conversation import Renderer
 from alignkit.losses import dpo_loss
 from alignkit.policy import collate, forward_logps
-from alignkit.training import fit, seeded_loader
+from alignkit.training import fit, progress, seeded_loader
 
 
 def encode_pairs(tokenizer, pairs, max_length, max_prompt_length):
@@ -28,7 +28,7 @@ class PairCollator:
 
 
 @torch.no_grad()
-def reference_logps(reference, encoded, pad_id, batch_size, accelerator):
+def reference_logps(reference, encoded, pad_id, batch_size, accelerator, desc="dpo: reference log-probs"):
     """Summed answer log-probs of the frozen reference for every pair: (chosen (N,), rejected (N,)).
 
     Computed once, before training: the reference never changes, so a second
@@ -36,7 +36,7 @@ def reference_logps(reference, encoded, pad_id, batch_size, accelerator):
     """
     reference.eval()
     chosen, rejected = [], []
-    for start in range(0, len(encoded), batch_size):
+    for start in progress(range(0, len(encoded), batch_size), desc, accelerator.is_main_process):
         part = encoded[start: start + batch_size]
         batch = collate([c for c, _ in part] + [r for _, r in part], pad_id)
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
@@ -70,7 +70,7 @@ def make_evaluate(beta, loss_type, label_smoothing, accelerator):
     def evaluate(model, loader):
         model.eval()
         parts = []
-        for batch in loader:
+        for batch in progress(loader, "dpo: validation", accelerator.is_main_process):
             with accelerator.autocast():
                 policy = _split(forward_logps(model, batch))
             losses, chosen, rejected = dpo_loss(*policy, *_split(batch["reference_logps"]), beta, loss_type,
@@ -95,7 +95,8 @@ def train_dpo(policy, reference, tokenizer, train_pairs, val_pairs, cfg, seed, a
     with reference as model:
         for name, pairs in (("train", train_pairs), ("val", val_pairs)):
             encoded = encode_pairs(tokenizer, pairs, cfg.max_length, cfg.max_prompt_length)
-            ref = reference_logps(model, encoded, tokenizer.pad_token_id, cfg.eval_batch_size, accelerator)
+            ref = reference_logps(model, encoded, tokenizer.pad_token_id, cfg.eval_batch_size, accelerator,
+                                  f"dpo: reference log-probs ({name})")
             datasets[name] = [(c, r, rc.item(), rr.item()) for (c, r), rc, rr in zip(encoded, *ref)]
     if cfg.gradient_checkpointing:
         # Non-reentrant: gradients reach an adapter even though the frozen base's inputs need none.

@@ -70,9 +70,10 @@ class RewardModels:
     def names(self):
         return list(self.scorers)
 
-    def score(self, prompts, answers, unsafe):
-        """(combined (N,), {name: raw scores (N,)}) for (prompt Messages, answer text) pairs; unsafe: N booleans."""
-        raw = {name: scorer.score(prompts, answers) for name, scorer in self.scorers.items()}
+    def score(self, prompts, answers, unsafe, desc=None):
+        """(combined (N,), {name: raw scores (N,)}) for (prompt Messages, answer text) pairs; unsafe: N booleans;
+        desc: a progress bar's label (None: no bar)."""
+        raw = {name: scorer.score(prompts, answers, desc and f"{desc} ({name})") for name, scorer in self.scorers.items()}
         stats = {name: (s.mean, s.std) for name, s in self.scorers.items()}
         return combine(raw, stats, torch.tensor(list(unsafe), dtype=torch.bool), self.cfg), raw
 

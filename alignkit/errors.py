@@ -1,5 +1,6 @@
 """Errors a user can fix, and the one place that turns them into an exit code."""
 
+import os
 import sys
 
 
@@ -40,10 +41,38 @@ def stage_args(doc, flags, argv):
     return parser.parse_args(argv)
 
 
+# The checkpointer of the training stage running in this process (checkpoint.Checkpointer registers itself):
+# on Ctrl-C it tells where a rerun resumes.
+_resume_point = None
+
+
+def register_resume_point(checkpointer):
+    global _resume_point
+    _resume_point = checkpointer
+
+
+def interrupted_message(stage, checkpointer):
+    """The one line a stage prints on Ctrl-C: what was lost, and where `dvc repro` picks up."""
+    if checkpointer is None:
+        return f"{stage}: interrupted (Ctrl-C); none of its outputs was written, `dvc repro` runs it again"
+    if checkpointer.step is None:
+        return (f"{stage}: interrupted (Ctrl-C) before its first checkpoint; "
+                f"`dvc repro` runs it again from step 0")
+    return (f"{stage}: interrupted (Ctrl-C); `dvc repro` resumes it from the checkpoint at step "
+            f"{checkpointer.step} in {checkpointer.dir}")
+
+
 def run_stage(main, argv=None):
-    """Run a stage's main(argv); an AlignError exits 2 with its one-line message."""
+    """Run a stage's main(argv); an AlignError exits 2 with its one-line message, Ctrl-C exits 130 with one line.
+
+    Outputs are written atomically (io.py), so an interrupted stage leaves none half-written."""
     try:
         main(argv)
     except AlignError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        # DVC names the stage it runs in DVC_STAGE (e.g. evaluate@dpo); run by hand, the script's name.
+        stage = os.environ.get("DVC_STAGE") or os.path.splitext(os.path.basename(sys.argv[0]))[0]
+        print(f"\n{interrupted_message(stage, _resume_point)}", file=sys.stderr, flush=True)
+        sys.exit(130)

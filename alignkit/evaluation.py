@@ -3,11 +3,10 @@
 import statistics
 
 import torch
-from tqdm.auto import tqdm
-
-from alignkit.conversation import Renderer, as_text
+from alignkit.conversation import Renderer, as_text, to_json
 from alignkit.policy import collate, forward_logps, max_prompt_tokens
 from alignkit.textmetrics import bleu, distinct_n, rouge, win_rate
+from alignkit.training import progress
 
 
 @torch.no_grad()
@@ -23,7 +22,7 @@ def generate(model, tokenizer, prompts, gen, batch_size, seed, desc, max_prompt_
     renderer = Renderer(tokenizer)
     budget = max_prompt_tokens(model.config, gen["max_new_tokens"], max_prompt_length)
     texts, ids = [], []
-    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=None):
+    for start in progress(range(0, len(prompts), batch_size), desc):
         queries = [renderer.fit_prompt(m, budget) for m in prompts[start: start + batch_size]]
         width = max(map(len, queries))
         input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(q)) + q for q in queries])
@@ -40,31 +39,31 @@ def generate(model, tokenizer, prompts, gen, batch_size, seed, desc, max_prompt_
 
 
 @torch.no_grad()
-def summed_logps(model, examples, pad_id, batch_size):
+def summed_logps(model, examples, pad_id, batch_size, desc):
     """Summed answer log-probs (N,) of [(ids, prompt_len)] examples, in batches, on the CPU."""
     out = []
-    for start in range(0, len(examples), batch_size):
+    for start in progress(range(0, len(examples), batch_size), desc):
         batch = {k: v.to(model.device) for k, v in collate(examples[start: start + batch_size], pad_id).items()}
         out.append(forward_logps(model, batch))
     return torch.cat(out).cpu()
 
 
-def answer_logps(model, tokenizer, prompts, answer_ids, batch_size, budget):
+def answer_logps(model, tokenizer, prompts, answer_ids, batch_size, budget, desc):
     """Summed log-probs (N,) of given answer token ids after each prompt, fitted to `budget` tokens as generated."""
     renderer = Renderer(tokenizer)
     prompt_ids = [renderer.fit_prompt(m, budget) for m in prompts]
     examples = [(p + a, len(p)) for p, a in zip(prompt_ids, answer_ids)]
-    return summed_logps(model, examples, tokenizer.pad_token_id, batch_size)
+    return summed_logps(model, examples, tokenizer.pad_token_id, batch_size, desc)
 
 
-def preference_accuracy(model, tokenizer, pairs, max_length, max_prompt_length, batch_size):
+def preference_accuracy(model, tokenizer, pairs, max_length, max_prompt_length, batch_size, desc):
     """Share of pairs where the policy gives the chosen answer a higher log-prob than the rejected:
     (by summed log-prob, by mean log-prob per answer token)."""
     renderer = Renderer(tokenizer)
     encoded = [renderer.encode_pair(p.prompt, p.chosen, p.rejected, max_length, max_prompt_length) for p in pairs]
     sums, means = {}, {}
     for side, examples in zip(("chosen", "rejected"), zip(*encoded)):
-        sums[side] = summed_logps(model, examples, tokenizer.pad_token_id, batch_size)
+        sums[side] = summed_logps(model, examples, tokenizer.pad_token_id, batch_size, f"{desc} ({side})")
         means[side] = sums[side] / torch.tensor([len(ids) - prompt_len for ids, prompt_len in examples])
     return tuple((s["chosen"] > s["rejected"]).float().mean().item() for s in (sums, means))
 
@@ -84,15 +83,17 @@ def evaluate_policy(name, policy, sft, tokenizer, scorer, pairs, cfg, gen, seed)
     same = sft is policy
     sft_answers = answers if same else generate(sft, tokenizer, questions, gen, cfg.batch_size, seed, "generate sft",
                                                 cfg.max_prompt_length)[0]
-    rewards, raw = scorer.score(questions, answers, unsafe)
+    rewards, raw = scorer.score(questions, answers, unsafe, f"score {name}")
     budget = max_prompt_tokens(policy.config, gen["max_new_tokens"], cfg.max_prompt_length)
-    logps = answer_logps(policy, tokenizer, questions, answer_ids, cfg.batch_size, budget)
-    kl = logps - (logps if same else answer_logps(sft, tokenizer, questions, answer_ids, cfg.batch_size, budget))
+    logps = answer_logps(policy, tokenizer, questions, answer_ids, cfg.batch_size, budget, f"log-probs {name}")
+    kl = logps - (logps if same else answer_logps(sft, tokenizer, questions, answer_ids, cfg.batch_size, budget,
+                                                  "log-probs sft"))
     accuracy_sum, accuracy_mean = preference_accuracy(policy, tokenizer, pairs, cfg.max_length,
-                                                      cfg.max_prompt_length, cfg.batch_size)
+                                                      cfg.max_prompt_length, cfg.batch_size, f"test pairs {name}")
 
-    others = {"sft": (sft_answers, *((rewards, raw) if same else scorer.score(questions, sft_answers, unsafe))),
-              "reference": (references, *scorer.score(questions, references, unsafe))}
+    others = {"sft": (sft_answers, *((rewards, raw) if same else scorer.score(questions, sft_answers, unsafe,
+                                                                                "score sft"))),
+              "reference": (references, *scorer.score(questions, references, unsafe, "score reference"))}
 
     def win_rate_vs(mine, other, theirs):  # the same text on both sides is a tie, whatever padding does to scores
         return win_rate(mine.tolist(), theirs.tolist(), [a == b for a, b in zip(answers, other)])
@@ -118,7 +119,8 @@ def evaluate_policy(name, policy, sft, tokenizer, scorer, pairs, cfg, gen, seed)
         "distinct_1": distinct_n(answers, 1),
         "distinct_2": distinct_n(answers, 2),
     }
-    generations = [{"question": as_text(q), "unsafe": u, "reference": r, "answer": a, "reward": round(s, 4),
+    generations = [{"question": as_text(q), "prompt": to_json(q), "unsafe": u, "reference": r, "answer": a,
+                    "reward": round(s, 4),
                     "scores": {m: round(raw[m][i].item(), 4) for m in scorer.names}}
                    for i, (q, u, r, a, s) in enumerate(zip(questions, unsafe, references, answers, rewards.tolist()))]
     return metrics, generations

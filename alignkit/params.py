@@ -286,6 +286,10 @@ class EvalParams(Section):
         return {k: getattr(ppo, k) if getattr(self, k) is None else getattr(self, k) for k in keys}
 
 
+class ReportParams(Section):
+    samples: PositiveInt  # test prompts shown side by side with every model's answer (a seeded sample)
+
+
 class Params(Section):
     seed: Annotated[int, Field(ge=0)]
     data: dict[str, DataParams]  # named data sets
@@ -296,6 +300,7 @@ class Params(Section):
     dpo: DPOParams
     ppo: PPOParams
     eval: EvalParams
+    report: ReportParams
 
     @model_validator(mode="after")
     def _names_refer(self):

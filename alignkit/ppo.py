@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from alignkit.conversation import Renderer
 from alignkit.policy import disable_dropout, max_prompt_tokens
-from alignkit.training import PRECISIONS
+from alignkit.training import PRECISIONS, progress
 
 
 def batches(items, batch_size, seed):
@@ -114,8 +114,10 @@ def mean_score(trainer, scorer, tokenizer, pairs, cfg, seed):
     torch.manual_seed(seed)
     questions = [p.prompt for p in pairs]
     queries = [q.to(trainer.accelerator.device) for q in query_tensors(tokenizer, questions, max_prompt(cfg, trainer))]
-    _, texts = respond(trainer, queries, cfg, tokenizer)
-    combined, raw = scorer.score(questions, texts, [p.unsafe for p in pairs])
+    texts = []  # trl generates in chunks of cfg.batch_size anyway: the same chunks, one at a time, for a bar
+    for start in progress(range(0, len(queries), cfg.batch_size), "ppo: held-out answers"):
+        texts += respond(trainer, queries[start: start + cfg.batch_size], cfg, tokenizer)[1]
+    combined, raw = scorer.score(questions, texts, [p.unsafe for p in pairs], "ppo: held-out scores")
     return combined.mean().item(), {name: s.mean().item() for name, s in raw.items()}
 
 
@@ -135,7 +137,8 @@ def reward_baselines(scorer, pairs, cfg):
     else {}. The baseline never changes, so it is scored once, in batches, not every step."""
     if cfg.reward_baseline != "reference":
         return {}
-    combined, _ = scorer.score([p.prompt for p in pairs], [p.chosen for p in pairs], [p.unsafe for p in pairs])
+    combined, _ = scorer.score([p.prompt for p in pairs], [p.chosen for p in pairs], [p.unsafe for p in pairs],
+                               "ppo: baseline rewards")
     return dict(zip(((p.prompt, p.chosen) for p in pairs), combined.tolist()))
 
 

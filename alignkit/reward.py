@@ -18,7 +18,7 @@ from torch import nn
 from alignkit.conversation import as_text
 from alignkit.errors import ModelError
 from alignkit.losses import bradley_terry_loss
-from alignkit.training import fit, seeded_loader
+from alignkit.training import fit, progress, seeded_loader
 
 SETTINGS_NAME = "alignkit_reward.json"  # beside the tokenizer: how inputs were encoded, and the score statistics
 WEIGHTS_NAME = "reward_model.pth"  # a reward model's state dict, in its directory
@@ -49,15 +49,20 @@ def encode_pairs(tokenizer, questions, answers, max_length):
     Returns a list of dicts (input_ids, token_type_ids where the tokenizer has them,
     attention_mask) for `tokenizer.pad` to pad per batch.
     """
-    q_ids = tokenizer(list(questions), add_special_tokens=False)["input_ids"]
-    a_ids = tokenizer(list(answers), add_special_tokens=False)["input_ids"]
     budget = max_length - tokenizer.num_special_tokens_to_add(pair=True)
     if budget < 2:
         raise ValueError(f"max_length={max_length} leaves no room for a question and an answer")
+    # Each text is cut to what can be kept (budget - 1 tokens: one is left for the other side) as it is tokenized,
+    # the answer at its end and the question at its start, so no sequence longer than the encoder takes is made.
+    a_ids = tokenizer(list(answers), add_special_tokens=False, truncation=True, max_length=budget - 1)["input_ids"]
+    side, tokenizer.truncation_side = tokenizer.truncation_side, "left"
+    try:
+        q_ids = tokenizer(list(questions), add_special_tokens=False, truncation=True, max_length=budget - 1)["input_ids"]
+    finally:
+        tokenizer.truncation_side = side
     features = []
     for q, a in zip(q_ids, a_ids):
-        a = a[: budget - 1]  # keep at least one question token
-        q = q[len(q) - min(len(q), budget - len(a)):]  # question truncated from its start
+        q = q[len(q) - min(len(q), budget - len(a)):]  # the question fills what the answer leaves, from its end
         ids = tokenizer.build_inputs_with_special_tokens(q, a)
         feature = {"input_ids": ids, "attention_mask": [1] * len(ids)}
         if "token_type_ids" in tokenizer.model_input_names:
@@ -157,11 +162,13 @@ class RewardScorer:
         self.device, self.batch_size = device, batch_size
 
     @torch.inference_mode()
-    def score(self, prompts, answers):
-        """(N,) float32 scores on the CPU, one per (prompt Messages, answer text)."""
+    def score(self, prompts, answers, desc=None):
+        """(N,) float32 scores on the CPU, one per (prompt Messages, answer text); desc: a progress bar's label
+        (None: no bar, as for PPO's per-step batches)."""
         features = encode_pairs(self.tokenizer, [as_text(m) for m in prompts], answers, self.max_length)
         scores = []
-        for start in range(0, len(features), self.batch_size):
+        starts = range(0, len(features), self.batch_size)
+        for start in (starts if desc is None else progress(starts, desc)):
             batch = self.tokenizer.pad(features[start: start + self.batch_size], return_tensors="pt")
             scores.append(self.model(**{k: v.to(self.device) for k, v in batch.items()}).float().cpu())
         return torch.cat(scores) if scores else torch.zeros(0)
@@ -218,7 +225,7 @@ def make_evaluate(accelerator):
         """Mean loss, pairwise accuracy and mean margin over a loader of pairs (all processes)."""
         model.eval()
         chosen, rejected = [], []
-        for batch in loader:
+        for batch in progress(loader, "reward: validation", accelerator.is_main_process):
             with accelerator.autocast():
                 c, r = pair_scores(model, batch)
             c, r = accelerator.gather_for_metrics((c, r))
@@ -254,7 +261,7 @@ def score_statistics(model, loader, accelerator):
     rejected, of a loader of pairs -- the statistics with which ppo.reward.whiten standardises its scores."""
     model.eval()
     scores = []
-    for batch in loader:
+    for batch in progress(loader, "reward: score statistics", accelerator.is_main_process):
         with accelerator.autocast():
             scores.append(accelerator.gather_for_metrics(model(**batch).float()))
     scores = torch.cat(scores)

@@ -7,7 +7,7 @@ import torch
 from alignkit.conversation import Renderer
 from alignkit.losses import answer_nll
 from alignkit.policy import collate, token_logps
-from alignkit.training import fit, seeded_loader
+from alignkit.training import fit, progress, seeded_loader
 
 
 def _collator(tokenizer):
@@ -26,7 +26,7 @@ def make_evaluate(accelerator):
         """Answer-token NLL (per token, over the whole split) and its perplexity."""
         model.eval()
         total, count = torch.zeros((), device=accelerator.device), torch.zeros((), device=accelerator.device)
-        for batch in loader:
+        for batch in progress(loader, "sft: validation", accelerator.is_main_process):
             with accelerator.autocast():
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             nll, n = answer_nll(token_logps(logits, batch["input_ids"]), batch["loss_mask"])

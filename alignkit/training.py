@@ -25,6 +25,12 @@ def seed_everything(seed):
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def progress(iterable, desc, main_process=True, total=None):
+    """A progress bar over a long loop: on a terminal only (disable=None: none in a log file), on the main
+    process only, and gone once the loop ends (leave=False), so only the training bars and results stay."""
+    return tqdm(iterable, desc=desc, total=total, disable=None if main_process else True, leave=False)
+
+
 def make_accelerator(precision, key, grad_accum_steps=1):
     """An Accelerator for CPU, one GPU, or several under `accelerate launch`.
 
@@ -101,6 +107,12 @@ def train_step(model, batch, step, optimizer, scheduler, accelerator, max_grad_n
     return loss, logs
 
 
+def log_validation(live, metrics):
+    """One point per validation pass on each val/<name> curve, at the optimizer step it follows."""
+    for name, value in metrics.items():
+        live.log_metric(f"val/{name}", value)
+
+
 def fit(model, train_loader, val_loader, cfg, accelerator, live_dir, *, desc, step, evaluate, grad_accum_steps=1,
         checkpoint=None):
     """The training loop the stages share: AdamW, a warmup-then-decay schedule, clipping, accumulation.
@@ -140,6 +152,8 @@ def fit(model, train_loader, val_loader, cfg, accelerator, live_dir, *, desc, st
         before = evaluate(model, val_loader)
         best = None  # with cfg.keep == "best": the epoch with the lowest validation loss, its metrics and weights
     live = open_live(live_dir, accelerator, resume=bool(saved))
+    if not saved:  # the validation curves start from the untrained model, at step 0
+        log_validation(live, before)
     after = before
     per_epoch = math.ceil(len(train_loader) / grad_accum_steps)  # per process, after sharding
     steps = cfg.max_steps or cfg.epochs * per_epoch  # max_steps, when set, overrides epochs
@@ -193,8 +207,7 @@ def fit(model, train_loader, val_loader, cfg, accelerator, live_dir, *, desc, st
             if global_step == steps:
                 break  # max_steps reached part-way through an epoch
         after = evaluate(model, val_loader)
-        for name, value in after.items():
-            live.log_metric(f"val/{name}", value, plot=False)
+        log_validation(live, after)
         bar.write(f"epoch {epoch}: " + ", ".join(f"val {k} {v:.4f}" for k, v in after.items()))
         if cfg.keep == "best" and (best is None or after["loss"] < best["metrics"]["loss"]):
             best = {"epoch": epoch, "metrics": after, "weights": model_weights(accelerator.unwrap_model(model))}

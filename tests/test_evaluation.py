@@ -62,8 +62,9 @@ def test_generations_are_readable_and_match_the_reward(evaluated, prepared_sampl
     rows = [json.loads(line) for line in open(evaluated / "sft.jsonl")]
     tests = [json.loads(line) for line in open(prepared_sample / "test.jsonl")]
     assert len(rows) == len(tests)
-    assert set(rows[0]) == {"question", "unsafe", "reference", "answer", "reward", "scores"}
+    assert set(rows[0]) == {"question", "prompt", "unsafe", "reference", "answer", "reward", "scores"}
     assert all(r["unsafe"] is False and set(r["scores"]) == {"helpful"} for r in rows)
+    assert [r["prompt"] for r in rows] == [t["prompt"] for t in tests]  # the conversation, turn by turn
     assert [r["question"] for r in rows] == [as_text(from_json(t["prompt"])) for t in tests]
     metrics = json.loads((evaluated / "sft.json").read_text())
     assert sum(r["reward"] for r in rows) / len(rows) == pytest.approx(metrics["reward_mean"], abs=1e-3)

@@ -13,7 +13,7 @@ import yaml
 from tests.conftest import dvc, git_commit, stage_env
 
 STAGES = ["dpo", "evaluate@dpo", "evaluate@ppo", "evaluate@sft", "merge@dpo", "merge@ppo", "merge@sft", "ppo",
-          "prepare@helpful", "prepare@safety", "reward@helpful", "reward@safety", "sft"]
+          "prepare@helpful", "prepare@safety", "report", "reward@helpful", "reward@safety", "sft"]
 EVALUATIONS = ["evaluate@dpo", "evaluate@ppo", "evaluate@sft"]
 
 
@@ -75,8 +75,8 @@ def test_repro_builds_every_stage_then_does_nothing(built):
 # Prepared data, finished checkpoints (checkpoint.json), params and code are the same everywhere. A reward model's
 # directory holds its weights and score statistics as well as its tokenizer and config; ppo and evaluate depend on
 # models/reward, the directory of all of them.
-FLOAT_MADE = re.compile(r"^(models/(reward(/[^/]+)?|sft|dpo|ppo|merged/(sft|dpo|ppo))|generations/.+|dvclive/.+/plots/metrics"
-                        r"|plots/eval/.+|metrics/(reward/[^/]+|sft|dpo|ppo|eval/.+)\.json)$")
+FLOAT_MADE = re.compile(r"^(models/(reward(/[^/]+)?|sft|dpo|ppo|merged/(sft|dpo|ppo))|generations(/.+)?|dvclive(/.+/plots/metrics)?"
+                        r"|plots/eval/.+|metrics(/(reward/[^/]+|sft|dpo|ppo|eval/.+)\.json)?|report)$")
 
 # Rebuilt metrics agree with the committed ones within these tolerances (README, "Reproducible"):
 # - a share of counted items (accuracies, win rates over ~200 pairs) within SHARE_ATOL, 4 items: a pair whose two
@@ -179,13 +179,13 @@ def test_changing_a_param_reruns_only_its_readers(built_copy):
 def test_experiment_on_one_reward_models_lr_reruns_it_ppo_and_the_evaluations(built_copy):
     out = dvc(built_copy, "exp", "run", "-n", "safety-lr", "-S", "+reward.models.safety.lr=2e-3")
     # and merge@ppo, which passes the new PPO policy on to evaluate@ppo; not reward@helpful, sft, dpo
-    assert ran(out) == [*EVALUATIONS, "merge@ppo", "ppo", "reward@safety"]
+    assert ran(out) == [*EVALUATIONS, "merge@ppo", "ppo", "report", "reward@safety"]
     assert json.loads((built_copy / "metrics" / "reward" / "safety.json").read_text())["val_accuracy"] >= 0.9
 
 
 def test_experiment_on_dpo_lr_reruns_exactly_dpo_and_its_evaluation(built_copy):
     out = dvc(built_copy, "exp", "run", "-n", "dpo-lr-1e-5", "-S", "dpo.lr=1e-5")
-    assert ran(out) == ["dpo", "evaluate@dpo", "merge@dpo"]
+    assert ran(out) == ["dpo", "evaluate@dpo", "merge@dpo", "report"]
 
     table = list(csv.DictReader(io.StringIO(dvc(built_copy, "exp", "show", "--no-pager", "--csv"))))
     row = next(r for r in table if r["Experiment"] == "dpo-lr-1e-5")
@@ -202,13 +202,35 @@ def test_experiment_on_dpo_lr_reruns_exactly_dpo_and_its_evaluation(built_copy):
     assert all(f"metrics/eval/{m}.json" in shown for m in ("sft", "ppo", "dpo"))
 
 
-def test_plots_show_draws_the_training_curves(built_copy):
+def test_plots_show_draws_the_training_curves_offline(built_copy):
+    """`dvc plots show` fills the offline template (.dvc/config): Vega inlined, nothing fetched, and every plot's
+    spec, drawn by the same Vega (vl-convert), has marks: a line through each curve, the comparison's bars."""
+    import vl_convert
+
     out = dvc(built_copy, "plots", "show", "-o", "plots_html")
     html = (built_copy / "plots_html" / "index.html").read_text()
     for stage in ("reward/helpful", "reward/safety", "sft", "dpo", "ppo"):
         assert f"dvclive/{stage}/plots/metrics/train/loss.tsv" in html
+        assert f"dvclive/{stage}/plots/metrics/val/loss.tsv" in html or stage == "ppo"  # one point per epoch
     assert "Model comparison on the test split" in html
     assert "plots_html" in out
+    assert "window.vegaEmbed=" in html and not re.search(r"<script[^>]+src=", html)
+    specs = [json.loads(s) for s in re.findall(r"var spec = (\{.*?\});\n\s*vegaEmbed\(", html, re.S)]
+    assert len(specs) >= 30
+    for spec in specs:
+        svg = vl_convert.vegalite_to_svg(spec, vl_version="5.21")
+        drawn = re.findall(r'class="mark-(?:line|rect) role-mark[^"]*"[^>]*><path[^>]* d="M[^"]+"', svg)
+        assert drawn, spec.get("title")
+
+
+def test_the_report_shows_every_model_and_stage(built):
+    repo, printed = built
+    assert "report: report/report.html and report.md (3 models, 6 charts, 8 prompts side by side" in printed
+    page = (repo / "report" / "report.html").read_text()
+    for chart in ("comparison", "curves-reward-helpful", "curves-reward-safety", "curves-sft", "curves-dpo",
+                  "curves-ppo"):
+        assert f'<figure id="chart-{chart}"' in page
+    assert page.count('<tr class="sample">') == 8
 
 
 def test_bad_input_under_dvc_fails_and_leaves_no_output(repo_copy):
@@ -287,7 +309,9 @@ def test_a_chat_model_with_lora_and_one_reward_model_on_multi_turn_conversations
 
     git_commit(repo_copy, "chat model with LoRA")
     out = dvc(repo_copy, "exp", "run", "-S", "dpo.lora.r=4")
-    assert ran(out) == ["dpo", "evaluate@dpo", "merge@dpo"]
+    assert ran(out) == ["dpo", "evaluate@dpo", "merge@dpo", "report"]
     assert json.loads((repo_copy / "models" / "dpo" / "adapter_config.json").read_text())["r"] == 4
     generation = json.loads((repo_copy / "generations" / "dpo.jsonl").open().readline())
     assert generation["question"].startswith("System: ") and "\n\nHuman: " in generation["question"]
+    # The report shows the conversation turn by turn, its system turn first.
+    assert '<p class="turn"><span class="role">system:</span>' in (repo_copy / "report" / "report.html").read_text()
