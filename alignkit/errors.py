@@ -74,5 +74,8 @@ def run_stage(main, argv=None):
     except KeyboardInterrupt:
         # DVC names the stage it runs in DVC_STAGE (e.g. evaluate@dpo); run by hand, the script's name.
         stage = os.environ.get("DVC_STAGE") or os.path.splitext(os.path.basename(sys.argv[0]))[0]
+        if "tqdm" in sys.modules:  # the bars stay as they were drawn: none is drawn again when Python exits
+            for bar in list(sys.modules["tqdm"].tqdm._instances):
+                bar.disable = True
         print(f"\n{interrupted_message(stage, _resume_point)}", file=sys.stderr, flush=True)
         sys.exit(130)
