@@ -272,7 +272,8 @@ def training_rows(training):
             for stage, m in training.items()]
 
 
-CSS = """body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:24px auto;max-width:1280px;color:#222}
+CSS = """body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:24px auto;padding:0 20px;max-width:1280px;
+color:#222}
 h1{font-size:1.6em}h2{margin-top:1.6em;border-bottom:1px solid #ddd;padding-bottom:4px}
 table{border-collapse:collapse;margin:8px 0;font-size:0.92em}th,td{border:1px solid #ccc;padding:4px 8px;
 vertical-align:top;text-align:left}th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}

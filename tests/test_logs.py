@@ -79,7 +79,7 @@ def test_a_pretrained_encoder_with_a_maximum_length_gets_no_tokenizer_warning(pr
     assert sum(len(tokenizer(t)["input_ids"]) > 24 for t in texts[:200]) > 50  # the case the warning is about
 
     params = write_params(tmp_path / "params.yaml", models={"policy": "tiny-gpt2", "reward": str(tmp_path / "encoder")},
-                          reward={"epochs": 1, "max_length": 24})
+                          reward={"max_steps": 5, "max_length": 24})  # every pair is tokenised before step 1
     proc = reward_stage(params, prepared_sample, tmp_path / "out")
     stdout, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr
