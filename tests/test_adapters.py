@@ -204,6 +204,7 @@ def run_dpo(args, **kwargs):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs)
 
 
+@pytest.mark.same_run_only
 def test_a_killed_lora_stage_resumes_to_the_same_adapter_bytes(prepared_root, sft_model, tmp_path):
     """DPO with LoRA, SIGKILLed after a checkpoint, then run again: the checkpoint holds the adapter
     and optimizer state (not the base), and the final adapter is byte for byte the uninterrupted run's."""

@@ -57,6 +57,7 @@ def test_settings_merge_overrides_nested_keys_only():
     assert merge(base, {"at_scale": {"pairs": 8}}) == {"warmup": 2, "at_scale": {"pairs": 8, "seq_len": 256}}
 
 
+@pytest.mark.same_run_only
 def test_tiny_benchmark_writes_results_and_table(tmp_path):
     out = tmp_path / "results.json"
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--profile", "tiny", "--out", str(out),
@@ -81,7 +82,7 @@ def test_tiny_benchmark_writes_results_and_table(tmp_path):
     stages = results["memory"]["stages"]
     assert list(stages)[0].startswith("prepare@")
     assert set(stages) == {"prepare@helpful", "prepare@safety", "reward@helpful", "reward@safety", "sft", "dpo", "ppo",
-                           "merge@sft", "merge@ppo", "merge@dpo", "evaluate@sft", "evaluate@ppo", "evaluate@dpo"}
+                           "merge@sft", "merge@ppo", "merge@dpo", "evaluate@sft", "evaluate@ppo", "evaluate@dpo", "report"}
     assert all(s["peak_rss_mib"] > 0 for s in stages.values())
     assert [(a["precision"], a["checkpointing"], bool(a["lora"])) for a in results["memory"]["dpo_step_at_scale"]] == [
         ("fp32", False, False), ("bf16", False, False), ("bf16", True, False), ("fp32", False, True), ("bf16", True, True)]

@@ -176,6 +176,7 @@ def test_changing_a_param_reruns_only_its_readers(built_copy):
         "prepare@safety"]
 
 
+@pytest.mark.same_run_only
 def test_experiment_on_one_reward_models_lr_reruns_it_ppo_and_the_evaluations(built_copy):
     out = dvc(built_copy, "exp", "run", "-n", "safety-lr", "-S", "+reward.models.safety.lr=2e-3")
     # and merge@ppo, which passes the new PPO policy on to evaluate@ppo; not reward@helpful, sft, dpo
@@ -183,6 +184,7 @@ def test_experiment_on_one_reward_models_lr_reruns_it_ppo_and_the_evaluations(bu
     assert json.loads((built_copy / "metrics" / "reward" / "safety.json").read_text())["val_accuracy"] >= 0.9
 
 
+@pytest.mark.same_run_only
 def test_experiment_on_dpo_lr_reruns_exactly_dpo_and_its_evaluation(built_copy):
     out = dvc(built_copy, "exp", "run", "-n", "dpo-lr-1e-5", "-S", "dpo.lr=1e-5")
     assert ran(out) == ["dpo", "evaluate@dpo", "merge@dpo", "report"]
@@ -245,6 +247,7 @@ def test_bad_input_under_dvc_fails_and_leaves_no_output(repo_copy):
     assert not (repo_copy / "metrics" / "data" / "helpful.json").exists()
 
 
+@pytest.mark.same_run_only
 def test_a_chat_model_with_lora_and_one_reward_model_on_multi_turn_conversations_runs_every_stage(repo_copy):
     """`models.policy: tiny-llama` on the shipped multi-turn sample (HH dialogues with a system column), shortened,
     with one data set and one reward model (as the coursework had) and LoRA adapters for sft and dpo: every stage

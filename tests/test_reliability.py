@@ -64,6 +64,7 @@ def private_copy(repo, tmp_path):
     return dest
 
 
+@pytest.mark.same_run_only
 def test_two_clean_runs_give_identical_metrics_and_models(reduced_repo, tmp_path):
     """A forced rerun of every stage reproduces every metrics file byte for byte, and dvc.lock
     (which holds the hash of every model) is unchanged."""
@@ -102,6 +103,7 @@ def kill_when_checkpointed(repo, stage, every):
             proc.wait()
 
 
+@pytest.mark.same_run_only
 @pytest.mark.parametrize("stage", ["reward@helpful", "sft", "dpo", "ppo"])
 def test_killed_stage_resumes_from_its_checkpoint(reduced_repo, tmp_path, stage):
     repo = private_copy(reduced_repo, tmp_path)

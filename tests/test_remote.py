@@ -29,6 +29,7 @@ def add_remote(repo, name, url, **options):
     git(repo, "commit", "-qam", f"remote {name}")
 
 
+@pytest.mark.same_run_only
 def test_local_remote_round_trip(built_copy, tmp_path):
     add_remote(built_copy, "storage", str(tmp_path / "storage"))
     dvc(built_copy, "push")
@@ -40,6 +41,7 @@ def test_local_remote_round_trip(built_copy, tmp_path):
     assert "up to date" in dvc(fresh, "status")
 
 
+@pytest.mark.same_run_only
 def test_push_and_pull_one_model(built_copy, tmp_path):
     add_remote(built_copy, "storage", str(tmp_path / "storage"))
     dvc(built_copy, "push", "dpo")
@@ -66,6 +68,7 @@ def s3_server():
         server.stop()
 
 
+@pytest.mark.same_run_only
 def test_s3_remote_round_trip(built_copy, tmp_path, s3_server, monkeypatch):
     import boto3
 
