@@ -12,13 +12,14 @@ It reads only what the pipeline wrote (paths relative to the roots the stage is 
     generations/<model>.jsonl     each model's answers to the test prompts, with rewards (evaluate)
 
 Charts are Vega-Lite specs drawn to SVG by vl-convert, which runs Vega itself in an embedded JavaScript engine
-(no browser); OFFLINE_TEMPLATE gives `dvc plots show` the same libraries, inlined, so its page draws offline too.
+(no browser); offline_template() gives `dvc plots show` the same libraries, inlined, so its page draws offline too.
 """
 
 import csv
 import html
 import json
 import random
+from collections import Counter
 from pathlib import Path
 
 from alignkit.errors import DataError
@@ -109,21 +110,31 @@ def ordered_models(names):
     return sorted(names, key=lambda m: (m != "sft", m))
 
 
+def ranked(metric):
+    """Whether a metric (reward_models.helpful.mean: by its last part) has a better direction."""
+    return metric.split(".")[-1] not in NOT_RANKED
+
+
+def numbers(values):
+    """{model: value} without the values that are not numbers (a metric a model lacks is None)."""
+    return {m: v for m, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
 def best_models(values, metric):
     """The models with the best value of `metric` ({model: value}); none when it is not ranked or all are equal."""
-    numbers = {m: v for m, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    if metric.split(".")[-1] in NOT_RANKED or metric in NOT_RANKED or len(set(numbers.values())) < 2:
+    found = numbers(values)
+    if not ranked(metric) or len(set(found.values())) < 2:
         return set()
-    best = (min if metric in LOWER_IS_BETTER else max)(numbers.values())
-    return {m for m, v in numbers.items() if v == best}
+    best = (min if metric in LOWER_IS_BETTER else max)(found.values())
+    return {m for m, v in found.items() if v == best}
 
 
 def metric_table(evals):
     """[(metric, {model: value}, {best models})] over the union of the models' flattened metrics, in file order."""
     flat = {m: flatten(e) for m, e in evals.items()}
     names = list(dict.fromkeys(k for f in flat.values() for k in f))
-    return [(k, {m: f.get(k) for m, f in flat.items()}, best_models({m: f.get(k) for m, f in flat.items()}, k))
-            for k in names]
+    rows = [(k, {m: f.get(k) for m, f in flat.items()}) for k in names]  # None where a model lacks the metric
+    return [(k, values, best_models(values, k)) for k, values in rows]
 
 
 def sample_prompts(generations, n, seed):
@@ -134,8 +145,7 @@ def sample_prompts(generations, n, seed):
     rows = []
     for i in picked:
         first = generations[models[0]][i]
-        prompt = first.get("prompt") or [{"role": "user", "content": first["question"]}]
-        rows.append({"index": i, "prompt": prompt, "unsafe": first.get("unsafe", False),
+        rows.append({"index": i, "prompt": first["prompt"], "unsafe": first["unsafe"],
                      "reference": first["reference"], "answers": {m: generations[m][i] for m in models}})
     return rows
 
@@ -144,12 +154,10 @@ def data_rows(data_metrics):
     """One row per data set: (set, rows in, filtered out, dropped (by reason), kept, train/val/test, unsafe)."""
     rows = []
     for name, d in data_metrics.items():
-        dropped = {k: v for k, v in d.get("rows_dropped", {}).items() if v}
-        rows.append([name, d["rows_in"], sum(d.get("rows_filtered", {}).values()),
-                     sum(dropped.values()) if dropped else 0,
+        dropped = {k: v for k, v in d["rows_dropped"].items() if v}
+        rows.append([name, d["rows_in"], sum(d["rows_filtered"].values()), sum(dropped.values()),
                      ", ".join(f"{k} {v}" for k, v in dropped.items()) or "none", d["rows_kept"],
-                     " / ".join(str(d["splits"].get(s, 0)) for s in ("train", "validation", "test")),
-                     d.get("unsafe_prompts", 0)])
+                     " / ".join(str(d["splits"][s]) for s in ("train", "validation", "test")), d["unsafe_prompts"]])
     return rows
 
 
@@ -163,9 +171,7 @@ DATA_HEADER = ["set", "rows in", "filtered out", "dropped", "dropped by reason",
 def curves_spec(stage, rows):
     """Small multiples of every curve of one training stage, each on its own y scale; a validation curve (a few
     points) gets its points drawn."""
-    counts = {}
-    for r in rows:
-        counts[r["curve"]] = counts.get(r["curve"], 0) + 1
+    counts = Counter(r["curve"] for r in rows)
     values = [{**r, "points": counts[r["curve"]]} for r in rows]
     curves = sorted(counts, key=lambda c: (not c.startswith("train/"), c))
     return {
@@ -186,9 +192,8 @@ def curves_spec(stage, rows):
 
 def comparison_spec(table, models):
     """One bar per model for each ranked metric of the evaluation, each metric on its own scale."""
-    values = [{"metric": metric, "model": m, "value": v} for metric, by_model, _ in table
-              if metric.split(".")[-1] not in NOT_RANKED
-              for m, v in by_model.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    values = [{"metric": metric, "model": m, "value": v} for metric, by_model, _ in table if ranked(metric)
+              for m, v in numbers(by_model).items()]
     return {
         "$schema": SCHEMA, "title": "Model comparison on the test split", "data": {"values": values},
         "facet": {"field": "metric", "type": "nominal", "sort": list(dict.fromkeys(v["metric"] for v in values)),
@@ -244,7 +249,7 @@ def build(metrics_root, live_root, generations_root, samples, seed):
         "models": models,
         "data": data_rows(read_json_dir(metrics_root / "data")),
         "reward": read_json_dir(metrics_root / "reward"),
-        "training": {p.stem: read_json(p) for p in sorted(metrics_root.glob("*.json"))},
+        "training": read_json_dir(metrics_root),
         "table": table,
         "samples": sample_prompts(read_generations(generations_root, models), samples, seed),
         "charts": charts,
@@ -252,8 +257,10 @@ def build(metrics_root, live_root, generations_root, samples, seed):
 
 
 def fmt(value):
-    if isinstance(value, bool) or value is None:
-        return "" if value is None else str(value).lower()
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value).lower()
     if isinstance(value, float):
         return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.4e}"
     return str(value)
@@ -268,8 +275,8 @@ def training_rows(training):
     keys = {"sft": ["val_loss_before", "val_loss", "val_perplexity"],
             "dpo": ["val_loss_before", "val_loss", "val_reward_accuracy", "val_margin"],
             "ppo": ["val_score_before", "val_score_after", "kl", "kl_coef", "response_length"]}
-    return [(stage, ", ".join(f"{k} {fmt(m[k])}" for k in keys.get(stage, m) if not isinstance(m.get(k), dict)))
-            for stage, m in training.items()]
+    return [(stage, ", ".join(f"{k} {fmt(m[k])}" for k in keys[stage])) for stage, m in training.items()
+            if stage in keys]
 
 
 CSS = """body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:24px auto;padding:0 20px;max-width:1280px;
@@ -297,7 +304,7 @@ def to_html(report):
     out += [f"<tr>{_cells(r)}</tr>" for r in report["data"]]
     out.append("</table><h2>Reward models</h2><table><tr><th>reward model</th><th>val accuracy</th>"
                "<th>val loss</th><th>val margin</th></tr>")
-    out += [f"<tr>{_cells([n, m.get('val_accuracy'), m.get('val_loss'), m.get('val_margin')])}</tr>"
+    out += [f"<tr>{_cells([n, m['val_accuracy'], m['val_loss'], m['val_margin']])}</tr>"
             for n, m in report["reward"].items()]
     out.append("</table><h2>Training</h2><table><tr><th>stage</th><th>results</th></tr>")
     out += [f"<tr>{_cells(r)}</tr>" for r in training_rows(report["training"])]
@@ -348,7 +355,7 @@ def to_markdown(report, chart_dir):
     out += [_md_row([_md(c) for c in r]) for r in report["data"]]
     out += ["", "## Reward models", "", _md_row(["reward model", "val accuracy", "val loss", "val margin"]),
             _md_row(["---"] * 4)]
-    out += [_md_row([_md(v) for v in (n, m.get("val_accuracy"), m.get("val_loss"), m.get("val_margin"))])
+    out += [_md_row([_md(v) for v in (n, m["val_accuracy"], m["val_loss"], m["val_margin"])])
             for n, m in report["reward"].items()]
     out += ["", "## Training", "", _md_row(["stage", "results"]), _md_row(["---"] * 2)]
     out += [_md_row([_md(c) for c in r]) for r in training_rows(report["training"])]

@@ -25,10 +25,10 @@ def seed_everything(seed):
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def progress(iterable, desc, main_process=True, total=None):
+def progress(iterable, desc, main_process=True):
     """A progress bar over a long loop: on a terminal only (disable=None: none in a log file), on the main
     process only, and gone once the loop ends (leave=False), so only the training bars and results stay."""
-    return tqdm(iterable, desc=desc, total=total, disable=None if main_process else True, leave=False)
+    return tqdm(iterable, desc=desc, disable=None if main_process else True, leave=False)
 
 
 def make_accelerator(precision, key, grad_accum_steps=1):

@@ -10,6 +10,7 @@ import sys
 import pytest
 import yaml
 
+from alignkit.report import flatten as flat, to_svg
 from tests.conftest import dvc, git_commit, stage_env
 
 STAGES = ["dpo", "evaluate@dpo", "evaluate@ppo", "evaluate@sft", "merge@dpo", "merge@ppo", "merge@sft", "ppo",
@@ -123,13 +124,6 @@ def lock_entries(text):
     return entries
 
 
-def flat(metrics, prefix=""):
-    out = {}
-    for key, value in metrics.items():
-        out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
-    return out
-
-
 def test_rebuilt_metrics_agree_with_the_committed_ones(built):
     """The shipped sample, rebuilt here, reproduces every committed metric within the tolerances above: a
     regression fails, another CPU kind does not."""
@@ -208,8 +202,6 @@ def test_experiment_on_dpo_lr_reruns_exactly_dpo_and_its_evaluation(built_copy):
 def test_plots_show_draws_the_training_curves_offline(built_copy):
     """`dvc plots show` fills the offline template (.dvc/config): Vega inlined, nothing fetched, and every plot's
     spec, drawn by the same Vega (vl-convert), has marks: a line through each curve, the comparison's bars."""
-    import vl_convert
-
     out = dvc(built_copy, "plots", "show", "-o", "plots_html")
     html = (built_copy / "plots_html" / "index.html").read_text()
     for stage in ("reward/helpful", "reward/safety", "sft", "dpo", "ppo"):
@@ -221,7 +213,7 @@ def test_plots_show_draws_the_training_curves_offline(built_copy):
     specs = [json.loads(s) for s in re.findall(r"var spec = (\{.*?\});\n\s*vegaEmbed\(", html, re.S)]
     assert len(specs) >= 30
     for spec in specs:
-        svg = vl_convert.vegalite_to_svg(spec, vl_version="5.21")
+        svg = to_svg(spec)
         drawn = re.findall(r'class="mark-(?:line|rect) role-mark[^"]*"[^>]*><path[^>]* d="M[^"]+"', svg)
         assert drawn, spec.get("title")
 

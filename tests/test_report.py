@@ -151,8 +151,8 @@ def test_generations_of_other_prompts_fail_in_one_line_and_write_nothing(outputs
 
 
 def test_the_sample_is_seeded_and_the_same_prompts_for_every_model():
-    generations = {m: [{"question": f"q{i}", "reference": "r", "answer": f"{m}{i}"} for i in range(50)]
-                   for m in MODELS}
+    generations = {m: [{"question": f"q{i}", "prompt": [{"role": "user", "content": f"q{i}"}], "unsafe": False,
+                        "reference": "r", "answer": f"{m}{i}"} for i in range(50)] for m in MODELS}
     a, b = sample_prompts(generations, 6, 42), sample_prompts(generations, 6, 42)
     assert [s["index"] for s in a] == [s["index"] for s in b] and len(a) == 6
     assert [s["index"] for s in sample_prompts(generations, 6, 7)] != [s["index"] for s in a]
