@@ -2,6 +2,7 @@
 
 import torch
 
+from alignkit.batching import in_order, sorted_batches
 from alignkit.conversation import Renderer
 from alignkit.losses import dpo_loss
 from alignkit.policy import collate, forward_logps
@@ -27,6 +28,12 @@ class PairCollator:
         return batch
 
 
+def pair_lengths(items):
+    """Each pair's padded length in a batch, the longer of its two sequences; items: [(chosen, rejected, ...)],
+    each side (ids, prompt_len)."""
+    return [max(len(chosen[0]), len(rejected[0])) for chosen, rejected, *_ in items]
+
+
 @torch.no_grad()
 def reference_logps(reference, encoded, pad_id, batch_size, accelerator, desc="dpo: reference log-probs"):
     """Summed answer log-probs of the frozen reference for every pair: (chosen (N,), rejected (N,)).
@@ -35,16 +42,17 @@ def reference_logps(reference, encoded, pad_id, batch_size, accelerator, desc="d
     model forward per training step would only repeat this.
     """
     reference.eval()
+    batches = sorted_batches(pair_lengths(encoded), batch_size)  # longest first: little padding per batch
     chosen, rejected = [], []
-    for start in progress(range(0, len(encoded), batch_size), desc, accelerator.is_main_process):
-        part = encoded[start: start + batch_size]
+    for index in progress(batches, desc, accelerator.is_main_process):
+        part = [encoded[i] for i in index]
         batch = collate([c for c, _ in part] + [r for _, r in part], pad_id)
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
         with accelerator.autocast():
             logps = forward_logps(reference, batch).cpu()
         chosen.append(logps[: len(part)])
         rejected.append(logps[len(part):])
-    return torch.cat(chosen), torch.cat(rejected)
+    return in_order(batches, chosen), in_order(batches, rejected)
 
 
 def _split(logps):
@@ -104,8 +112,10 @@ def train_dpo(policy, reference, tokenizer, train_pairs, val_pairs, cfg, seed, a
         policy.config.use_cache = False
 
     collator = PairCollator(tokenizer.pad_token_id)
-    train_loader = seeded_loader(datasets["train"], cfg.batch_size, seed, collator)
-    val_loader = seeded_loader(datasets["val"], cfg.eval_batch_size, seed, collator, shuffle=False)
+    train_loader = seeded_loader(datasets["train"], cfg.batch_size, seed, collator,
+                                 lengths=pair_lengths(datasets["train"]) if cfg.group_by_length else None)
+    val_loader = seeded_loader(datasets["val"], cfg.eval_batch_size, seed, collator, shuffle=False,
+                               lengths=pair_lengths(datasets["val"]))
     before, after, policy = fit(policy, train_loader, val_loader, cfg, accelerator, live_dir, desc="dpo",
                                 step=make_step(cfg.beta, cfg.loss_type, cfg.label_smoothing),
                                 evaluate=make_evaluate(cfg.beta, cfg.loss_type, cfg.label_smoothing, accelerator),

@@ -3,6 +3,8 @@
 import statistics
 
 import torch
+
+from alignkit.batching import in_order, sorted_batches
 from alignkit.conversation import Renderer, as_text, to_json
 from alignkit.policy import collate, forward_logps, max_prompt_tokens
 from alignkit.textmetrics import bleu, distinct_n, rouge, win_rate
@@ -41,11 +43,12 @@ def generate(model, tokenizer, prompts, gen, batch_size, seed, desc, max_prompt_
 @torch.no_grad()
 def summed_logps(model, examples, pad_id, batch_size, desc):
     """Summed answer log-probs (N,) of [(ids, prompt_len)] examples, in batches, on the CPU."""
+    batches = sorted_batches([len(ids) for ids, _ in examples], batch_size)  # longest first: little padding
     out = []
-    for start in progress(range(0, len(examples), batch_size), desc):
-        batch = {k: v.to(model.device) for k, v in collate(examples[start: start + batch_size], pad_id).items()}
-        out.append(forward_logps(model, batch))
-    return torch.cat(out).cpu()
+    for index in progress(batches, desc):
+        batch = {k: v.to(model.device) for k, v in collate([examples[i] for i in index], pad_id).items()}
+        out.append(forward_logps(model, batch).cpu())
+    return in_order(batches, out) if out else torch.zeros(0)
 
 
 def answer_logps(model, tokenizer, prompts, answer_ids, batch_size, budget, desc):

@@ -227,8 +227,24 @@ def load_policy(spec, key="models.policy", texts=(), seed=0):
     from alignkit.adapters import is_adapter_dir, load_merged
 
     if is_adapter_dir(spec):
-        return load_merged(spec, key, load_policy)
-    return _load(spec, key, texts, seed, ("gpt2", "llama"), "AutoModelForCausalLM")
+        model, tokenizer = load_merged(spec, key, load_policy)
+    else:
+        model, tokenizer = _load(spec, key, texts, seed, ("gpt2", "llama"), "AutoModelForCausalLM")
+    return fused_activations(model), tokenizer
+
+
+def fused_activations(model):
+    """GPT-2's gelu_new (NewGELUActivation: tanh-approximate GELU written as five elementwise ops, each a pass
+    over the activations, forward and backward) replaced by torch's fused kernel of the same formula
+    (PytorchGELUTanh, F.gelu(approximate="tanh"); they agree within 3e-7), about 2.8x faster on a CPU. Only the
+    module objects change: the config, the weights and what save_pretrained writes stay the same."""
+    from transformers.activations import NewGELUActivation, PytorchGELUTanh
+
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if type(child) is NewGELUActivation:
+                setattr(module, name, PytorchGELUTanh())
+    return model
 
 
 def load_encoder(spec, key="models.reward", texts=(), seed=0):

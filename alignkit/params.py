@@ -127,6 +127,7 @@ class TrainingParams(Section):
     epochs: PositiveInt
     batch_size: PositiveInt
     eval_batch_size: PositiveInt
+    group_by_length: bool  # training batches of similar length (alignkit.batching)
     max_length: Annotated[int, Field(ge=8)]
     weight_decay: Annotated[float, Field(ge=0)]
     warmup_ratio: Fraction

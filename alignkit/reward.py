@@ -10,11 +10,13 @@ answer that alone exceeds the budget is cut, at its end.
 
 import inspect
 import json
+import types
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from alignkit.batching import in_order, sorted_batches
 from alignkit.conversation import as_text
 from alignkit.errors import ModelError
 from alignkit.losses import bradley_terry_loss
@@ -34,6 +36,7 @@ class RewardModel(nn.Module):
         # DistilBERT and others have no pooler: then the [CLS] hidden state is the pooled output.
         self.use_pooler = getattr(encoder, "pooler", None) is not None
         self.takes_token_types = "token_type_ids" in inspect.signature(encoder.forward).parameters
+        self.cls_only = cls_only_last_layer(encoder)  # the last layer on [CLS] alone, where it can
 
     def forward(self, input_ids, attention_mask, token_type_ids=None):
         """(B, T) token ids -> (B,) scores."""
@@ -41,6 +44,35 @@ class RewardModel(nn.Module):
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         pooled = out.pooler_output if self.use_pooler else out.last_hidden_state[:, 0]  # (B, H)
         return self.score_head(pooled).squeeze(-1)  # (B,)
+
+
+def cls_only_last_layer(encoder):
+    """Let the encoder's last layer compute the [CLS] position alone, where it is a BERT-style layer.
+
+    The score reads only [CLS] from the last layer, so the other positions need there only their keys and values:
+    the [CLS] query attends to every position (the layer's own self-attention modules, called with the layer's
+    input as the attended states), then only [CLS] goes through the attention output and the feed-forward block.
+    The last layer's output is then (B, 1, H), [CLS] alone. Scores and gradients equal those of the full layer
+    (tests/test_batching.py); the forward is replaced on the layer object only, so weights and state-dict keys
+    are untouched. Encoders of other shapes (DistilBERT) keep their full forward. Returns whether it applied.
+    """
+    layers = getattr(getattr(encoder, "encoder", None), "layer", None)
+    last = layers[-1] if layers else None
+    parts = ("attention", "intermediate", "output")
+    if last is None or not all(hasattr(last, p) for p in parts) or not hasattr(last.attention, "self") \
+            or getattr(last, "is_decoder", False) or getattr(encoder.config, "position_embedding_type", "absolute") != "absolute":
+        return False
+    last.forward = types.MethodType(_cls_only_forward, last)
+    return True
+
+
+def _cls_only_forward(layer, hidden_states, attention_mask=None, *args, **kwargs):
+    """A BERT layer's forward for the [CLS] query alone: (B, T, H) -> ((B, 1, H),)."""
+    query = hidden_states[:, :1]  # (B, 1, H)
+    mask = attention_mask[:, :, :1] if attention_mask is not None else None  # (B, 1, 1, T): the [CLS] row
+    attended = layer.attention.self(query, encoder_hidden_states=hidden_states, encoder_attention_mask=mask)[0]
+    attention = layer.attention.output(attended, query)  # dense, dropout, LayerNorm(+ residual [CLS])
+    return (layer.output(layer.intermediate(attention), attention),)  # the feed-forward block on [CLS]
 
 
 def encode_pairs(tokenizer, questions, answers, max_length):
@@ -166,12 +198,12 @@ class RewardScorer:
         """(N,) float32 scores on the CPU, one per (prompt Messages, answer text); desc: a progress bar's label
         (None: no bar, as for PPO's per-step batches)."""
         features = encode_pairs(self.tokenizer, [as_text(m) for m in prompts], answers, self.max_length)
+        batches = sorted_batches([len(f["input_ids"]) for f in features], self.batch_size)  # little padding
         scores = []
-        starts = range(0, len(features), self.batch_size)
-        for start in (starts if desc is None else progress(starts, desc)):
-            batch = self.tokenizer.pad(features[start: start + self.batch_size], return_tensors="pt")
+        for index in (batches if desc is None else progress(batches, desc)):
+            batch = self.tokenizer.pad([features[i] for i in index], return_tensors="pt")
             scores.append(self.model(**{k: v.to(self.device) for k, v in batch.items()}).float().cpu())
-        return torch.cat(scores) if scores else torch.zeros(0)
+        return in_order(batches, scores) if scores else torch.zeros(0)
 
 
 # ---------------------------------------------------------------- training
@@ -190,6 +222,10 @@ class PairDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         return self.chosen[i], self.rejected[i]
+
+    def lengths(self):
+        """Each pair's padded length in a batch: the longer of its two inputs."""
+        return [max(len(c["input_ids"]), len(r["input_ids"])) for c, r in zip(self.chosen, self.rejected)]
 
 
 class PairCollator:
@@ -243,13 +279,14 @@ def train_reward_model(model, tokenizer, train_pairs, val_pairs, cfg, seed, acce
     cfg: the `reward` params section; checkpoint: a Checkpointer or None.
     Returns (metrics for metrics/reward.json, the unwrapped model).
     """
+    train, val = PairDataset(tokenizer, train_pairs, cfg.max_length), PairDataset(tokenizer, val_pairs, cfg.max_length)
     collate = PairCollator(tokenizer)
-    train_loader = seeded_loader(PairDataset(tokenizer, train_pairs, cfg.max_length), cfg.batch_size, seed, collate)
-    val_loader = seeded_loader(PairDataset(tokenizer, val_pairs, cfg.max_length), cfg.eval_batch_size, seed, collate,
-                               shuffle=False)
+    train_loader = seeded_loader(train, cfg.batch_size, seed, collate,
+                                 lengths=train.lengths() if cfg.group_by_length else None)
+    val_loader = seeded_loader(val, cfg.eval_batch_size, seed, collate, shuffle=False, lengths=val.lengths())
     _, after, model = fit(model, train_loader, val_loader, cfg, accelerator, live_dir, desc="reward", step=batch_loss,
                           evaluate=make_evaluate(accelerator), checkpoint=checkpoint)
-    stats_loader = seeded_loader(train_loader.dataset, cfg.eval_batch_size, seed, collate, shuffle=False)
+    stats_loader = seeded_loader(train, cfg.eval_batch_size, seed, collate, shuffle=False, lengths=train.lengths())
     stats = score_statistics(model, accelerator.prepare(stats_loader), accelerator)
     return {"train_loss": after["train_loss"], "val_loss": after["loss"], "val_accuracy": after["accuracy"],
             "val_margin": after["margin"], "kept_epoch": after["kept_epoch"], **stats}, model

@@ -6,7 +6,7 @@ import torch
 
 from alignkit.conversation import Renderer
 from alignkit.losses import answer_nll
-from alignkit.policy import collate, token_logps
+from alignkit.policy import answer_token_logps, collate
 from alignkit.training import fit, progress, seeded_loader
 
 
@@ -15,8 +15,7 @@ def _collator(tokenizer):
 
 
 def _step(model, batch):
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
-    nll, _ = answer_nll(token_logps(logits, batch["input_ids"]), batch["loss_mask"])
+    nll, _ = answer_nll(answer_token_logps(model, batch), batch["loss_mask"])
     return nll, {}
 
 
@@ -28,8 +27,7 @@ def make_evaluate(accelerator):
         total, count = torch.zeros((), device=accelerator.device), torch.zeros((), device=accelerator.device)
         for batch in progress(loader, "sft: validation", accelerator.is_main_process):
             with accelerator.autocast():
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            nll, n = answer_nll(token_logps(logits, batch["input_ids"]), batch["loss_mask"])
+                nll, n = answer_nll(answer_token_logps(model, batch), batch["loss_mask"])
             total += nll * n
             count += n
         total, count = accelerator.reduce(total, "sum"), accelerator.reduce(count, "sum")
@@ -52,8 +50,11 @@ def train_sft(model, tokenizer, train_pairs, val_pairs, cfg, seed, accelerator, 
         return renderer.encode_all([p.prompt for p in pairs], [p.chosen for p in pairs], cfg.max_length,
                                    cfg.max_prompt_length)
 
-    train_loader = seeded_loader(examples(train_pairs), cfg.batch_size, seed, _collator(tokenizer))
-    val_loader = seeded_loader(examples(val_pairs), cfg.eval_batch_size, seed, _collator(tokenizer), shuffle=False)
+    train, val = examples(train_pairs), examples(val_pairs)
+    train_loader = seeded_loader(train, cfg.batch_size, seed, _collator(tokenizer),
+                                 lengths=[len(ids) for ids, _ in train] if cfg.group_by_length else None)
+    val_loader = seeded_loader(val, cfg.eval_batch_size, seed, _collator(tokenizer), shuffle=False,
+                               lengths=[len(ids) for ids, _ in val])
     before, after, model = fit(model, train_loader, val_loader, cfg, accelerator, live_dir, desc="sft", step=_step,
                                evaluate=make_evaluate(accelerator), checkpoint=checkpoint)
     metrics = {"val_loss": after["loss"], "val_perplexity": after["perplexity"], "val_loss_before": before["loss"],

@@ -3,11 +3,13 @@
 import math
 import os
 import random
+import warnings
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from alignkit.batching import LengthGroupedBatches
 from alignkit.errors import ParamsError
 
 PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
@@ -31,15 +33,37 @@ def progress(iterable, desc, main_process=True):
     return tqdm(iterable, desc=desc, disable=None if main_process else True, leave=False)
 
 
-def make_accelerator(precision, key, grad_accum_steps=1):
-    """An Accelerator for CPU, one GPU, or several under `accelerate launch`.
+# oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) below which it has no bf16 instructions to use.
+NO_BF16_ISAS = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
 
-    precision: fp32 | bf16 | fp16 (fp16 needs CUDA: on a CPU it is an error naming `key`).
-    """
-    from accelerate import Accelerator
 
+def cpu_has_native_bf16():
+    """Whether this CPU has bf16 instructions (AVX-512 BF16 or AMX) that oneDNN may use. Without them, bf16
+    autocast on a CPU is emulated: every matmul converts in software, and runs several times slower than fp32."""
+    try:
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+    except (OSError, StopIteration):  # not Linux: torch's own check
+        return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    capped = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper() in NO_BF16_ISAS
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags)) and not capped
+
+
+def check_precision(precision, key):
+    """fp16 without CUDA is an error naming `key`; bf16 on a CPU without native bf16 warns (once) that it will
+    run slower than fp32, and goes on."""
     if precision == "fp16" and not torch.cuda.is_available():
         raise ParamsError(f"{key}: fp16 needs a CUDA GPU; use bf16 or fp32 on a CPU")
+    if precision == "bf16" and not torch.cuda.is_available() and not cpu_has_native_bf16():
+        warnings.warn(f"{key}: bf16 on a CPU without native bf16 (no AVX-512 BF16, no AMX) is emulated and runs "
+                      f"slower than fp32; set {key}: fp32 here", stacklevel=3)
+
+
+def make_accelerator(precision, key, grad_accum_steps=1):
+    """An Accelerator for CPU, one GPU, or several under `accelerate launch`; precision: fp32 | bf16 | fp16,
+    checked by check_precision."""
+    from accelerate import Accelerator
+
+    check_precision(precision, key)
     return Accelerator(mixed_precision=PRECISIONS[precision], gradient_accumulation_steps=grad_accum_steps)
 
 
@@ -70,10 +94,16 @@ def open_live(live_dir, accelerator, resume=False):
     return Live(dir=str(live_dir), resume=resume, save_dvc_exp=False, dvcyaml=None, report=None)
 
 
-def seeded_loader(dataset, batch_size, seed, collate_fn, shuffle=True):
+def seeded_loader(dataset, batch_size, seed, collate_fn, shuffle=True, lengths=None):
+    """A DataLoader whose order comes from one torch.Generator seeded with `seed` (fit replays an epoch from
+    its state). lengths: each example's padded length; given, batches are length-grouped (shuffled) or sorted
+    longest first (shuffle=False) by alignkit.batching, else drawn at random (or in order)."""
     generator = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
-                                       collate_fn=collate_fn)
+    if lengths is None:
+        return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
+                                           collate_fn=collate_fn)
+    batches = LengthGroupedBatches(lengths, batch_size, generator if shuffle else None)
+    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, generator=generator, collate_fn=collate_fn)
 
 
 def make_optimizer(model, cfg, total_steps, key="train"):

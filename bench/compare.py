@@ -9,6 +9,7 @@ median of `repeats` timed ones; training steps of the two sides alternate.
 """
 
 import copy
+import statistics
 import tempfile
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import torch
 
 import peers
 from harness import device, peak_memory_mib, sync, timed, timed_interleaved
+from alignkit.batching import LengthGroupedBatches
 from alignkit.data import read_splits
 from alignkit.params import load_params
 from alignkit.training import make_accelerator, make_optimizer, train_step
@@ -46,23 +48,59 @@ def _ours_trainer(model, cfg, precision, key, steps):
 # ---------------------------------------------------------------- reward model
 
 
+def epoch_batches(lengths, batch_size, seed, grouped):
+    """The batches (index lists) of a stage's first epoch: length-grouped, or random as before."""
+    generator = torch.Generator().manual_seed(seed)
+    if grouped:
+        return list(LengthGroupedBatches(lengths, batch_size, generator))
+    order = torch.randperm(len(lengths), generator=generator).tolist()
+    return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def stage_batches(lengths, batch_size, seed, grouped, n):
+    """The first n full batches of the stage's first epoch (epoch_batches)."""
+    full = [b for b in epoch_batches(lengths, batch_size, seed, grouped) if len(b) == batch_size]
+    if len(full) < n:
+        raise SystemExit(f"error: the benchmark needs {n} batches of {batch_size}; the data has {len(full)}")
+    return full[:n]
+
+
+def epoch_padding(lengths, batch_size, seed, collate):
+    """Share of the computed positions that are padding over one epoch of the training split, with random
+    batches (what the stage did before) and with length-grouped ones; collate(indices) -> (real, computed)."""
+    out = {}
+    for name, grouped in (("random", False), ("grouped", True)):
+        batches = epoch_batches(lengths, batch_size, seed, grouped)
+        real, computed = map(sum, zip(*(collate(b) for b in batches)))
+        out[name] = 1 - real / computed
+    return out
+
+
 def reward(work, precision, warmup, repeats, with_peer=True, **_):
     from alignkit.reward import PairCollator, PairDataset, batch_loss, load_reward_model
 
-    cfg = load_params(work / "params.yaml").reward
+    params = load_params(work / "params.yaml")
+    cfg = params.reward
     (train,) = read_splits(work / "data" / "prepared" / "helpful", "train")
     reward_dir = work / "models" / "reward" / "helpful"
     model, tokenizer, _ = load_reward_model(reward_dir / "reward_model.pth", reward_dir)
     n, bs = warmup + repeats, cfg.batch_size
-    data = PairDataset(tokenizer, train[: n * bs], cfg.max_length)
+    data = PairDataset(tokenizer, train, cfg.max_length)
+    lengths = data.lengths()
+    index = stage_batches(lengths, bs, params.seed, cfg.group_by_length, n)
     collate = PairCollator(tokenizer)
-    ours_batches = [collate([data[i] for i in range(k * bs, (k + 1) * bs)]) for k in range(n)]
-    out = {"batch_size": bs, "precision": precision,
-           "mean_tokens": sum(b["attention_mask"].sum().item() for b in ours_batches) / n}
+    ours_batches = [collate([data[i] for i in b]) for b in index]
+    sizes = lambda b: [len(f["input_ids"]) for i in b for f in data[i]]  # noqa: E731
+    peer_computed = lambda b: sum(len(b) * max(len(data[i][side]["input_ids"]) for i in b) for side in (0, 1))  # noqa: E731
+    out = {"batch_size": bs, "precision": precision, "cls_only_last_layer": model.cls_only,
+           "padding": {**epoch_padding(lengths, bs, params.seed, lambda b: (sum(sizes(b)), len(sizes(b)) * max(sizes(b)))),
+                       "ours_timed": 1 - sum(sum(sizes(b)) for b in index) / sum(len(sizes(b)) * max(sizes(b)) for b in index),
+                       "peer_timed": 1 - sum(sum(sizes(b)) for b in index) / sum(peer_computed(b) for b in index)}}
 
     if with_peer:
-        theirs = peers.reward_trainer(copy.deepcopy(model), tokenizer, bs, cfg, precision, tempfile.mkdtemp())
-        theirs_batches = peers.reward_batches(theirs, data.chosen, data.rejected, bs)
+        # The peer's encoder as transformers builds it: every layer computes every position.
+        theirs = peers.reward_trainer(peers.full_reward_model(model), tokenizer, bs, cfg, precision, tempfile.mkdtemp())
+        theirs_batches = [peers.reward_batch(theirs, [data[i] for i in b]) for b in index]
         with torch.no_grad():  # the same loss on the same batch, dropout off
             ours_loss = batch_loss(model.eval(), ours_batches[0])[0].item()
             theirs_loss = theirs.compute_loss(theirs.model.eval(), theirs_batches[0]).item()
@@ -72,7 +110,17 @@ def reward(work, precision, warmup, repeats, with_peer=True, **_):
     sides = {"ours": (lambda b: step(batch_loss, b), ours_batches)}
     if with_peer:
         sides["theirs"] = (peers.TrainerStepper(theirs, n), theirs_batches)
-    out.update({f"{name}_step_s": s for name, s in timed_interleaved(sides, warmup).items()})
+    out.update(_steps(timed_interleaved(sides, warmup)))
+    return out
+
+
+def _steps(seconds):
+    """{name}_step_s (median seconds per step) per side, and ratio_{name}: the median over steps of
+    theirs / ours on the same batch (ours faster: above 1)."""
+    out = {f"{name}_step_s": statistics.median(s) for name, s in seconds.items()}
+    for name, s in seconds.items():
+        if name != "ours":
+            out[f"ratio_{name}"] = statistics.median(t / o for t, o in zip(s, seconds["ours"]))
     return out
 
 
@@ -84,7 +132,8 @@ def dpo(work, precision, warmup, repeats, with_peer=True, **_):
     from alignkit.models import load_policy
     from alignkit.policy import disable_dropout, prepare_tokenizer
 
-    cfg = load_params(work / "params.yaml").dpo
+    params = load_params(work / "params.yaml")
+    cfg = params.dpo
     (train,) = read_splits(work / "data" / "prepared" / "helpful", "train")
     dev = device()
     # Policy: the dpo stage's result; reference: the SFT model it started from (so the loss is not log 2).
@@ -94,7 +143,11 @@ def dpo(work, precision, warmup, repeats, with_peer=True, **_):
     disable_dropout(policy)
     disable_dropout(reference.eval()).requires_grad_(False)
     n, bs = warmup + repeats, cfg.batch_size
-    encoded = ours.encode_pairs(tokenizer, train[: n * bs], cfg.max_length, cfg.max_prompt_length)
+    encoded_all = ours.encode_pairs(tokenizer, train, cfg.max_length, cfg.max_prompt_length)
+    lengths = ours.pair_lengths(encoded_all)
+    index = stage_batches(lengths, bs, params.seed, cfg.group_by_length, n)
+    used = [i for b in index for i in b]
+    encoded = [encoded_all[i] for i in used]  # the timed batches' pairs, in their order
     accelerator = make_accelerator(precision, "dpo.precision")
     reference.to(dev)
     ref_chosen, ref_rejected = ours.reference_logps(reference, encoded, tokenizer.pad_token_id, cfg.eval_batch_size,
@@ -103,14 +156,20 @@ def dpo(work, precision, warmup, repeats, with_peer=True, **_):
     collate = ours.PairCollator(tokenizer.pad_token_id)
     ours_batches = [collate(items[k * bs: (k + 1) * bs]) for k in range(n)]
     step_fn = ours.make_step(cfg.beta, cfg.loss_type, cfg.label_smoothing)
+    sizes = lambda b: [len(encoded_all[i][side][0]) for i in b for side in (0, 1)]  # noqa: E731
+    answers = sum(len(ids) - p for c, r in encoded for ids, p in (c, r))  # positions the LM head runs on
     out = {"batch_size": bs, "precision": precision,
-           "mean_tokens": sum(b["attention_mask"].sum().item() for b in ours_batches) / n}
+           "padding": {**epoch_padding(lengths, bs, params.seed, lambda b: (sum(sizes(b)), len(sizes(b)) * max(sizes(b)))),
+                       "timed": 1 - sum(sum(sizes(b)) for b in index) / sum(len(sizes(b)) * max(sizes(b)) for b in index)},
+           "lm_head_positions_share": answers / sum(len(sizes(b)) * max(sizes(b)) for b in index)}
 
     peer_runs = {}
     if with_peer:
+        # The peer's models as a trl user loads them (transformers' from_pretrained, its own GELU module).
+        peer_reference = peers.plain_policy(work / "models" / "sft").eval().requires_grad_(False).to(dev)
         for name, precompute in (("default", False), ("precompute", True)):
-            trainer = peers.dpo_trainer(copy.deepcopy(policy).to(dev), reference, tokenizer, bs, cfg, precision,
-                                        tempfile.mkdtemp(), precompute)
+            trainer = peers.dpo_trainer(peers.plain_policy(work / "models" / "dpo").to(dev), peer_reference, tokenizer,
+                                        bs, cfg, precision, tempfile.mkdtemp(), precompute)
             batches = [peers.dpo_batch(encoded[k * bs: (k + 1) * bs], tokenizer.pad_token_id, dev) for k in range(n)]
             if precompute:  # trl's own precomputation, before training, outside the timed steps
                 for b in batches:
@@ -126,7 +185,7 @@ def dpo(work, precision, warmup, repeats, with_peer=True, **_):
     sides = {"ours": (lambda b: step(step_fn, b), ours_batches)}
     for name, (trainer, batches) in peer_runs.items():
         sides[f"theirs_{name}"] = (peers.TrainerStepper(trainer, n), batches)
-    out.update({f"{name}_step_s": s for name, s in timed_interleaved(sides, warmup).items()})
+    out.update(_steps(timed_interleaved(sides, warmup)))
     return out
 
 
@@ -153,9 +212,12 @@ def ppo(work, precision, warmup, repeats, **_):
     n = warmup + repeats
     plan = list(enumerate(ours.batches(train, cfg.batch_size, params.seed)[:n]))
 
-    def trainer():
-        return ours.make_trainer(cfg, params.seed, ours.value_head_model(load_policy(str(sft))[0]),
-                                 ours.value_head_model(load_policy(str(sft))[0], frozen=True), tokenizer, n)
+    def trainer(load):
+        return ours.make_trainer(cfg, params.seed, ours.value_head_model(load()), ours.value_head_model(load(), frozen=True),
+                                 tokenizer, n)
+
+    ours_model = lambda: load_policy(str(sft))[0]  # noqa: E731
+    notebook_model = lambda: peers.plain_policy(sft, dropout=True)  # noqa: E731  as the notebook loaded it
 
     reward_device = "cpu" if cfg.reward_device == "cpu" else device()
     # The helpfulness model alone, its raw score as the reward: what the notebook computed.
@@ -180,7 +242,7 @@ def ppo(work, precision, warmup, repeats, **_):
     baseline = ours.reward_baselines(scorer, used, cfg)  # scored once per run in the stage: its share is added
     baseline_s = (time.perf_counter() - start) / n
 
-    t = trainer()
+    t = trainer(ours_model)
 
     def ours_iteration(item):
         i, batch = item
@@ -192,7 +254,7 @@ def ppo(work, precision, warmup, repeats, **_):
     out["ours_response_tokens"] = sum(len(r) for res in results for r in res[1]) / (n * cfg.batch_size)
     del t
 
-    t = trainer()
+    t = trainer(notebook_model)
 
     def notebook_iteration(item):
         i, batch = item
@@ -218,6 +280,7 @@ def generation(work, precision, warmup, repeats, prompts=64, **_):
     (test,) = read_splits(work / "data" / "prepared" / "helpful", "test")
     questions = [p.prompt for p in test[:prompts]]
     model, tokenizer = load_policy(str(work / "models" / "sft"))
+    plain = peers.plain_policy(work / "models" / "sft").eval().to(device())  # as a user's loop loads it
     prepare_tokenizer(tokenizer)
     model.to(device())
     gen = params.eval.generation(params.ppo)
@@ -227,7 +290,7 @@ def generation(work, precision, warmup, repeats, prompts=64, **_):
     # Agreement: greedy answers, batched with left padding vs one prompt at a time.
     greedy = {**gen, "do_sample": False}
     batched, _ = generate(model, tokenizer, questions, greedy, bs, params.seed, "greedy", params.eval.max_prompt_length)
-    alone = peers.generate_one_at_a_time(model, tokenizer, questions, greedy, max_prompt)
+    alone = peers.generate_one_at_a_time(plain, tokenizer, questions, greedy, max_prompt)
     same = sum(a == b for a, b in zip(batched, alone)) / len(questions)
     if same < 0.9:
         raise AssertionError(f"batched greedy answers match one-at-a-time answers on only {same:.0%} of prompts")
@@ -235,7 +298,7 @@ def generation(work, precision, warmup, repeats, prompts=64, **_):
     runs = range(warmup + repeats)
     ours_s, _ = timed(lambda i: generate(model, tokenizer, questions, gen, bs, params.seed + i, "generate",
                                          params.eval.max_prompt_length), runs, warmup)
-    theirs_s, _ = timed(lambda i: peers.generate_one_at_a_time(model, tokenizer, questions, gen, max_prompt), runs,
+    theirs_s, _ = timed(lambda i: peers.generate_one_at_a_time(plain, tokenizer, questions, gen, max_prompt), runs,
                         warmup)
     return {"prompts": len(questions), "batch_size": bs, "agreement": {"greedy_identical_share": same},
             "ours_s": ours_s, "theirs_s": theirs_s}
@@ -262,11 +325,10 @@ def dpo_step_flops(config, n_params, batch_rows, seq_len):
     return per_token * batch_rows * seq_len
 
 
-def dpo_step_at_scale(work, precision, warmup, repeats, model, pairs, seq_len, checkpointing=False, matmul_size=4096,
-                      lora=None, **_):
-    """One DPO training step of ours on a model of the given GPT-2 architecture, weights from its
-    config (so the compute equals the real model's): step time, FLOP/s, MFU, peak memory.
-    lora: {r, alpha, target_modules} to train a LoRA adapter on the frozen model instead (alignkit.adapters)."""
+def _scale_step(work, precision, model, pairs, seq_len, checkpointing, lora, steps):
+    """Our DPO training step on a GPT-2 of the given architecture, weights from its config (so the compute
+    equals the real model's), on full-length sequences (a quarter prompt, the rest answer): (step() -> loss,
+    config, parameter count, the policy)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from alignkit import dpo as ours
@@ -286,18 +348,26 @@ def dpo_step_at_scale(work, precision, warmup, repeats, model, pairs, seq_len, c
     if checkpointing:
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         policy.config.use_cache = False
-    # Full-length sequences (nothing padded): a quarter prompt, the rest answer.
     g = torch.Generator().manual_seed(0)
     rows = [(torch.randint(config.vocab_size, (seq_len,), generator=g).tolist(), seq_len // 4) for _ in range(2 * pairs)]
     batch = collate(rows, 0)
     policy.to(device())
     with torch.no_grad():
         batch["reference_logps"] = forward_logps(policy, _to(batch, device())).cpu() - 1.0
-    model_, step = _ours_trainer(policy, cfg, precision, "dpo.precision", warmup + repeats)
+    _, step = _ours_trainer(policy, cfg, precision, "dpo.precision", steps)
     step_fn = ours.make_step(cfg.beta, cfg.loss_type, cfg.label_smoothing)
     # Nothing of a step is kept: holding each step's loss would keep its autograd graph, and with it memory
     # that a training loop frees (with LoRA, about 2 GB a step at this size).
-    seconds, _ = timed(lambda _: step(step_fn, batch)[0].item(), range(warmup + repeats), warmup)
+    return lambda: step(step_fn, batch)[0].item(), config, n_params, policy
+
+
+def dpo_step_at_scale(work, precision, warmup, repeats, model, pairs, seq_len, checkpointing=False, matmul_size=4096,
+                      lora=None, **_):
+    """One DPO training step of ours at scale (_scale_step): step time, FLOP/s, MFU, peak memory.
+    lora: {r, alpha, target_modules} to train a LoRA adapter on the frozen model instead (alignkit.adapters)."""
+    step, config, n_params, policy = _scale_step(work, precision, model, pairs, seq_len, checkpointing, lora,
+                                                 warmup + repeats)
+    seconds, _ = timed(lambda _: step(), range(warmup + repeats), warmup)
     flops = dpo_step_flops(config, n_params, 2 * pairs, seq_len)
     peak = matmul_peak(precision, matmul_size, 1, 3)
     sync()
@@ -307,7 +377,28 @@ def dpo_step_at_scale(work, precision, warmup, repeats, model, pairs, seq_len, c
             "matmul_peak_flops": peak, "mfu": flops / seconds / peak, "peak_memory_mib": peak_memory_mib()}
 
 
-SECTIONS = {"reward": reward, "dpo": dpo, "ppo": ppo, "generation": generation, "dpo_step_at_scale": dpo_step_at_scale}
+def dpo_step_profile(work, precision, warmup, model, pairs, seq_len, top=15, **_):
+    """torch.profiler over one DPO step at scale after `warmup` steps: the ops with the most self time
+    (forward and backward together), each with its seconds and share of the step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step, *_ = _scale_step(work, precision, model, pairs, seq_len, False, None, warmup + 1)
+    for _ in range(warmup):
+        step()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as prof:
+        step()
+        sync()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    ops = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    return {"precision": precision, "step_s": total / 1e6,
+            "ops": [{"op": e.key, "calls": e.count, "self_s": e.self_cpu_time_total / 1e6,
+                     "share": e.self_cpu_time_total / total} for e in ops]}
+
+
+SECTIONS = {"reward": reward, "dpo": dpo, "ppo": ppo, "generation": generation, "dpo_step_at_scale": dpo_step_at_scale,
+            "dpo_step_profile": dpo_step_profile}
 
 
 def run_section(name, work, **kwargs):

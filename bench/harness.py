@@ -41,7 +41,8 @@ def timed_interleaved(sides, warmup):
     """Time several sides step by step in turn (a1 b1 a2 b2 ...), so that drift in the machine's
     speed over the run (clock, caches, other load) falls on every side alike.
 
-    sides: {name: (fn, items)}, every items list of the same length. Returns {name: median seconds}.
+    sides: {name: (fn, items)}, every items list of the same length. Returns {name: [seconds of each timed
+    step]}, step i of every side on items[i].
     """
     seconds = {name: [] for name in sides}
     steps = {len(items) for _, items in sides.values()}
@@ -54,12 +55,13 @@ def timed_interleaved(sides, warmup):
             sync()
             if i >= warmup:
                 seconds[name].append(time.perf_counter() - start)
-    return {name: statistics.median(s) for name, s in seconds.items()}
+    return seconds
 
 
-def ratio_row(path, unit, ours, theirs, goal, ours_label, theirs_label, **extra):
-    """One comparison: throughputs (higher is better) and ours / theirs in this run."""
-    ratio = ours / theirs
+def ratio_row(path, unit, ours, theirs, goal, ours_label, theirs_label, ratio=None, **extra):
+    """One comparison: throughputs (higher is better) and ours / theirs in this run (ratio: given where it
+    is the median of per-step ratios on the same batches)."""
+    ratio = ours / theirs if ratio is None else ratio
     return {"path": path, "unit": unit, "ours": ours, "theirs": theirs, "ratio": ratio, "goal": goal,
             "met": ratio >= goal, "ours_is": ours_label, "theirs_is": theirs_label, **extra}
 

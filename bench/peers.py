@@ -9,6 +9,7 @@
 - Generation one prompt at a time.
 """
 
+import copy
 import gc
 import warnings
 
@@ -59,6 +60,15 @@ class SequenceClassifier(nn.Module):
         return {"logits": self.reward_model(input_ids, attention_mask, token_type_ids).unsqueeze(-1)}
 
 
+def full_reward_model(model):
+    """A copy of our RewardModel whose encoder runs as transformers wrote it (the last layer on every position)."""
+    full = copy.deepcopy(model)
+    if full.cls_only:
+        del full.encoder.encoder.layer[-1].forward  # the instance's [CLS]-only forward: back to the class's own
+        full.cls_only = False
+    return full
+
+
 def reward_trainer(reward_model, tokenizer, batch_size, cfg, precision, out_dir):
     """trl's RewardTrainer on a copy of reward_model, with the reward stage's optimizer settings."""
     from datasets import Dataset
@@ -77,18 +87,25 @@ def reward_trainer(reward_model, tokenizer, batch_size, cfg, precision, out_dir)
                              tokenizer=tokenizer, train_dataset=dummy)
 
 
-def reward_batches(trainer, chosen, rejected, batch_size):
-    """RewardTrainer's own collator over our encoded pairs: chosen and rejected padded separately."""
-    batches = []
-    for start in range(0, len(chosen) - batch_size + 1, batch_size):
-        features = [{"input_ids_chosen": c["input_ids"], "attention_mask_chosen": c["attention_mask"],
-                     "input_ids_rejected": r["input_ids"], "attention_mask_rejected": r["attention_mask"]}
-                    for c, r in zip(chosen[start: start + batch_size], rejected[start: start + batch_size])]
-        batches.append(trainer.data_collator(features))
-    return batches
+def reward_batch(trainer, pairs):
+    """RewardTrainer's own collator over our encoded pairs [(chosen, rejected)]: each side padded separately."""
+    return trainer.data_collator([{"input_ids_chosen": c["input_ids"], "attention_mask_chosen": c["attention_mask"],
+                                   "input_ids_rejected": r["input_ids"], "attention_mask_rejected": r["attention_mask"]}
+                                  for c, r in pairs])
 
 
 # ---------------------------------------------------------------- DPO
+
+
+def plain_policy(path, dropout=False):
+    """A saved causal LM as transformers loads it (its own modules: GPT-2's gelu_new as five elementwise ops),
+    as a user of trl or a notebook loads it; dropout off unless dropout=True (as ours is in each comparison)."""
+    from transformers import AutoModelForCausalLM
+
+    from alignkit.policy import disable_dropout
+
+    model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True)
+    return model if dropout else disable_dropout(model)
 
 
 def dpo_trainer(policy, reference, tokenizer, batch_size, cfg, precision, out_dir, precompute):

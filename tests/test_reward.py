@@ -11,7 +11,7 @@ from alignkit.data import Pair, read_split
 from alignkit.errors import ParamsError
 from alignkit.models import train_bert_tokenizer
 from alignkit.reward import PairCollator, PairDataset, RewardModel, RewardScorer, encode_pairs, pair_scores
-from alignkit.training import make_accelerator
+from alignkit.training import check_precision, cpu_has_native_bf16, make_accelerator
 from tests.conftest import stage_main, write_params
 
 WORDS = "what is the capital of france paris a b c d e f g h i j k l m n o p".split()
@@ -80,6 +80,15 @@ def test_fp16_on_a_cpu_is_a_params_error():
         pytest.skip("fp16 is valid where CUDA is present")
     with pytest.raises(ParamsError, match="reward.precision: fp16 needs a CUDA GPU"):
         make_accelerator("fp16", "reward.precision")
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns_and_runs(monkeypatch):
+    if torch.cuda.is_available():
+        pytest.skip("bf16 runs on the GPU where CUDA is present")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # oneDNN held to AVX2: no bf16 instructions, as on such a CPU
+    assert not cpu_has_native_bf16()
+    with pytest.warns(UserWarning, match="dpo.precision: bf16 on a CPU without native bf16 .* slower than fp32"):
+        check_precision("bf16", "dpo.precision")
 
 
 def test_reduced_training_is_well_above_chance(reward_model):
