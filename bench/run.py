@@ -197,7 +197,9 @@ def _num(x):
 
 def table(results):
     m = results["machine"]
-    lines = [f"machine: {m['gpu'] or m['cpu']}, {m['cores']} cores, torch {m['torch']}, trl {m['trl']}", "",
+    bf16 = "AMX" if m["amx_bf16"] else "AVX-512 BF16" if m["avx512_bf16"] else "none native"
+    lines = [f"machine: {m['gpu'] or m['cpu']}, {m['cores']} cores, torch {m['torch']}, trl {m['trl']}"
+             f"{'' if m['gpu'] else f', CPU bf16: {bf16}'}", "",
              "| path | unit | ours | peer | peer is | ours / peer | goal | met |", "|---|---|---|---|---|---|---|---|"]
     for c in results["comparisons"]:
         lines.append(f"| {c['path']} | {c['unit']} | {_num(c['ours'])} | {_num(c['theirs'])} | {c['theirs_is']} | "
