@@ -3,8 +3,8 @@
 Every batch is padded to its longest sequence, so a batch of randomly drawn examples spends part of its
 compute on padding. Training batches are therefore drawn as transformers' Trainer draws them with
 `group_by_length` (get_length_grouped_indices: a seeded permutation, cut into mega-batches of up to 50
-batches, each sorted by length), and the batches are then shuffled, so batch lengths do not run from long
-to short through a mega-batch. Scoring, where order does not matter, sorts by length outright.
+batches, each sorted by length), and the full batches are then shuffled, so batch lengths do not run from
+long to short through a mega-batch (a short last batch stays last, as a DataLoader leaves it). Scoring, where order does not matter, sorts by length outright.
 """
 
 import math
@@ -19,14 +19,22 @@ class LengthGroupedBatches(torch.utils.data.Sampler):
     generator: a seeded torch.Generator: a new grouping and batch order every epoch, the same for the same
     generator state (so a run that replays an epoch from the generator's saved state gets the same batches).
     None: no randomness, batches sorted longest first (for validation and scoring).
+    processes: how many processes share each optimizer step. Grouping and shuffling work on global batches of
+    batch_size x processes, each given out as consecutive per-process batches, which accelerate hands to the
+    processes in turn: so P processes of batch_size B train on the same global batches as one of P x B.
     """
 
-    def __init__(self, lengths, batch_size, generator=None):
+    def __init__(self, lengths, batch_size, generator=None, processes=1):
         self.lengths, self.batch_size, self.generator = list(lengths), batch_size, generator
+        self.processes = processes
         self.drop_last = False  # read by accelerate when it shards batches across processes
 
     def __len__(self):
-        return math.ceil(len(self.lengths) / self.batch_size)
+        return sum(math.ceil(len(b) / self.batch_size) for b in self._global(list(range(len(self.lengths)))))
+
+    def _global(self, order):
+        size = self.batch_size * self.processes
+        return [order[i: i + size] for i in range(0, len(order), size)]
 
     def __iter__(self):
         from transformers.trainer_pt_utils import get_length_grouped_indices
@@ -34,10 +42,15 @@ class LengthGroupedBatches(torch.utils.data.Sampler):
         if self.generator is None:
             yield from sorted_batches(self.lengths, self.batch_size)
             return
-        order = get_length_grouped_indices(self.lengths, self.batch_size, generator=self.generator)
-        batches = [order[i: i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        for k in torch.randperm(len(batches), generator=self.generator).tolist():
-            yield batches[k]
+        order = get_length_grouped_indices(self.lengths, self.batch_size * self.processes, generator=self.generator)
+        *full, last = self._global(order)
+        if len(last) == len(full[0] if full else last):
+            full, last = full + [last], []
+        # The full global batches in random order, then the short one (if any) last, as a DataLoader leaves it:
+        # one short global batch in the middle would shift which process gets which batch after it.
+        for batch in [full[k] for k in torch.randperm(len(full), generator=self.generator).tolist()] + [last]:
+            for i in range(0, len(batch), self.batch_size):
+                yield batch[i: i + self.batch_size]
 
 
 def sorted_batches(lengths, batch_size):

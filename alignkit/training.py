@@ -98,11 +98,13 @@ def seeded_loader(dataset, batch_size, seed, collate_fn, shuffle=True, lengths=N
     """A DataLoader whose order comes from one torch.Generator seeded with `seed` (fit replays an epoch from
     its state). lengths: each example's padded length; given, batches are length-grouped (shuffled) or sorted
     longest first (shuffle=False) by alignkit.batching, else drawn at random (or in order)."""
+    from accelerate import PartialState
+
     generator = torch.Generator().manual_seed(seed)
     if lengths is None:
         return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
                                            collate_fn=collate_fn)
-    batches = LengthGroupedBatches(lengths, batch_size, generator if shuffle else None)
+    batches = LengthGroupedBatches(lengths, batch_size, generator if shuffle else None, PartialState().num_processes)
     return torch.utils.data.DataLoader(dataset, batch_sampler=batches, generator=generator, collate_fn=collate_fn)
 
 

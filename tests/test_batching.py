@@ -31,9 +31,18 @@ def test_length_grouped_batches_are_a_permutation_and_seeded():
     flat = [i for b in batches for i in b]
     assert sorted(flat) == list(range(len(LENGTHS)))  # every example once: nothing lost, nothing repeated
     assert len(batches) == len(LengthGroupedBatches(LENGTHS, 16)) == 63  # ceil(1000 / 16)
-    assert sorted(map(len, batches))[1:] == [16] * 62  # one short batch (1000 = 62 * 16 + 8), the rest full
+    assert list(map(len, batches)) == [16] * 62 + [8]  # one short batch (1000 = 62 * 16 + 8), last
     assert batches == epoch(LENGTHS, 16, seed=3)  # the same seed, the same batches in the same order
     assert batches != epoch(LENGTHS, 16, seed=4)
+
+
+def test_two_processes_get_the_global_batches_of_one():
+    """P processes of batch B share each optimizer step: consecutive per-process batches (which accelerate hands
+    out in turn) together make the global batches that one process of batch P x B gets."""
+    one = epoch(LENGTHS, 16, seed=3)
+    two = list(LengthGroupedBatches(LENGTHS, 8, torch.Generator().manual_seed(3), processes=2))
+    assert [sum(two[i: i + 2], []) for i in range(0, len(two), 2)] == one
+    assert len(LengthGroupedBatches(LENGTHS, 8, processes=2)) == len(two) == 125  # 62 global batches of 2 x 8, one of 8
 
 
 def test_length_grouped_batches_pad_less_than_random_ones_and_stay_shuffled():
