@@ -1,7 +1,7 @@
 """Benchmark: every training and evaluation path of the pipeline against the tool a user would
 otherwise pick, measured side by side in one run.
 
-    python bench/run.py                  # about 9 minutes on 2 CPU cores; writes bench/results.json
+    python bench/run.py                  # about 10 minutes on 2 CPU cores; writes bench/results.json
     python bench/run.py --profile tiny   # a minute or two: keeps the benchmark working (the test)
 
 It first runs the whole pipeline in a temporary copy of the repository (each stage's time
