@@ -67,7 +67,7 @@ def answer_token_logps(model, batch):
     answer token: a forward pre-hook hands it those hidden states alone, (n, H), so no logits or vocabulary-wide
     softmax are computed for prompt and padding positions, forward or backward. The model is still called
     whole, so accelerate's wrappers (DDP, FSDP, autocast) and peft's adapters see an ordinary forward.
-    The values are those of token_logps on the full logits (tests/test_policy.py checks it).
+    The values are those of token_logps on the full logits (tests/test_batching.py checks values and gradients).
     """
     from accelerate.utils import extract_model_from_parallel
 

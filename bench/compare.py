@@ -17,10 +17,9 @@ import torch
 
 import peers
 from harness import device, peak_memory_mib, sync, timed, timed_interleaved
-from alignkit.batching import LengthGroupedBatches
 from alignkit.data import read_splits
 from alignkit.params import load_params
-from alignkit.training import make_accelerator, make_optimizer, train_step
+from alignkit.training import make_accelerator, make_optimizer, seeded_loader, train_step
 
 AGREE_TOL = 1e-4  # |loss ours - loss theirs| on the same batch, float32, dropout off
 
@@ -49,12 +48,10 @@ def _ours_trainer(model, cfg, precision, key, steps):
 
 
 def epoch_batches(lengths, batch_size, seed, grouped):
-    """The batches (index lists) of a stage's first epoch: length-grouped, or random as before."""
-    generator = torch.Generator().manual_seed(seed)
-    if grouped:
-        return list(LengthGroupedBatches(lengths, batch_size, generator))
-    order = torch.randperm(len(lengths), generator=generator).tolist()
-    return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+    """The batches (index lists) of a stage's first epoch, from the stage's own seeded_loader: length-grouped,
+    or random as before."""
+    loader = seeded_loader(range(len(lengths)), batch_size, seed, list, lengths=lengths if grouped else None)
+    return list(loader)
 
 
 def stage_batches(lengths, batch_size, seed, grouped, n):
