@@ -14,7 +14,7 @@ from alignkit.report import flatten as flat, to_svg
 from tests.conftest import dvc, git_commit, stage_env
 
 STAGES = ["dpo", "evaluate@dpo", "evaluate@ppo", "evaluate@sft", "merge@dpo", "merge@ppo", "merge@sft", "ppo",
-          "prepare@helpful", "prepare@safety", "report", "reward@helpful", "reward@safety", "sft"]
+          "prepare@helpful", "prepare@safety", "pretrained", "report", "reward@helpful", "reward@safety", "sft"]
 EVALUATIONS = ["evaluate@dpo", "evaluate@ppo", "evaluate@sft"]
 
 
