@@ -4,7 +4,8 @@ Each training stage keeps one checkpoint directory, a DVC output marked
 `persist: true` (DVC leaves it in place when it reruns the stage):
 
     checkpoints/<stage>/
-        checkpoint.json     step, fingerprint, complete (a finished run: step and complete only)
+        checkpoint.json     step, fingerprint, complete (a finished run: step and complete only), the
+                            sha256 of every other file, and the sha256 of its own other fields
         model.safetensors   the model's weights (for PPO, with the value head); with a LoRA adapter,
                             only the trainable ones (the adapter and value head, not the base)
         state.pt            optimizer, scheduler, RNG states, data position and running
@@ -12,12 +13,15 @@ Each training stage keeps one checkpoint directory, a DVC output marked
         live/               the stage's dvclive directory as it was at that step
 
 It is written every `<stage>.checkpoint_every` optimizer steps, into a temporary
-directory renamed over the previous one, so a kill never leaves half a checkpoint.
-A stage resumes only from a checkpoint whose fingerprint (a hash of the params and
-input files that determine the run) matches its own and that is not marked
-complete; anything else is discarded and the stage starts from step 0. When the
-stage finishes, the weights and state are deleted and checkpoint.json is marked
-complete: the next run (after a change, or a forced rerun) starts afresh.
+directory swapped with the previous one (io.replace), so a kill never leaves half a
+checkpoint. A stage resumes only from a checkpoint whose fingerprint (a hash of the
+params and input files that determine the run) matches its own and that is not
+marked complete; anything else is discarded and the stage starts from step 0. Before
+it resumes, every file is checked against the sha256 in checkpoint.json: a damaged
+checkpoint is refused with one line naming the file, never loaded. When the stage
+has written its final outputs it calls complete(): the weights and state are deleted
+and checkpoint.json is marked complete, so the next run (after a change, or a forced
+rerun) starts afresh; until then a kill or a full disk loses nothing.
 """
 
 import hashlib
@@ -38,6 +42,19 @@ INFO, WEIGHTS, STATE, LIVE = "checkpoint.json", "model.safetensors", "state.pt",
 
 class TrainingError(AlignError):
     """Training cannot go on (a non-finite loss, an unreadable checkpoint)."""
+
+
+def file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sealed(info):
+    """`info` with the sha256 of its canonical JSON added: checkpoint.json checks itself."""
+    return {**info, "sha256": hashlib.sha256(json.dumps(info, sort_keys=True).encode()).hexdigest()}
 
 
 def fingerprint(*parts, paths=()):
@@ -105,17 +122,20 @@ class Checkpointer:
     def __init__(self, directory, every, fingerprint, accelerator):
         self.dir, self.every, self.fingerprint = Path(directory), every, fingerprint
         self.accelerator = accelerator
-        self.step = None  # the step of the last checkpoint written or read
+        self.step = None  # the step of the last checkpoint written or read (and verified)
+        self.final_step = None
         register_resume_point(self)  # Ctrl-C names the step a rerun resumes from
 
     def due(self, step):
         return self.every > 0 and step % self.every == 0
 
     def load(self, model):
-        """The saved state, with the weights already copied into `model`, or None to start afresh."""
+        """The saved state, with the weights already copied into `model`, or None to start afresh. A checkpoint
+        of this run whose files do not match their recorded sha256 is a TrainingError naming the file."""
         info = self._info()
         if info is None or info.get("complete") or info.get("fingerprint") != self.fingerprint:
             return None
+        self._verify(info)
         from safetensors.torch import load_file
 
         try:
@@ -146,27 +166,61 @@ class Checkpointer:
                     torch.save(state, f)
                 if Path(live_dir).is_dir():
                     shutil.copytree(live_dir, tmp / LIVE)
-                (tmp / INFO).write_text(json.dumps({"step": step, "fingerprint": self.fingerprint,
-                                                    "complete": False}) + "\n")
+                files = {p.relative_to(tmp).as_posix(): file_sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+                (tmp / INFO).write_text(json.dumps(sealed({"step": step, "fingerprint": self.fingerprint,
+                                                           "complete": False, "files": files})) + "\n")
         self.step = step
         self.accelerator.wait_for_everyone()
 
-    def complete(self, step):
-        """Mark the run finished: only checkpoint.json stays (so the DVC output exists). It holds
-        no fingerprint, so its bytes, which dvc.lock records, do not change with unrelated code."""
+    def finished(self, step):
+        """The training loop has run its last step (`step`); complete() marks it once the outputs are written."""
+        self.final_step = step
+
+    def complete(self):
+        """Mark the run finished, after the stage has written its final outputs (all processes call it): only
+        checkpoint.json stays (so the DVC output exists). It holds no fingerprint, so its bytes, which dvc.lock
+        records, do not change with unrelated code."""
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             with atomic_dir(self.dir) as tmp:
-                (tmp / INFO).write_text(json.dumps({"step": step, "complete": True}) + "\n")
+                (tmp / INFO).write_text(json.dumps(sealed({"step": self.final_step, "complete": True})) + "\n")
 
     def describe(self):
         return f"step {self.step} in {self.dir}" if self.step is not None else f"none written to {self.dir}"
 
     def _info(self):
-        try:
-            return json.loads((self.dir / INFO).read_text())
-        except (OSError, ValueError):
+        """checkpoint.json, checked against its own sha256; None where there is none. One written before
+        checkpoints were checksummed (exactly the old keys, no sha256) counts as none: its run cannot match."""
+        path = self.dir / INFO
+        if not path.exists():
             return None
+        try:
+            info = json.loads(path.read_text(encoding="utf-8"))
+            assert isinstance(info, dict)
+        except (OSError, ValueError, AssertionError) as err:
+            raise TrainingError(f"{path}: damaged ({type(err).__name__}); not resumed: "
+                                f"delete {self.dir} to start afresh") from None
+        if "sha256" not in info and set(info) <= {"step", "fingerprint", "complete"}:
+            return None
+        rest = {k: v for k, v in info.items() if k != "sha256"}
+        if sealed(rest).get("sha256") != info.get("sha256"):
+            raise TrainingError(f"{path}: damaged (its contents do not match its sha256); not resumed: "
+                                f"delete {self.dir} to start afresh")
+        return info
+
+    def _verify(self, info):
+        """Every file the checkpoint of `info` recorded is there with its sha256."""
+        files = info.get("files")
+        if not isinstance(files, dict) or not files:
+            raise TrainingError(f"{self.dir / INFO}: damaged (no file checksums); not resumed: "
+                                f"delete {self.dir} to start afresh")
+        for name, expected in files.items():
+            path = self.dir / name
+            actual = file_sha256(path) if path.is_file() else None
+            if actual != expected:
+                what = "missing" if actual is None else "its sha256 differs from the one recorded when it was written"
+                raise TrainingError(f"{path}: damaged ({what}; the checkpoint of step {info.get('step')}); "
+                                    f"not resumed: delete {self.dir} to start afresh")
 
 
 def stage_checkpointer(directory, stage, params, accelerator, inputs=(), cfg=None, extra=None):

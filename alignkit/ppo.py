@@ -184,6 +184,7 @@ def train_ppo(trainer, scorer, tokenizer, train_pairs, val_pairs, cfg, seed, liv
     TrainingError naming the step. step_hook(queries, responses, rewards), if given,
     sees what each PPOTrainer.step receives.
     """
+    from alignkit import lifeline
     from alignkit.checkpoint import TrainingError, rng_state, set_rng_state
     from alignkit.training import open_live
 
@@ -219,6 +220,7 @@ def train_ppo(trainer, scorer, tokenizer, train_pairs, val_pairs, cfg, seed, liv
         for done, batch in enumerate(plan[epoch], start=1):
             if resuming and done <= position["batches_done"]:
                 continue
+            lifeline.check()  # the process that started the stage is gone: stop here, the checkpoint stays
             queries, responses, scores, rewards, stats, raw = ppo_iteration(trainer, scorer, tokenizer, batch,
                                                                             baseline, cfg, step_hook)
             global_step += 1
@@ -258,7 +260,7 @@ def train_ppo(trainer, scorer, tokenizer, train_pairs, val_pairs, cfg, seed, liv
     live.end()
     after = mean_score(trainer, scorer, tokenizer, held_out, cfg, seed)
     if checkpoint:
-        checkpoint.complete(global_step)
+        checkpoint.finished(global_step)  # the stage marks it complete once its outputs are written
     (before, models_before), (after, models_after) = before, after
     return {
         "score_per_epoch": per_epoch,

@@ -161,6 +161,7 @@ def fit(model, train_loader, val_loader, cfg, accelerator, live_dir, *, desc, st
     naming the step. Returns (metrics before training, after the kept epoch plus "kept_epoch" and
     "train_loss", the mean over the last epoch; the unwrapped model).
     """
+    from alignkit import lifeline
     from alignkit.checkpoint import TrainingError, load_weights, model_weights, rng_state, set_rng_state
 
     # Counted as one process would: accelerate steps a prepared scheduler once per process.
@@ -209,6 +210,9 @@ def fit(model, train_loader, val_loader, cfg, accelerator, live_dir, *, desc, st
         for batches_done, batch in enumerate(train_loader, start=1):
             if batches_done <= skip:
                 continue  # consumed before the checkpoint
+            if global_step == steps:
+                break  # resumed from the checkpoint of the last step, part-way through an epoch
+            lifeline.check()  # the process that started the stage is gone: stop here, the checkpoint stays
             loss, logs = train_step(model, batch, step, optimizer, scheduler, accelerator, cfg.max_grad_norm)
             pending.append({"loss": loss.detach(), **logs})
             if not accelerator.sync_gradients:
@@ -246,7 +250,7 @@ def fit(model, train_loader, val_loader, cfg, accelerator, live_dir, *, desc, st
     bar.close()
     live.end()
     if checkpoint:
-        checkpoint.complete(global_step)
+        checkpoint.finished(global_step)  # the stage marks it complete once its outputs are written
     model = accelerator.unwrap_model(model)
     if best is not None:  # keep the best epoch's weights, and report its validation metrics
         load_weights(model, best["weights"])

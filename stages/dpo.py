@@ -49,6 +49,7 @@ def main(argv=None):
         write_json(args.metrics, metrics)
         print(f"dpo: val reward accuracy {metrics['val_reward_accuracy']:.4f}, val loss "
               f"{metrics['val_loss_before']:.4f} -> {metrics['val_loss']:.4f} ({time.perf_counter() - start:.0f}s)")
+    checkpoint.complete()  # only now: until the outputs are written, a kill or a full disk loses nothing
 
 
 if __name__ == "__main__":

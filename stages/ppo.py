@@ -55,6 +55,7 @@ def main(argv=None, step_hook=None):
                          for name, after in metrics["val_model_scores_after"].items())
         print(f"ppo: held-out combined reward {metrics['val_score_before']:.4f} -> {metrics['val_score_after']:.4f} "
               f"({each}), KL {metrics['kl']:.4f} ({steps} steps, {time.perf_counter() - start:.0f}s)")
+    checkpoint.complete()  # only now: until the outputs are written, a kill or a full disk loses nothing
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ def main(argv=None):
         write_json(args.metrics, metrics)
         print(f"reward@{args.name}: val accuracy {metrics['val_accuracy']:.4f}, val loss {metrics['val_loss']:.4f} "
               f"({len(train)} training pairs, {time.perf_counter() - start:.0f}s)")
+    checkpoint.complete()  # only now: until the outputs are written, a kill or a full disk loses nothing
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ def main(argv=None):
         write_json(args.metrics, metrics)
         print(f"sft: val loss {metrics['val_loss_before']:.4f} -> {metrics['val_loss']:.4f} "
               f"(perplexity {metrics['val_perplexity']:.2f}; {time.perf_counter() - start:.0f}s)")
+    checkpoint.complete()  # only now: until the outputs are written, a kill or a full disk loses nothing
 
 
 if __name__ == "__main__":

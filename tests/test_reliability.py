@@ -1,7 +1,10 @@
-"""Reliability: identical reruns, resume after SIGKILL, the non-finite-loss guard.
+"""Reliability: identical reruns, resume after SIGKILL, the non-finite-loss guard, and a bad day: the dvc
+process killed under its trainer, a second trainer on the same folders, damaged checkpoints, a kill inside a
+folder replacement, a full disk.
 
 The DVC runs use a reduced pipeline (240 data rows, small batches, frequent
-checkpoints) in temporary copies of the repository.
+checkpoints) in temporary copies of the repository; the others run the reward
+stage on the prepared sample, cut to a few steps.
 """
 
 import json
@@ -18,7 +21,7 @@ import pytest
 import yaml
 
 from alignkit.errors import AlignError
-from tests.conftest import copy_repo, dvc, stage_env, stage_main, write_params
+from tests.conftest import REPO, copy_repo, dvc, stage_env, stage_main, write_params
 
 REDUCED = {
     "reward": {"epochs": 2, "batch_size": 4, "checkpoint_every": 5},
@@ -125,6 +128,56 @@ def test_killed_stage_resumes_from_its_checkpoint(reduced_repo, tmp_path, stage)
     assert json.loads((repo / "checkpoints" / stage.replace("@", "/") / "checkpoint.json").read_text())["complete"] is True
 
 
+def alive(pid):
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+@pytest.mark.same_run_only
+def test_killing_dvc_stops_its_trainer_and_the_rerun_is_the_only_one(reduced_repo, tmp_path):
+    """kill -9 of the dvc process alone (not its process group): the trainer it started stops at its next step,
+    leaving its checkpoint; the next `dvc repro` runs one trainer, which resumes; the curves have each step once and
+    the outputs are those of the uninterrupted run."""
+    repo = private_copy(reduced_repo, tmp_path)
+    info, lock = repo / "checkpoints" / "dpo" / "checkpoint.json", repo / "checkpoints" / ".dpo.lock"
+    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "-f", "-s", "dpo"], cwd=repo, env=stage_env(repo),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                state = json.loads(info.read_text())
+            except (OSError, ValueError):
+                state = None
+            if state and not state["complete"] and state["step"] >= REDUCED["dpo"]["checkpoint_every"]:
+                break
+            assert proc.poll() is None, "dpo finished before a checkpoint could be caught"
+            time.sleep(0.01)
+        trainer = int(lock.read_text().split()[1])  # "pid N (dpo)": the stage holding its folders
+        assert trainer != proc.pid and alive(trainer)
+        os.kill(proc.pid, signal.SIGKILL)  # dvc alone
+        proc.wait()
+        deadline = time.monotonic() + 120
+        while alive(trainer) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive(trainer), "the trainer outlived the dvc process that started it"
+        # It stopped at a step, not at its end: its checkpoint stays, and it wrote no model.
+        assert json.loads(info.read_text())["complete"] is False and not (repo / "models" / "dpo").exists()
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the group: nothing, if the test passed
+    printed = dvc(repo, "repro")
+    assert printed.count("Running stage 'dpo'") == 1 and "resumed from checkpoint at step" in printed, printed
+    for curve in sorted((repo / "dvclive" / "dpo" / "plots" / "metrics" / "train").rglob("*.tsv")):
+        steps = [line.split("\t")[0] for line in curve.read_text().splitlines()[1:]]
+        assert steps == sorted(set(steps), key=int), curve  # each step once, in order
+    assert (repo / "metrics" / "dpo.json").read_bytes() == (reduced_repo / "metrics" / "dpo.json").read_bytes()
+    for curve in sorted((reduced_repo / "dvclive" / "dpo" / "plots").rglob("*.tsv")):
+        assert (repo / curve.relative_to(reduced_repo)).read_text() == curve.read_text(), curve
+    assert (repo / "dvc.lock").read_text() == (reduced_repo / "dvc.lock").read_text()
+
+
 def test_a_non_finite_loss_stops_the_stage_naming_the_step_and_keeps_the_last_checkpoint(
         prepared_sample, tmp_path, monkeypatch):
     import alignkit.reward as reward
@@ -156,7 +209,7 @@ def test_a_non_finite_loss_stops_the_stage_naming_the_step_and_keeps_the_last_ch
 
 def test_resume_skips_a_checkpoint_of_other_params(prepared_sample, tmp_path):
     """A checkpoint whose fingerprint differs (here: another lr) is not resumed: training starts at step 0."""
-    from alignkit.checkpoint import stage_checkpointer
+    from alignkit.checkpoint import sealed, stage_checkpointer
     from alignkit.params import load_params
     from alignkit.training import make_accelerator
 
@@ -169,5 +222,248 @@ def test_resume_skips_a_checkpoint_of_other_params(prepared_sample, tmp_path):
     assert fp[0] != fp[1]
     assert fp[0] == fp[2]  # how often checkpoints are written changes nothing about the result
     Path(tmp_path / "ck").mkdir()
-    (tmp_path / "ck" / "checkpoint.json").write_text(json.dumps({"step": 3, "fingerprint": fp[1], "complete": False}))
+    info = sealed({"step": 3, "fingerprint": fp[1], "complete": False, "files": {"state.pt": "0" * 64}})
+    (tmp_path / "ck" / "checkpoint.json").write_text(json.dumps(info))
     assert stage_checkpointer(tmp_path / "ck", "reward", a, accelerator, [prepared_sample]).load(None) is None
+
+
+# --- A bad day: the dvc process killed under its trainer, two trainers, damaged checkpoints, kills inside a
+# folder replacement, a full disk. The reward stage alone, cut to 8 steps with a checkpoint every 2.
+SHORT = {"epochs": 1, "batch_size": 4, "max_steps": 8, "checkpoint_every": 2}
+
+
+def reward_argv(data, out):
+    return ["--params", str(out / "params.yaml"), "--name", "helpful", "--data", str(data), "--out", str(out / "model"),
+            "--metrics", str(out / "reward.json"), "--live", str(out / "live"), "--checkpoints", str(out / "checkpoints")]
+
+
+def run_reward(data, out, wrapper=None, env=None):
+    """The reward stage as a process (run by `wrapper`, a script that patches alignkit, when given)."""
+    if not (out / "params.yaml").exists():
+        write_params(out / "params.yaml", reward=SHORT)
+    script = [str(wrapper)] if wrapper else []
+    return subprocess.run([sys.executable, *script, str(REPO / "stages" / "reward.py"), *reward_argv(data, out)],
+                          capture_output=True, text=True, env=stage_env() | (env or {}), timeout=600)
+
+
+def stray_temporaries(root):
+    return sorted(str(p.relative_to(root)) for p in Path(root).rglob(".*.tmp"))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(prepared_sample, tmp_path_factory):
+    """The short reward run, uninterrupted: the reference for final outputs."""
+    out = tmp_path_factory.mktemp("uninterrupted")
+    done = run_reward(prepared_sample, out)
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+def same_outputs(out, reference):
+    assert (out / "reward.json").read_bytes() == (reference / "reward.json").read_bytes()
+    for file in sorted((reference / "model").iterdir()):
+        assert (out / "model" / file.name).read_bytes() == file.read_bytes(), file.name
+
+
+def stopped_at_step_4(data, out):
+    """A short reward run stopped (Ctrl-C) after step 5: its checkpoint is step 4's, not complete."""
+    wrapper = out.parent / f"{out.name}-stop.py"
+    wrapper.write_text(STOP_AFTER_STEP_5)
+    out.mkdir(parents=True)
+    stopped = run_reward(data, out, wrapper)
+    assert stopped.returncode == 130, stopped.stderr
+    assert json.loads((out / "checkpoints" / "checkpoint.json").read_text())["step"] == 4
+    return out
+
+
+# Runs argv[1] as __main__ (argv shifted), after the patch in the text that follows this header.
+WRAPPER = """import os, runpy, signal, sys
+sys.argv = sys.argv[1:]
+import alignkit.io as io
+"""
+STOP_AFTER_STEP_5 = WRAPPER + """import alignkit.reward as reward
+real, calls = reward.batch_loss, [0]
+def batch_loss(model, batch):
+    calls[0] += 1
+    if calls[0] == 6:
+        raise KeyboardInterrupt
+    return real(model, batch)
+reward.batch_loss = batch_loss
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_a_second_run_on_the_same_folders_fails_at_once_naming_the_holder(prepared_sample, tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from alignkit.io import claim; claim(sys.argv[1], 'reward@helpful');"
+                               " print('held', flush=True); time.sleep(600)", str(tmp_path / "checkpoints")],
+        stdout=subprocess.PIPE, text=True, env=stage_env())
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        started = time.monotonic()
+        second = run_reward(prepared_sample, tmp_path)
+        assert time.monotonic() - started < 60  # at once: before any model is loaded (not a timing claim: a bound)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert second.returncode == 2 and "Traceback" not in second.stderr
+    assert second.stderr.strip() == (f"error: {tmp_path / 'checkpoints'}: in use by pid {holder.pid} (reward@helpful); "
+                                     "wait for it to finish or stop it, then run again")
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "model").exists()
+    # Once the holder is gone (however it died), its lock went with it.
+    again = run_reward(prepared_sample, tmp_path)
+    assert again.returncode == 0, again.stderr
+
+
+@pytest.mark.parametrize("damaged", ["model.safetensors", "state.pt", "checkpoint.json", "live/plots/metrics/train/loss.tsv"])
+def test_a_flipped_byte_in_any_checkpoint_file_is_refused_naming_it(prepared_sample, tmp_path, damaged):
+    out = stopped_at_step_4(prepared_sample, tmp_path / "run")
+    path = out / "checkpoints" / damaged
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x04
+    path.write_bytes(bytes(data))
+    resumed = run_reward(prepared_sample, out)
+    assert resumed.returncode == 2 and "Traceback" not in resumed.stderr, resumed.stderr
+    line = resumed.stderr.strip()
+    assert "\n" not in line and line.startswith(f"error: {path}: damaged"), line
+    assert "good" not in line and line.endswith(f"not resumed: delete {out / 'checkpoints'} to start afresh")
+    assert path.read_bytes() == bytes(data)  # refused, not overwritten
+    assert not (out / "model").exists()
+
+
+def test_the_checkpoint_is_complete_only_after_the_outputs_are_written(prepared_sample, uninterrupted, tmp_path):
+    """A kill between the end of training and the final save loses nothing: the checkpoint is still there, and the
+    rerun resumes from it and writes what an uninterrupted run writes."""
+    wrapper = tmp_path / "kill-at-save.py"
+    wrapper.write_text(WRAPPER + """import alignkit.reward as reward
+def save_reward_model(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+reward.save_reward_model = save_reward_model
+runpy.run_path(sys.argv[0], run_name="__main__")
+""")
+    out = tmp_path / "run"
+    out.mkdir()
+    killed = run_reward(prepared_sample, out, wrapper)
+    assert killed.returncode == -signal.SIGKILL
+    info = json.loads((out / "checkpoints" / "checkpoint.json").read_text())
+    assert info["complete"] is False and info["step"] == 8
+    resumed = run_reward(prepared_sample, out)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from checkpoint at step 8" in resumed.stdout
+    same_outputs(out, uninterrupted)
+    assert json.loads((out / "checkpoints" / "checkpoint.json").read_text())["complete"] is True
+
+
+# Kills the stage inside the 2nd replacement of its checkpoint folder (step 4's over step 2's), at KILL_WHERE.
+KILL_IN_REPLACE = WRAPPER + """import shutil
+where, target, count = os.environ["KILL_WHERE"], os.path.abspath(os.environ["KILL_DIR"]), [0]
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+real_replace, real_exchange, real_os_replace = io.replace, io._exchange, os.replace
+def replace(tmp, path):
+    if os.path.abspath(path) == target:
+        count[0] += 1
+        if count[0] == 2 and where == "before the swap":
+            die()
+    return real_replace(tmp, path)
+def exchange(a, b):
+    if where == "between the two renames":
+        return False  # as on a system without renameat2
+    done = real_exchange(a, b)
+    if count[0] == 2 and where == "after the swap":
+        die()
+    return done
+def os_replace(src, dst):
+    real_os_replace(src, dst)
+    if count[0] == 2 and where == "between the two renames" and str(dst).endswith(".old.tmp"):
+        die()
+def remove(path):
+    if count[0] == 2 and where == "while deleting the old version":
+        victims = sorted(p for p in path.rglob("*") if p.is_file())
+        victims[0].unlink()
+        die()
+    shutil.rmtree(path)
+io.replace, io._exchange, io._remove, os.replace = replace, exchange, remove, os_replace
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("where", ["before the swap", "after the swap", "while deleting the old version",
+                                   "between the two renames"])
+def test_a_kill_inside_a_folder_replacement_leaves_a_complete_checkpoint(prepared_sample, uninterrupted, tmp_path,
+                                                                         where):
+    wrapper = tmp_path / "kill-in-replace.py"
+    wrapper.write_text(KILL_IN_REPLACE)
+    out = tmp_path / "run"
+    out.mkdir()
+    killed = run_reward(prepared_sample, out, wrapper, {"KILL_WHERE": where, "KILL_DIR": str(out / "checkpoints")})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert stray_temporaries(out)  # what the kill left beside the checkpoint folder
+    resumed = run_reward(prepared_sample, out)
+    assert resumed.returncode == 0, resumed.stderr
+    step = {"before the swap": 2, "between the two renames": 2}.get(where, 4)  # the version in place at the kill
+    assert f"resumed from checkpoint at step {step}\n" in resumed.stdout, resumed.stdout
+    assert stray_temporaries(out) == []
+    same_outputs(out, uninterrupted)
+
+
+def footprint(root):
+    """Bytes a tree takes on tmpfs: each file and directory in whole pages."""
+    root = Path(root)
+    files = [root, *root.rglob("*")] if root.is_dir() else [root]
+    return sum(-(-p.stat().st_size // 4096) * 4096 if p.is_file() else 4096 for p in files)
+
+
+TREE_HASHES = ("import hashlib, json, pathlib, sys; root = pathlib.Path(sys.argv[1]); print(json.dumps({"
+               "str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob('*'))"
+               " if p.is_file()}))")
+
+
+@pytest.mark.parametrize("full_at", ["a checkpoint", "the final save"])
+def test_a_full_disk_is_one_line_and_keeps_the_outputs_and_checkpoint(prepared_sample, uninterrupted, tmp_path,
+                                                                      full_at):
+    """An earlier run's outputs and its step-4 checkpoint; the rerun's outputs named in `on_tmpfs` live on a small
+    tmpfs (in a private mount namespace), which it fills: at its first checkpoint there (step 6) or at the final save.
+    It stops with one line naming the path, and what was on the tmpfs is byte for byte as it was, nothing beside
+    it. With room again it resumes and ends as an uninterrupted run."""
+    out = stopped_at_step_4(prepared_sample, tmp_path / "run")
+    shutil.copytree(uninterrupted / "model", out / "model")  # the earlier run's outputs
+    shutil.copy(uninterrupted / "reward.json", out / "reward.json")
+    if full_at == "a checkpoint":  # half a checkpoint more than is there does not fit
+        on_tmpfs, size = ["checkpoints", "model", "reward.json"], footprint(out / "checkpoints") * 3 // 2
+        size += footprint(out / "model") + footprint(out / "reward.json")
+    else:  # nor does a second copy of the model
+        on_tmpfs, size = ["model"], footprint(out / "model") * 3 // 2
+    full = tmp_path / "full"
+    full.mkdir()
+    argv = reward_argv(prepared_sample, out)
+    for name in on_tmpfs:  # the stage writes those outputs on the tmpfs
+        argv[argv.index(str(out / name))] = str(full / name)
+    moved = " ".join(str(out / name) for name in on_tmpfs)
+    stage = " ".join([sys.executable, str(REPO / "stages" / "reward.py"), *argv])
+    script = (f"mount -t tmpfs -o size={size} tmpfs {full} && cp -a {moved} {full}/ && rm -rf {moved} && "
+              f"{sys.executable} -c \"{TREE_HASHES}\" {full} > {tmp_path}/before.json && "
+              f"{{ {stage} 2> {tmp_path}/stderr; echo $? > {tmp_path}/rc; }} && "
+              f"{sys.executable} -c \"{TREE_HASHES}\" {full} > {tmp_path}/after.json && ls -a {full} > {tmp_path}/ls && "
+              f"cp -a {' '.join(str(full / name) for name in on_tmpfs)} {out}/")  # back, as if the disk had room again
+    done = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, env=stage_env(),
+                          timeout=600)
+    assert done.returncode == 0, done.stderr
+    stderr = (tmp_path / "stderr").read_text()
+    assert (tmp_path / "rc").read_text().strip() == "2", stderr
+    target, step = {"a checkpoint": ("checkpoints", 4), "the final save": ("model", 8)}[full_at]
+    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1] == (
+        f"error: reward: cannot write {full / target}: No space left on device; outputs are written whole or not "
+        f"at all, so every earlier one is as it was; `dvc repro` resumes it from the checkpoint at step {step} in "
+        f"{argv[argv.index('--checkpoints') + 1]}"), stderr
+    before, after = (json.loads((tmp_path / f"{w}.json").read_text()) for w in ("before", "after"))
+    locks = {name for name in after if name.endswith(".lock")}  # the stage's own claims (alignkit.io.claim)
+    assert locks == {f".{name}.lock" for name in on_tmpfs}
+    assert {k: v for k, v in after.items() if k not in locks} == before and len(before) > 3
+    assert not [n for n in (tmp_path / "ls").read_text().split() if n.endswith(".tmp")]
+    info = json.loads((out / "checkpoints" / "checkpoint.json").read_text())
+    assert info["complete"] is False and info["step"] == step
+    resumed = run_reward(prepared_sample, out)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed from checkpoint at step {step}\n" in resumed.stdout
+    same_outputs(out, uninterrupted)
