@@ -10,9 +10,11 @@ where the kill fell between the two renames the old version is renamed back.
 
 claim(path) takes an exclusive lock (flock on `.<name>.lock` beside the path) for the
 rest of the process, so a second run of a stage on the same folders fails at once,
-naming the holder. Temporaries and locks are gitignored and dvcignored.
+naming the holder; the lock file is removed at exit (one left by a killed process holds
+no lock and is taken over). Temporaries and locks are gitignored and dvcignored.
 """
 
+import atexit
 import ctypes
 import errno
 import fcntl
@@ -26,7 +28,7 @@ from pathlib import Path
 
 from alignkit.errors import AlignError
 
-_claims = {}  # path -> the open lock file, held until the process exits (the OS releases it on any death)
+_claims = {}  # path -> (open lock fd, lock path, folders made for it); the OS releases the lock on any death
 
 
 class BusyError(AlignError):
@@ -141,23 +143,56 @@ def recover(path):
 
 def claim(path, what="this stage"):
     """Lock `path` (an output file or folder) for the rest of this process, then recover() it. A path
-    another live process holds is a BusyError naming that process."""
+    another live process holds is a BusyError naming that process. At exit the lock file goes, and so do
+    the folders made for it if nothing was written into them: a run that fails leaves no trace."""
     path = Path(path).absolute()
     if path in _claims:
         return
+    made = [d for d in (path.parent, *path.parent.parents) if not d.exists()]
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = path.parent / f".{path.name}.lock"
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            _remove_made(made)
+            raise BusyError(f"{path}: in use by {holder}; wait for it to finish or stop it, then run again") from None
+        try:  # the holder may have unlinked the file between our open and our lock: lock the one there now
+            now, ours = os.stat(lock), os.fstat(fd)
+            if (now.st_dev, now.st_ino) == (ours.st_dev, ours.st_ino):
+                break
+        except FileNotFoundError:
+            pass
         os.close(fd)
-        raise BusyError(f"{path}: in use by {holder}; wait for it to finish or stop it, then run again") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"pid {os.getpid()} ({what})\n".encode(), 0)
-    _claims[path] = fd
+    _claims[path] = (fd, lock, made)
     recover(path)
+
+
+def _remove_made(made):
+    for folder in made:  # deepest first
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (written into, or someone else's), or gone
+            break
+
+
+@atexit.register
+def release():
+    """Drop every claim this process holds (run at exit): unlink each lock file while still holding it,
+    then remove the folders claim() made that stayed empty."""
+    while _claims:
+        _, (fd, lock, made) = _claims.popitem()
+        try:
+            lock.unlink(missing_ok=True)
+        except OSError:
+            pass
+        os.close(fd)
+        _remove_made(made)
 
 
 @contextmanager

@@ -310,9 +310,60 @@ def test_a_second_run_on_the_same_folders_fails_at_once_naming_the_holder(prepar
     assert second.stderr.strip() == (f"error: {tmp_path / 'checkpoints'}: in use by pid {holder.pid} (reward@helpful); "
                                      "wait for it to finish or stop it, then run again")
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "model").exists()
-    # Once the holder is gone (however it died), its lock went with it.
+    # Once the holder is gone (however it died: this one by SIGKILL, leaving its lock file), its lock went with it.
+    assert (tmp_path / ".checkpoints.lock").exists()
     again = run_reward(prepared_sample, tmp_path)
     assert again.returncode == 0, again.stderr
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".lock")]  # each run removes its own at exit
+
+
+def test_a_failed_run_leaves_no_lock_file_and_no_folder_made_for_one(tmp_path):
+    out = tmp_path / "a" / "b" / "model"
+    code = ("import sys; from alignkit.io import claim; claim(sys.argv[1], 'reward'); "
+            "claim(sys.argv[2], 'reward'); sys.exit('failed')")
+    done = subprocess.run([sys.executable, "-c", code, str(out), str(out.parent / "checkpoints")],
+                          capture_output=True, text=True, env=stage_env())
+    assert done.returncode == 1 and done.stderr.strip() == "failed"
+    assert list(tmp_path.iterdir()) == []
+    # A folder the run wrote into stays, with what was written; only the lock files go.
+    done = subprocess.run([sys.executable, "-c", code.replace("sys.exit", "open(sys.argv[1], 'w').write('x'); sys.exit"),
+                           str(out), str(out.parent / "checkpoints")], capture_output=True, text=True, env=stage_env())
+    assert done.returncode == 1 and sorted(p.name for p in out.parent.iterdir()) == ["model"]
+
+
+def test_a_claim_taken_as_the_holder_unlinks_its_lock_file_locks_the_file_there_now(tmp_path, monkeypatch):
+    """The race of unlinking a lock file: we open it, the holder exits (unlinking it), we lock the unlinked file.
+    The claim must notice and lock the path's file instead, or a third process would run beside us."""
+    import fcntl
+    import alignkit.io as io
+    target = tmp_path / "model"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from alignkit.io import claim; claim(sys.argv[1], 'x');"
+                               " print('held', flush=True); sys.stdin.readline()", str(target)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=stage_env())
+    assert holder.stdout.readline().strip() == "held"
+    real, calls = fcntl.flock, []
+
+    def flock(fd, op):
+        if not calls:  # first attempt: the file we opened is the holder's; let it exit and unlink it first
+            holder.stdin.write("\n")
+            holder.stdin.flush()
+            holder.wait(timeout=60)
+        calls.append(os.fstat(fd).st_nlink)  # 0: a file no longer in any folder
+        return real(fd, op)
+
+    monkeypatch.setattr(io.fcntl, "flock", flock)
+    monkeypatch.setattr(io, "_claims", {})
+    io.claim(target, "ours")
+    try:
+        lock = tmp_path / ".model.lock"
+        fd = io._claims[target.absolute()][0]
+        assert calls == [0, 1] and os.stat(lock).st_ino == os.fstat(fd).st_ino
+        third = subprocess.run([sys.executable, "-c", "import sys; from alignkit.io import claim; claim(sys.argv[1])",
+                                str(target)], capture_output=True, text=True, env=stage_env())
+        assert third.returncode == 1 and f"in use by pid {os.getpid()} (ours)" in third.stderr
+    finally:
+        io.release()
+    assert not lock.exists()
 
 
 @pytest.mark.parametrize("damaged", ["model.safetensors", "state.pt", "checkpoint.json", "live/plots/metrics/train/loss.tsv"])
@@ -457,9 +508,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_outputs_and_checkpoint(prepared_s
         f"at all, so every earlier one is as it was; `dvc repro` resumes it from the checkpoint at step {step} in "
         f"{argv[argv.index('--checkpoints') + 1]}"), stderr
     before, after = (json.loads((tmp_path / f"{w}.json").read_text()) for w in ("before", "after"))
-    locks = {name for name in after if name.endswith(".lock")}  # the stage's own claims (alignkit.io.claim)
-    assert locks == {f".{name}.lock" for name in on_tmpfs}
-    assert {k: v for k, v in after.items() if k not in locks} == before and len(before) > 3
+    assert after == before and len(before) > 3  # not even the stage's lock files (alignkit.io.claim) remain
     assert not [n for n in (tmp_path / "ls").read_text().split() if n.endswith(".tmp")]
     info = json.loads((out / "checkpoints" / "checkpoint.json").read_text())
     assert info["complete"] is False and info["step"] == step
@@ -467,3 +516,72 @@ def test_a_full_disk_is_one_line_and_keeps_the_outputs_and_checkpoint(prepared_s
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed from checkpoint at step {step}\n" in resumed.stdout
     same_outputs(out, uninterrupted)
+
+
+LIVES_FOR = """import sys, time
+from alignkit import lifeline
+lifeline.watch()
+import os
+print(os.getpid(), lifeline._watched[2], flush=True)
+while True:
+    lifeline.check()
+    time.sleep(0.05)
+"""
+
+
+def test_a_stage_stops_once_the_dvc_process_above_it_is_gone_even_with_a_shell_between(tmp_path):
+    """watch() finds the nearest `dvc` ancestor past a shell that did not exec (as `sh -c 'a; b'` does not);
+    check() raises Orphaned once that process is gone, though the shell, its parent, lives on."""
+    (tmp_path / "child.py").write_text(LIVES_FOR)
+    fake = tmp_path / "dvc"  # a process whose argv names dvc, as the console script's does
+    fake.write_text(f"#!{sys.executable}\nimport subprocess\n"
+                    f"subprocess.run(['sh', '-c', 'true; {sys.executable} {tmp_path / 'child.py'}; sleep 60'])\n")
+    fake.chmod(0o755)
+    proc = subprocess.Popen([str(fake)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=stage_env(),
+                            start_new_session=True)
+    try:
+        child, watched = proc.stdout.readline().split(" ", 1)
+        assert watched.strip() == f"the dvc process that started it (pid {proc.pid})"
+        shell = int(Path(f"/proc/{child}/stat").read_text().split(")")[-1].split()[1])
+        assert shell != proc.pid and alive(shell)  # a shell between them
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 30
+        while alive(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive(child), "the stage outlived the dvc process above it"
+        assert alive(shell)  # its own parent lives: only the dvc process's death stopped it
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_written_files_get_the_users_permissions(tmp_path):
+    """safetensors and tempfile write private files (0600); outputs get what the umask gives a plain open()."""
+    import torch
+    from safetensors.torch import save_file
+
+    from alignkit.io import atomic_dir, write_json
+
+    old = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "model") as tmp:
+            save_file({"w": torch.zeros(2)}, tmp / "model.safetensors")
+            (tmp / "sub").mkdir(mode=0o700)
+        write_json(tmp_path / "metrics.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "model" / "model.safetensors").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "model").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "model" / "sub").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "metrics.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_stage_run_by_hand_with_its_input_missing_says_so_in_one_line(tmp_path):
+    missing = tmp_path / "prepared"
+    done = subprocess.run([sys.executable, str(REPO / "stages" / "sft.py"), "--params", str(REPO / "params.yaml"),
+                           "--data", str(missing), "--out", str(tmp_path / "sft"), "--metrics", str(tmp_path / "m.json"),
+                           "--live", str(tmp_path / "live"), "--checkpoints", str(tmp_path / "ck")],
+                          capture_output=True, text=True, env=stage_env())
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith(f"error: sft: {missing}")
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
