@@ -108,12 +108,25 @@ def _say(line):
         pass
 
 
-def run_stage(main, argv=None):
-    """Run a stage's main(argv); an AlignError exits 2 with its one-line message, Ctrl-C exits 130 with one line.
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, a job scheduler's notice, `accelerate launch` stopping its workers): a stop like Ctrl-C."""
 
-    Outputs are written atomically (io.py), so an interrupted stage leaves none half-written."""
+
+def _terminated(signum, frame):
+    raise Terminated()
+
+
+def run_stage(main, argv=None):
+    """Run a stage's main(argv); an AlignError exits 2 with its one-line message, Ctrl-C exits 130 and SIGTERM
+    143, each with one line.
+
+    Outputs are written atomically (io.py), so an interrupted stage leaves none half-written; a stop by a signal
+    it can catch also removes its lock files (io.claim) on the way out."""
+    import signal
+
     from alignkit.lifeline import Orphaned
 
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         main(argv)
     except Orphaned as err:
@@ -128,9 +141,12 @@ def run_stage(main, argv=None):
             raise
         _say(f"error: {line}")
         sys.exit(2)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         if "tqdm" in sys.modules:  # the bars stay as they were drawn: none is drawn again when Python exits
             for bar in list(sys.modules["tqdm"].tqdm._instances):
                 bar.disable = True
+        if isinstance(err, Terminated):
+            _say(f"\n{interrupted_message(stage_name(), _resume_point, 'stopped (SIGTERM)')}")
+            sys.exit(143)
         _say(f"\n{interrupted_message(stage_name(), _resume_point)}")
         sys.exit(130)

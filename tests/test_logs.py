@@ -1,5 +1,5 @@
 """What a user sees while stages run: progress bars on the long loops, no warning they can do nothing about,
-and one line on Ctrl-C that says where `dvc repro` picks up."""
+and one line on Ctrl-C or SIGTERM that says where `dvc repro` picks up."""
 
 import io
 import json
@@ -34,7 +34,12 @@ def reward_stage(params, data, out, env=None):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=stage_env() | (env or {}))
 
 
-def test_ctrl_c_prints_one_line_naming_the_checkpoint_that_dvc_repro_resumes_from(prepared_sample, tmp_path):
+@pytest.mark.parametrize("sig, code, why", [(signal.SIGINT, 130, "interrupted (Ctrl-C)"),
+                                             (signal.SIGTERM, 143, "stopped (SIGTERM)")], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_prints_one_line_naming_the_checkpoint_that_dvc_repro_resumes_from(
+        prepared_sample, tmp_path, sig, code, why):
+    """SIGTERM (`kill`, a scheduler's notice before SIGKILL) stops a stage as Ctrl-C does; both remove its lock
+    files on the way out."""
     params = write_params(tmp_path / "params.yaml", reward={"epochs": 2, "batch_size": 4, "checkpoint_every": 5})
     out = tmp_path / "out"
     proc = reward_stage(params, prepared_sample, out, {"DVC_STAGE": "reward@helpful"})
@@ -43,15 +48,18 @@ def test_ctrl_c_prints_one_line_naming_the_checkpoint_that_dvc_repro_resumes_fro
     while not info.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert proc.poll() is None, proc.communicate()
-    proc.send_signal(signal.SIGINT)  # what Ctrl-C sends, to the stage DVC runs
+    assert sorted(p.name for p in out.glob(".*.lock")) == [".checkpoints.lock", ".live.lock", ".model.lock",
+                                                           ".reward.json.lock"]
+    proc.send_signal(sig)  # SIGINT: what Ctrl-C sends, to the stage DVC runs
     stdout, stderr = proc.communicate(timeout=120)
     step = json.loads(info.read_text())["step"]  # the last checkpoint written, perhaps after the one first seen
-    assert proc.returncode == 130
+    assert proc.returncode == code
     assert "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1] == (
-        f"reward@helpful: interrupted (Ctrl-C); `dvc repro` resumes it from the checkpoint at step {step} "
+        f"reward@helpful: {why}; `dvc repro` resumes it from the checkpoint at step {step} "
         f"in {out / 'checkpoints'}")
     assert not (out / "model").exists() and not (out / "reward.json").exists()  # nothing half-written
+    assert list(out.glob(".*.lock")) == []
 
 
 def test_the_interrupt_line_says_when_nothing_can_be_resumed():
