@@ -35,21 +35,13 @@ import torch
 from torch import nn
 
 from alignkit.errors import AlignError, register_resume_point
-from alignkit.io import atomic_dir
+from alignkit.io import atomic_dir, file_digest
 
 INFO, WEIGHTS, STATE, LIVE = "checkpoint.json", "model.safetensors", "state.pt", "live"
 
 
 class TrainingError(AlignError):
     """Training cannot go on (a non-finite loss, an unreadable checkpoint)."""
-
-
-def file_sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def sealed(info):
@@ -166,7 +158,7 @@ class Checkpointer:
                     torch.save(state, f)
                 if Path(live_dir).is_dir():
                     shutil.copytree(live_dir, tmp / LIVE)
-                files = {p.relative_to(tmp).as_posix(): file_sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+                files = {p.relative_to(tmp).as_posix(): file_digest(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
                 (tmp / INFO).write_text(json.dumps(sealed({"step": step, "fingerprint": self.fingerprint,
                                                            "complete": False, "files": files})) + "\n")
         self.step = step
@@ -216,7 +208,7 @@ class Checkpointer:
                                 f"delete {self.dir} to start afresh")
         for name, expected in files.items():
             path = self.dir / name
-            actual = file_sha256(path) if path.is_file() else None
+            actual = file_digest(path) if path.is_file() else None
             if actual != expected:
                 what = "missing" if actual is None else "its sha256 differs from the one recorded when it was written"
                 raise TrainingError(f"{path}: damaged ({what}; the checkpoint of step {info.get('step')}); "

