@@ -145,8 +145,6 @@ def run_stage(main, argv=None):
         if "tqdm" in sys.modules:  # the bars stay as they were drawn: none is drawn again when Python exits
             for bar in list(sys.modules["tqdm"].tqdm._instances):
                 bar.disable = True
-        if isinstance(err, Terminated):
-            _say(f"\n{interrupted_message(stage_name(), _resume_point, 'stopped (SIGTERM)')}")
-            sys.exit(143)
-        _say(f"\n{interrupted_message(stage_name(), _resume_point)}")
-        sys.exit(130)
+        why, code = ("stopped (SIGTERM)", 143) if isinstance(err, Terminated) else ("interrupted (Ctrl-C)", 130)
+        _say(f"\n{interrupted_message(stage_name(), _resume_point, why)}")
+        sys.exit(code)

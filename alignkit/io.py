@@ -10,7 +10,8 @@ where the kill fell between the two renames the old version is renamed back.
 
 claim(path) takes an exclusive lock (flock on `.<name>.lock` beside the path) for the
 rest of the process, so a second run of a stage on the same folders fails at once,
-naming the holder; the lock file is removed at exit (one left by a killed process holds
+naming the holder (and a path that is itself a mount point, which cannot be renamed, fails
+at once too); the lock file is removed at exit (one left by a killed process holds
 no lock and is taken over). Temporaries and locks are gitignored and dvcignored.
 """
 
@@ -158,6 +159,9 @@ def claim(path, what="this stage"):
     path = Path(path).absolute()
     if path in _claims:
         return
+    if os.path.ismount(path):  # renaming it (replace) would fail with EBUSY, at the first checkpoint
+        raise AlignError(f"{path}: is a mount point, and a stage replaces an output folder by renaming it; "
+                         "mount the folder above it instead")
     made = [d for d in (path.parent, *path.parent.parents) if not d.exists()]
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = path.parent / f".{path.name}.lock"

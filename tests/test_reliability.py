@@ -518,6 +518,26 @@ def test_a_full_disk_is_one_line_and_keeps_the_outputs_and_checkpoint(prepared_s
     same_outputs(out, uninterrupted)
 
 
+def test_an_output_folder_that_is_a_mount_point_is_refused_at_once_in_one_line(prepared_sample, tmp_path):
+    """A mount point (a tmpfs here; a Docker volume mounted on checkpoints/dpo alike) cannot be renamed, so its
+    first replacement would fail with EBUSY after training had begun: the claim refuses it before anything loads."""
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    write_params(out / "params.yaml", reward=SHORT)
+    stage = " ".join([sys.executable, str(REPO / "stages" / "reward.py"), *reward_argv(prepared_sample, out)])
+    script = (f"mount -t tmpfs tmpfs {out / 'checkpoints'} && {{ {stage} 2> {tmp_path}/stderr; echo $? > {tmp_path}/rc; }}"
+              f" && ls -a {out / 'checkpoints'} > {tmp_path}/ls")
+    done = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, env=stage_env(),
+                          timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "rc").read_text().strip() == "2"
+    assert (tmp_path / "stderr").read_text().strip() == (
+        f"error: {out / 'checkpoints'}: is a mount point, and a stage replaces an output folder by renaming it; "
+        "mount the folder above it instead")
+    assert (tmp_path / "ls").read_text().split() == [".", ".."]  # nothing written into it
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "params.yaml"]  # nor beside it
+
+
 LIVES_FOR = """import sys, time
 from alignkit import lifeline
 lifeline.watch()
