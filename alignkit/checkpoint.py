@@ -26,6 +26,7 @@ rerun) starts afresh; until then a kill or a full disk loses nothing.
 
 import hashlib
 import json
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -34,14 +35,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from alignkit.errors import AlignError, register_resume_point
+from alignkit.errors import TrainingError, refused_pickle
 from alignkit.io import atomic_dir, file_digest
+from alignkit.stage import set_resume_point
 
 INFO, WEIGHTS, STATE, LIVE = "checkpoint.json", "model.safetensors", "state.pt", "live"
-
-
-class TrainingError(AlignError):
-    """Training cannot go on (a non-finite loss, an unreadable checkpoint)."""
 
 
 def sealed(info):
@@ -116,7 +114,6 @@ class Checkpointer:
         self.accelerator = accelerator
         self.step = None  # the step of the last checkpoint written or read (and verified)
         self.final_step = None
-        register_resume_point(self)  # Ctrl-C names the step a rerun resumes from
 
     def due(self, step):
         return self.every > 0 and step % self.every == 0
@@ -133,6 +130,9 @@ class Checkpointer:
         try:
             state = torch.load(self.dir / STATE, map_location="cpu", weights_only=True)
             load_weights(model, load_file(self.dir / WEIGHTS))
+        except pickle.UnpicklingError as err:  # torch's message would suggest weights_only=False: ours instead
+            raise TrainingError(f"{self.dir / STATE}: refused to load: {refused_pickle(err)}; not resumed: "
+                                f"delete {self.dir} to start afresh") from None
         except Exception as err:  # any unreadable or mismatching checkpoint: name it, never guess
             raise TrainingError(f"{self.dir}: cannot resume from this checkpoint "
                                 f"({type(err).__name__}: {str(err).splitlines()[0]}); delete it to start afresh") from None
@@ -224,4 +224,6 @@ def stage_checkpointer(directory, stage, params, accelerator, inputs=(), cfg=Non
     cfg = cfg or getattr(params, stage)
     code = sorted(Path(__file__).resolve().parent.glob("*.py"))
     parts = (stage, params.seed, params.models.model_dump(), cfg.model_dump(exclude={"checkpoint_every"}), extra)
-    return Checkpointer(directory, cfg.checkpoint_every, fingerprint(*parts, paths=[*code, *inputs]), accelerator)
+    checkpointer = Checkpointer(directory, cfg.checkpoint_every, fingerprint(*parts, paths=[*code, *inputs]), accelerator)
+    set_resume_point(checkpointer)  # a stop names the step a rerun resumes from
+    return checkpointer

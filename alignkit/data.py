@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alignkit.conversation import Message, as_text, from_json, parse_hh, single_turn, to_json
-from alignkit.errors import DataError, show
+from alignkit.errors import BadRow, DataError, show
 
 # Each schema's column for each part of a pair; data.columns overrides them one by one.
 SCHEMAS = {
@@ -40,14 +40,6 @@ SPLITS = ("train", "validation", "test")
 # Why a row was dropped; metrics/data.json counts every one of them.
 BAD_ROW_REASONS = ("empty_cell", "not_text", "not_utf8", "too_long", "no_shared_prompt", "malformed_dialogue",
                    "empty_answer", "identical_pair", "duplicate", "bad_flag")
-
-
-class BadRow(DataError):
-    """A problem with one row: dropped and counted under `reason`, or the stage's error."""
-
-    def __init__(self, reason, message):
-        super().__init__(message)
-        self.reason = reason
 
 
 @dataclass(frozen=True)

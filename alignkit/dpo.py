@@ -4,9 +4,10 @@ import torch
 
 from alignkit.batching import in_order, sorted_batches
 from alignkit.conversation import Renderer
+from alignkit.loop import fit
 from alignkit.losses import dpo_loss
 from alignkit.policy import collate, forward_logps
-from alignkit.training import fit, progress, seeded_loader
+from alignkit.training import progress, seeded_loader
 
 
 def encode_pairs(tokenizer, pairs, max_length, max_prompt_length):

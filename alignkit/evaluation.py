@@ -79,6 +79,9 @@ def evaluate_policy(name, policy, sft, tokenizer, scorer, pairs, cfg, gen, seed)
     the reward models (ensemble.RewardModels); reward_mean and the top-level win rates are of their
     combined reward (ppo.reward), reward_models.<name> of each model's own score.
     """
+    # eval.max_new_tokens, or ppo's when that is null: checked against the model before anything runs
+    key = "eval.max_new_tokens" if cfg.max_new_tokens is not None else "ppo.max_new_tokens (eval.max_new_tokens: null)"
+    budget = max_prompt_tokens(policy.config, gen["max_new_tokens"], cfg.max_prompt_length, key)
     questions, references = [p.prompt for p in pairs], [p.chosen for p in pairs]
     unsafe = [p.unsafe for p in pairs]
     answers, answer_ids = generate(policy, tokenizer, questions, gen, cfg.batch_size, seed, f"generate {name}",
@@ -87,7 +90,6 @@ def evaluate_policy(name, policy, sft, tokenizer, scorer, pairs, cfg, gen, seed)
     sft_answers = answers if same else generate(sft, tokenizer, questions, gen, cfg.batch_size, seed, "generate sft",
                                                 cfg.max_prompt_length)[0]
     rewards, raw = scorer.score(questions, answers, unsafe, f"score {name}")
-    budget = max_prompt_tokens(policy.config, gen["max_new_tokens"], cfg.max_prompt_length)
     logps = answer_logps(policy, tokenizer, questions, answer_ids, cfg.batch_size, budget, f"log-probs {name}")
     kl = logps - (logps if same else answer_logps(sft, tokenizer, questions, answer_ids, cfg.batch_size, budget,
                                                   "log-probs sft"))

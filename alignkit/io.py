@@ -28,13 +28,9 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from alignkit.errors import AlignError
+from alignkit.errors import WRITE_ERRNOS, AlignError, BusyError
 
 _claims = {}  # path -> (open lock fd, lock path, folders made for it); the OS releases the lock on any death
-
-
-class BusyError(AlignError):
-    """Another process holds the claim on an output."""
 
 
 def file_digest(path, algo="sha256"):
@@ -73,8 +69,6 @@ def _write_error(err, path):
     or None to let `err` go as it is. Some writers do not raise OSError for a full disk: safetensors raises
     SafetensorError ("No space left on device"), torch.save a RuntimeError ("unexpected pos ..."); those are
     taken for a full disk where the file system has (almost) no room left."""
-    from alignkit.errors import WRITE_ERRNOS
-
     if isinstance(err, OSError):
         if err.errno in WRITE_ERRNOS:
             return OSError(err.errno, err.strerror, str(path))

@@ -1,26 +1,27 @@
-"""A stage lives only as long as the process that started it.
+"""A stage run by `dvc` lives only as long as that dvc process.
 
 When `dvc` is killed (kill -9, a lost terminal), the stage it ran is not: it is
 reparented and would go on writing its folders while a new `dvc repro` starts a
 second copy. watch() notes, when the stage starts, the process it lives for: the
 nearest ancestor that is a `dvc` process (its shell may have exec'd into the
-stage or may sit between them; `accelerate launch` sits between them too), or,
-run by hand, the parent. The training loops call check() at every step; once
-that process is gone, check() raises Orphaned and the stage stops there, leaving
-its last checkpoint. A process is known by its pid and its start time, so a
-reused pid is not taken for it.
+stage or may sit between them; `accelerate launch` sits between them too). The
+training loops call check() at every step, and every long loop before training
+(training.progress) at every item; once that process is gone, check() raises
+Orphaned and the stage stops there, leaving its last checkpoint. A process is
+known by its pid and its start time, so a reused pid is not taken for it.
+
+A stage started by hand, with no dvc above it, follows the ordinary Unix rules
+instead: nothing is watched, so `nohup python stages/sft.py ... &` runs on after
+its terminal closes, and without nohup the terminal's SIGHUP stops it
+(alignkit.stage turns that into one line, as for SIGTERM).
 """
 
 import os
 from pathlib import Path
 
-from alignkit.errors import AlignError
+from alignkit.errors import Orphaned
 
-_watched = None  # (pid, start time or None, what it is)
-
-
-class Orphaned(AlignError):
-    """The process this stage was started by is gone."""
+_watched = None  # (pid, start time, what it is) of the dvc process this stage lives for; None: none
 
 
 def _stat(pid):
@@ -44,23 +45,18 @@ def _is_dvc(pid):
 
 
 def watch():
-    """Remember which process this stage lives for (see the module text)."""
+    """Remember the dvc process this stage lives for, if there is one above it (see the module text)."""
     global _watched
-    parent = os.getppid()
-    if not Path("/proc/self/stat").exists():  # no /proc: only the parent can be watched, by its pid
-        _watched = (parent, None, f"the process that started it (pid {parent})")
-        return
-    pid = parent
+    _watched = None
+    pid = os.getppid()
     while pid > 1:
         stat = _stat(pid)
-        if stat is None:
-            break
+        if stat is None:  # no /proc (not Linux), or the process is gone: no dvc to be found
+            return
         if _is_dvc(pid):
             _watched = (pid, stat[1], f"the dvc process that started it (pid {pid})")
             return
         pid = stat[0]
-    stat = _stat(parent)
-    _watched = (parent, stat[1] if stat else None, f"the process that started it (pid {parent})")
 
 
 def gone():
@@ -68,14 +64,12 @@ def gone():
     if _watched is None:
         return None
     pid, started, what = _watched
-    if started is None:
-        return what if os.getppid() != pid else None
     stat = _stat(pid)
     return what if stat is None or stat[1] != started else None
 
 
 def check():
-    """Raise Orphaned once the watched process is gone: called by the training loops at every step."""
+    """Raise Orphaned once the watched dvc process is gone: called by the loops at every step or item."""
     what = gone()
     if what:
         raise Orphaned(f"{what} is gone")

@@ -221,16 +221,10 @@ def _hub_unreachable():
     return None
 
 
-def load_policy(spec, key="models.policy", texts=(), seed=0):
-    """(causal LM, its tokenizer) from a preset, local directory or hub id. A directory holding a LoRA adapter
-    loads as its base with the adapter merged in (alignkit.adapters.load_merged): a plain model either way."""
-    from alignkit.adapters import is_adapter_dir, load_merged
-
-    if is_adapter_dir(spec):
-        model, tokenizer = load_merged(spec, key, load_policy)
-    else:
-        model, tokenizer = _load(spec, key, texts, seed, ("gpt2", "llama"), "AutoModelForCausalLM")
-    return fused_activations(model), tokenizer
+def load_causal_lm(spec, key="models.policy", texts=(), seed=0):
+    """(causal LM, its tokenizer) from a preset, local directory or hub id. A policy folder that holds a LoRA
+    adapter is read by alignkit.modeldir.load_policy, which calls this for the base."""
+    return _load(spec, key, texts, seed, ("gpt2", "llama"), "AutoModelForCausalLM")
 
 
 def fused_activations(model):

@@ -163,8 +163,8 @@ class TrainingParams(Section):
 
 
 class RewardModelParams(Section):
-    """One named reward model: its data set, its encoder (null: models.reward), and any training key of the
-    `reward` section it sets for itself (the others are shared)."""
+    """One named reward model (reward_models.<name>): its data set, its encoder (null: models.reward), and any
+    training key of the shared `reward` section it sets for itself."""
 
     data: str
     encoder: str | None
@@ -176,27 +176,6 @@ RewardModelParams = create_model(
     "RewardModelParams", __base__=RewardModelParams, __doc__=RewardModelParams.__doc__,
     **{name: (Annotated[(f.annotation, *f.metadata)] if f.metadata else f.annotation, None)
        for name, f in TrainingParams.model_fields.items()})
-
-
-class RewardParams(TrainingParams):
-    models: dict[str, RewardModelParams]
-
-    @model_validator(mode="after")
-    def _each_model_valid(self):
-        for name in self.models:
-            try:
-                self.model(name)
-            except ValidationError as err:
-                e = err.errors()[0]
-                raise ValueError(f"reward.models.{name}.{e['loc'][0]}: expected {_expected(['reward', e['loc'][0]])}, "
-                                 f"got {show(e['input'])}") from None
-        return self
-
-    def model(self, name):
-        """The training params of reward model `name`: the shared keys, with the ones it sets itself."""
-        entry = self.models[name]
-        own = {k: getattr(entry, k) for k in entry.model_fields_set if k in TrainingParams.model_fields}
-        return TrainingParams(**{**{k: getattr(self, k) for k in TrainingParams.model_fields}, **own})
 
 
 class PolicyTrainingParams(TrainingParams):
@@ -319,12 +298,30 @@ class Params(Section):
     pretrained: dict[str, PretrainedParams]  # name -> models/pretrained/<name>; may be empty
     models: ModelsParams
     prepare: PrepareParams
-    reward: RewardParams
+    reward: TrainingParams  # the training keys every reward model shares
+    reward_models: dict[str, RewardModelParams]  # the named reward models, each its own stage reward@<name>
     sft: SFTParams
     dpo: DPOParams
     ppo: PPOParams
     eval: EvalParams
     report: ReportParams
+
+    def reward_model(self, name):
+        """The training params of reward model `name`: the shared `reward` keys, with the ones it sets itself."""
+        entry = self.reward_models[name]
+        own = {k: getattr(entry, k) for k in entry.model_fields_set if k in TrainingParams.model_fields}
+        return TrainingParams(**{**self.reward.model_dump(), **own})
+
+    @model_validator(mode="after")
+    def _each_reward_model_valid(self):
+        for name in self.reward_models:
+            try:
+                self.reward_model(name)
+            except ValidationError as err:
+                e = err.errors()[0]
+                raise ValueError(f"reward_models.{name}.{e['loc'][0]}: expected {_expected(['reward', e['loc'][0]])}, "
+                                 f"got {show(e['input'])}") from None
+        return self
 
     @model_validator(mode="after")
     def _names_refer(self):
@@ -338,7 +335,7 @@ class Params(Section):
                     hint = f"did you mean {close[0]!r}?" if close else f"{section}: {', '.join(known) or 'none'}"
                     raise ValueError(f"{key}: unknown {kind} {show(name)} ({hint})")
 
-        for key, names in (("data", self.data), ("reward.models", self.reward.models)):
+        for key, names in (("data", self.data), ("reward_models", self.reward_models)):
             if not names:
                 raise ValueError(f"{key}: expected at least one entry, got none")
             bad = next((n for n in names if not NAME.match(n)), None)
@@ -352,9 +349,9 @@ class Params(Section):
             if entry.path.endswith(".gguf") and entry.dtype is None:
                 raise ValueError(f"pretrained.{name}.dtype: a .gguf file is dequantised, so it needs a dtype "
                                  f"(float32, bfloat16 or float16), got null")
-        sets, models = list(self.data), list(self.reward.models)
-        for name, entry in self.reward.models.items():
-            check([entry.data], f"reward.models.{name}.data", sets, "data set in data")
+        sets, models = list(self.data), list(self.reward_models)
+        for name, entry in self.reward_models.items():
+            check([entry.data], f"reward_models.{name}.data", sets, "data set in data")
         for stage in ("sft", "dpo", "ppo", "eval"):
             if not getattr(self, stage).data:
                 raise ValueError(f"{stage}.data: expected at least one data set name, got []")
@@ -362,11 +359,11 @@ class Params(Section):
                 check([name], f"{stage}.data[{i}]", sets, "data set in data")
         rc = self.ppo.reward
         if rc.combine == "weighted_sum":
-            check(list(rc.weights), "ppo.reward.weights", models, "reward model in reward.models")
+            check(list(rc.weights), "ppo.reward.weights", models, "reward model in reward_models")
             missing = [m for m in models if m not in rc.weights]
             if missing:
                 raise ValueError(f"ppo.reward.weights: no weight for reward model {show(missing[0])}: combine "
-                                 f"weighted_sum needs one per reward model in reward.models ({', '.join(models)})")
+                                 f"weighted_sum needs one per reward model in reward_models ({', '.join(models)})")
             if not any(rc.weights.values()):
                 raise ValueError("ppo.reward.weights: every weight is 0, so the reward would be 0 whatever the answer")
         else:
@@ -378,7 +375,7 @@ class Params(Section):
                                  f"got {show(rc.safety)} for both helpfulness and safety")
         for key in ("helpfulness", "safety"):
             if getattr(rc, key) is not None:
-                check([getattr(rc, key)], f"ppo.reward.{key}", models, "reward model in reward.models")
+                check([getattr(rc, key)], f"ppo.reward.{key}", models, "reward model in reward_models")
         return self
 
 
@@ -394,14 +391,15 @@ _Yaml11Loader.add_implicit_resolver(
 )
 
 
-def read_yaml(path):
+def read_yaml(path, text=None):
     """A params file as DVC reads it: ruamel.yaml's safe loader, YAML 1.2 (dvc.utils.serialize.parse_yaml).
+    text: the file's contents, when they are not (yet) on disk; messages name `path` all the same.
 
     Raises ParamsError naming the line for a file that is not YAML (duplicate keys included), and
     naming the key for a value that YAML 1.1 (PyYAML) reads differently."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8") if text is None else text
     except FileNotFoundError:
         raise ParamsError(f"{path}: file not found") from None
     try:
@@ -437,10 +435,11 @@ def _same_in_yaml11(path, dvc, other, loc):
             f"write it so both agree (true/false, a plain number, or a quoted string)")
 
 
-def load_params(path="params.yaml"):
-    """Read and validate a params file; raise ParamsError naming the key."""
+def load_params(path="params.yaml", text=None):
+    """Read and validate a params file (text: its contents, when not read from `path`); raise ParamsError naming
+    the key."""
     path = Path(path)
-    raw = read_yaml(path)
+    raw = read_yaml(path, text)
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of params sections, got {type(raw).__name__}")
     try:
@@ -482,7 +481,7 @@ def _model_at(loc):
         model = next(f for name, f in model.model_fields.items() if loc[i] in (name, f.alias)).annotation
         if typing.get_origin(model) is list:  # data.filter: a list of conditions
             (model,) = typing.get_args(model)
-        elif typing.get_origin(model) is dict:  # data.<set>, reward.models.<name>
+        elif typing.get_origin(model) is dict:  # data.<set>, reward_models.<name>
             model = typing.get_args(model)[1]
             i += 1
         i += 1

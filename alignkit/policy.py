@@ -8,6 +8,8 @@ so such a mask would also drop the real EOS that ends every answer.
 
 import torch
 
+from alignkit.errors import ParamsError
+
 
 def prepare_tokenizer(tokenizer):
     """GPT-2 and Llama tokenizers have no pad token: pad with EOS (masks never rely on it)."""
@@ -17,10 +19,15 @@ def prepare_tokenizer(tokenizer):
     return tokenizer
 
 
-def max_prompt_tokens(config, max_new_tokens, max_prompt_length):
+def max_prompt_tokens(config, max_new_tokens, max_prompt_length, key="max_new_tokens"):
     """Prompt tokens allowed before generating: at most max_prompt_length, and room left for
-    max_new_tokens within the model's context window."""
-    return min(max_prompt_length, config.max_position_embeddings - max_new_tokens)
+    max_new_tokens within the model's context window. ParamsError naming `key` (the params key that set
+    max_new_tokens) when no prompt token would fit."""
+    context = config.max_position_embeddings
+    if max_new_tokens >= context:
+        raise ParamsError(f"{key}: {max_new_tokens} new tokens leave no room for a prompt in the model's context of "
+                          f"{context} tokens; at most {context - 1}")
+    return min(max_prompt_length, context - max_new_tokens)
 
 
 def collate(examples, pad_id):
@@ -96,27 +103,3 @@ def disable_dropout(model):
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
     return model
-
-
-VALUE_HEAD = "value_head.safetensors"
-
-
-def save_policy(model, tokenizer, out):
-    """save_pretrained of the model (safetensors) and tokenizer, atomically. A LoRA adapter is written alone
-    (alignkit.adapters.save_adapter); trl's value head, if the model has one, goes to its own file
-    (value_head.safetensors), so the directory loads as a plain causal LM without unused weights."""
-    from safetensors.torch import save_file
-
-    from alignkit.adapters import has_adapter, save_adapter
-    from alignkit.io import atomic_dir
-
-    language_model = model.pretrained_model if hasattr(model, "v_head") else model
-    language_model.generation_config.pad_token_id = tokenizer.pad_token_id
-    with atomic_dir(out) as tmp:
-        if has_adapter(language_model):
-            save_adapter(language_model, tokenizer, tmp)
-        else:
-            language_model.save_pretrained(tmp, safe_serialization=True)
-        if hasattr(model, "v_head"):
-            save_file({k: v.detach().cpu().contiguous() for k, v in model.v_head.state_dict().items()}, tmp / VALUE_HEAD)
-        tokenizer.save_pretrained(tmp)

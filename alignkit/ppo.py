@@ -13,17 +13,19 @@ only by early stopping, which is off unless early_stopping=True, and then stops
 a step's PPO epochs once the policy's KL to its rollout exceeds 1.5 x target_kl.
 """
 
-import math
+import copy
 import random
 import warnings
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from alignkit.conversation import Renderer
+from alignkit.errors import ParamsError
+from alignkit.loop import TrainingRun
+from alignkit.modeldir import language_model
 from alignkit.policy import disable_dropout, max_prompt_tokens
-from alignkit.training import PRECISIONS, check_precision, progress
+from alignkit.training import PRECISIONS, check_precision, choose_optimizer, progress
 
 
 def batches(items, batch_size, seed):
@@ -70,8 +72,6 @@ def make_trainer(cfg, seed, policy, reference, tokenizer, total_steps):
     from transformers import get_scheduler
     from trl import PPOConfig, PPOTrainer
 
-    from alignkit.adapters import make_optimizer
-
     check_precision(cfg.precision, "ppo.precision")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*deprecated.*")
@@ -86,7 +86,7 @@ def make_trainer(cfg, seed, policy, reference, tokenizer, total_steps):
             accelerator_kwargs={"mixed_precision": PRECISIONS[cfg.precision]},
             exp_name="ppo", log_with=None,
         )
-    optimizer = make_optimizer((p for p in policy.parameters() if p.requires_grad), cfg, "ppo.optimizer")
+    optimizer = choose_optimizer((p for p in policy.parameters() if p.requires_grad), cfg, "ppo.optimizer")
     scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps,
                               num_training_steps=total_steps)
     with warnings.catch_warnings():
@@ -123,8 +123,8 @@ def mean_score(trainer, scorer, tokenizer, pairs, cfg, seed):
 
 
 def max_prompt(cfg, trainer):
-    return max_prompt_tokens(trainer.accelerator.unwrap_model(trainer.model).pretrained_model.config,
-                             cfg.max_new_tokens, cfg.max_prompt_length)
+    return max_prompt_tokens(language_model(trainer.accelerator.unwrap_model(trainer.model)).config,
+                             cfg.max_new_tokens, cfg.max_prompt_length, "ppo.max_new_tokens")
 
 
 STEP_CURVES = {  # dvclive name -> trl stats key
@@ -175,100 +175,66 @@ def kl_value(state):
     return state["numpy"].numpy()[0] if "numpy" in state else state["python"]
 
 
-def train_ppo(trainer, scorer, tokenizer, train_pairs, val_pairs, cfg, seed, live_dir, checkpoint=None, step_hook=None):
-    """PPO epochs over the training prompts. Returns metrics for metrics/ppo.json.
+def plan_epochs(pairs, cfg, seed):
+    """PPO's step plan, worked out once: per epoch, its shuffled full batches of prompts (seed + epoch), at most
+    cfg.max_steps_per_epoch of them. Its total length is the number of PPO steps."""
+    if cfg.batch_size > len(pairs):  # batches() keeps full batches only: there would be none
+        raise ParamsError(f"ppo.batch_size: {cfg.batch_size} is more than the {len(pairs)} prompts of the training "
+                          f"split; at most {len(pairs)}")
+    return [batches(pairs, cfg.batch_size, seed + epoch)[: cfg.max_steps_per_epoch] for epoch in range(cfg.epochs)]
 
-    checkpoint: a Checkpointer or None; with one, a saved run resumes (policy and value
-    head, optimizer, scheduler, KL controller, RNG states, position) and a checkpoint is
-    written every checkpoint.every PPO steps. A non-finite loss or score stops with a
-    TrainingError naming the step. step_hook(queries, responses, rewards), if given,
-    sees what each PPOTrainer.step receives.
+
+def train_ppo(trainer, scorer, tokenizer, plan, baseline, val_pairs, cfg, seed, live_dir, checkpoint=None,
+              step_hook=None):
+    """PPO over the batches of `plan` (plan_epochs), run in alignkit.loop.TrainingRun, with rewards measured
+    against `baseline` (reward_baselines). Returns metrics for metrics/ppo.json.
+
+    checkpoint: a Checkpointer or None; with one, a saved run resumes (policy and value head, optimizer,
+    scheduler, KL controller, RNG states, position) and a checkpoint is written every checkpoint.every PPO
+    steps. A non-finite loss or score stops with a TrainingError naming the step. step_hook(queries,
+    responses, rewards), if given, sees what each PPOTrainer.step receives.
     """
-    from alignkit import lifeline
-    from alignkit.checkpoint import TrainingError, rng_state, set_rng_state
-    from alignkit.training import open_live
-
-    accelerator = trainer.accelerator
-    held_out = val_pairs  # one sampled answer per validation row
-    saved = checkpoint.load(accelerator.unwrap_model(trainer.model)) if checkpoint else None
+    run = TrainingRun("ppo", sum(map(len, plan)), trainer.accelerator, live_dir, checkpoint)
+    saved = run.resume(trainer.model)
     if saved:
         trainer.optimizer.load_state_dict(saved["optimizer"])
         trainer.lr_scheduler.load_state_dict(saved["scheduler"])
         trainer.kl_ctl.value = kl_value(saved["kl_coef"])
-        # Where trl's gradient accumulation stands: early stopping makes it vary from step to step.
-        accelerator.step = saved["accumulation_step"]
-        checkpoint.restore_live(live_dir)
-        position, before = saved["position"], saved["before"]
-        print(f"ppo: resumed from checkpoint at step {position['global_step']}", flush=True)
-    else:
-        before = mean_score(trainer, scorer, tokenizer, held_out, cfg, seed)
-        position = {"epoch": 0, "batches_done": 0, "global_step": 0, "per_epoch": {}, "epoch_scores": [],
-                    "lengths": [], "stats": {}, "model_scores": {name: [] for name in scorer.names}}
-    live = open_live(live_dir, accelerator, resume=bool(saved))
-
-    baseline = reward_baselines(scorer, train_pairs, cfg)
-    per_epoch, lengths, last = position["per_epoch"], position["lengths"], position["stats"]
-    model_scores = position["model_scores"]  # each reward model's mean raw score, per step
-    global_step = position["global_step"]
-    plan = [batches(train_pairs, cfg.batch_size, seed + epoch)[: cfg.max_steps_per_epoch] for epoch in range(cfg.epochs)]
-    bar = tqdm(total=sum(map(len, plan)), initial=global_step, desc="ppo", disable=None)
-    if saved:
-        set_rng_state(saved["rng"])
-    for epoch in range(position["epoch"], len(plan)):
-        resuming = saved is not None and epoch == position["epoch"]
-        epoch_scores = position["epoch_scores"] if resuming else []
-        for done, batch in enumerate(plan[epoch], start=1):
-            if resuming and done <= position["batches_done"]:
-                continue
-            lifeline.check()  # the process that started the stage is gone: stop here, the checkpoint stays
+    # one sampled answer per validation row, scored before and after training
+    before = saved["before"] if saved else mean_score(trainer, scorer, tokenizer, val_pairs, cfg, seed)
+    sums = saved["sums"] if saved else {"per_epoch": {}, "epoch_scores": [], "lengths": [], "stats": {},
+                                        "model_scores": {name: [] for name in scorer.names}}
+    run.start()
+    for epoch in run.epochs(len(plan)):
+        if not run.resuming:
+            sums["epoch_scores"] = []
+        for batch in run.batches(plan[epoch]):
             queries, responses, scores, rewards, stats, raw = ppo_iteration(trainer, scorer, tokenizer, batch,
                                                                             baseline, cfg, step_hook)
-            global_step += 1
-            loss = float(stats["ppo/loss/total"])
-            if not (math.isfinite(loss) and torch.isfinite(scores).all()):
-                last_good = checkpoint.describe() if checkpoint else "checkpoints are off"
-                raise TrainingError(f"ppo: the loss is {loss} (reward-model scores finite: "
-                                    f"{bool(torch.isfinite(scores).all())}) at step {global_step} (epoch {epoch}); "
-                                    f"training stopped, the last good checkpoint is kept ({last_good})")
-            last = {name: float(stats[key]) for name, key in STEP_CURVES.items()}
-            epoch_scores.append(scores.mean().item())
-            lengths.append(sum(len(r) for r in responses) / len(responses))
-            live.log_metric("train/score", scores.mean().item())
+            sums["stats"] = {name: float(stats[key]) for name, key in STEP_CURVES.items()}
+            sums["epoch_scores"].append(scores.mean().item())
+            sums["lengths"].append(sum(len(r) for r in responses) / len(responses))
             for name, values in raw.items():
-                model_scores[name].append(values.mean().item())
-                live.log_metric(f"train/score_{name}", model_scores[name][-1])
-            live.log_metric("train/reward", rewards.mean().item())
-            for name, value in last.items():
-                live.log_metric(f"train/{name}", value)
-            live.log_metric("train/response_length", lengths[-1])
-            live.next_step()
-            bar.update()
-            bar.set_postfix(epoch=epoch, score=f"{epoch_scores[-1]:.2f}", kl=f"{last['kl']:.3f}")
-            if checkpoint and checkpoint.due(global_step):
-                checkpoint.save(global_step, accelerator.unwrap_model(trainer.model), {
-                    "optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.lr_scheduler.state_dict(),
-                    "kl_coef": kl_state(trainer.kl_ctl.value), "rng": rng_state(), "before": before,
-                    "accumulation_step": accelerator.step,
-                    "position": {"epoch": epoch, "batches_done": done, "global_step": global_step,
-                                 "per_epoch": dict(per_epoch), "epoch_scores": list(epoch_scores),
-                                 "lengths": list(lengths), "stats": last,
-                                 "model_scores": {k: list(v) for k, v in model_scores.items()}},
-                }, live_dir)
-        per_epoch[f"epoch_{epoch + 1}"] = sum(epoch_scores) / len(epoch_scores)
-        bar.write(f"epoch {epoch}: mean combined reward-model score {per_epoch[f'epoch_{epoch + 1}']:.4f}")
-    bar.close()
-    live.end()
-    after = mean_score(trainer, scorer, tokenizer, held_out, cfg, seed)
-    if checkpoint:
-        checkpoint.finished(global_step)  # the stage marks it complete once its outputs are written
-    (before, models_before), (after, models_after) = before, after
+                sums["model_scores"][name].append(values.mean().item())
+            run.stepped({"loss": float(stats["ppo/loss/total"]), "score": scores.mean().item(),
+                         **{f"score_{name}": s[-1] for name, s in sums["model_scores"].items()},
+                         "reward": rewards.mean().item(), **sums["stats"], "response_length": sums["lengths"][-1]},
+                        score=f"{sums['epoch_scores'][-1]:.2f}", kl=f"{sums['stats']['kl']:.3f}")
+            run.save_if_due(trainer.model, lambda: {
+                "optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.lr_scheduler.state_dict(),
+                "kl_coef": kl_state(trainer.kl_ctl.value), "before": before, "sums": copy.deepcopy(sums)})
+        sums["per_epoch"][f"epoch_{epoch + 1}"] = sum(sums["epoch_scores"]) / len(sums["epoch_scores"])
+        run.say(f"epoch {epoch}: mean combined reward-model score {sums['per_epoch'][f'epoch_{epoch + 1}']:.4f}")
+    run.finish(trainer.model)
+    after = mean_score(trainer, scorer, tokenizer, val_pairs, cfg, seed)
+    (before, models_before), (after, models_after), last = before, after, sums["stats"]
     return {
-        "score_per_epoch": per_epoch,
+        "score_per_epoch": sums["per_epoch"],
         # The combined reward (ppo.reward) of one sampled answer per validation prompt, before and after.
         "val_score_before": before, "val_score_after": after,
         # Each reward model's mean raw score on those answers, and over the training rollouts.
         "val_model_scores_before": models_before, "val_model_scores_after": models_after,
-        "train_model_scores": {name: sum(v) / len(v) for name, v in model_scores.items()},
+        "train_model_scores": {name: sum(v) / len(v) for name, v in sums["model_scores"].items()},
         "kl": last["kl"], "kl_coef": last["kl_coef"], "entropy": last["entropy"], "clipfrac": last["clipfrac"],
-        "response_length": sum(lengths) / len(lengths),
+        "response_length": sum(sums["lengths"]) / len(sums["lengths"]),
     }

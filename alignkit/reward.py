@@ -18,9 +18,10 @@ from torch import nn
 
 from alignkit.batching import in_order, sorted_batches
 from alignkit.conversation import as_text
-from alignkit.errors import ModelError
+from alignkit.errors import ModelError, refused_pickle
+from alignkit.loop import fit
 from alignkit.losses import bradley_terry_loss
-from alignkit.training import fit, progress, seeded_loader
+from alignkit.training import progress, seeded_loader
 
 SETTINGS_NAME = "alignkit_reward.json"  # beside the tokenizer: how inputs were encoded, and the score statistics
 WEIGHTS_NAME = "reward_model.pth"  # a reward model's state dict, in its directory
@@ -143,7 +144,6 @@ def read_state_dict(path, expected, what):
     ModelError (one line) for an unreadable file, a pickle that is not plain tensors,
     or missing / unexpected keys and wrong shapes (the first few of each named)."""
     import pickle
-    import re
     import zipfile
 
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
@@ -151,9 +151,7 @@ def read_state_dict(path, expected, what):
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        culprit = re.search(r"(?:unsupported|Unsupported global:) GLOBAL (\S+)", str(err))
-        raise ModelError(f"{path}: refused to load: it is not a plain state dict of tensors, and unpickling it "
-                         f"would call {culprit.group(1) if culprit else 'code'}") from None
+        raise ModelError(f"{path}: refused to load: {refused_pickle(err)}") from None
     except (OSError, RuntimeError, EOFError) as err:
         raise ModelError(f"{path}: cannot read it as a torch state dict ({str(err).strip().splitlines()[0]})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

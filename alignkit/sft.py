@@ -5,9 +5,10 @@ import math
 import torch
 
 from alignkit.conversation import Renderer
+from alignkit.loop import fit
 from alignkit.losses import answer_nll
 from alignkit.policy import answer_token_logps, collate
-from alignkit.training import fit, progress, seeded_loader
+from alignkit.training import progress, seeded_loader
 
 
 def _collator(tokenizer):

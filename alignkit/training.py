@@ -1,6 +1,6 @@
-"""Pieces every training stage shares: accelerate setup, seeding, dvclive, batching."""
+"""How a training stage is set up: accelerate, precision, seeding, device, data order, optimizer and schedule;
+and progress bars for long loops. The loops themselves run in alignkit.loop."""
 
-import math
 import os
 import random
 import warnings
@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from alignkit import lifeline
 from alignkit.batching import LengthGroupedBatches
 from alignkit.errors import ParamsError
 
@@ -28,9 +29,14 @@ def seed_everything(seed):
 
 
 def progress(iterable, desc, main_process=True):
-    """A progress bar over a long loop: on a terminal only (disable=None: none in a log file), on the main
-    process only, and gone once the loop ends (leave=False), so only the training bars and results stay."""
-    return tqdm(iterable, desc=desc, disable=None if main_process else True, leave=False)
+    """Each item of a long loop (validation, reference log-probs, scoring, generation), with a progress bar: on a
+    terminal only (disable=None: none in a log file), on the main process only, and gone once the loop ends
+    (leave=False), so only the training bars and results stay. Before each item, lifeline.check() stops the
+    stage once the dvc process that started it is gone, as the training loops do at every step."""
+    with tqdm(iterable, desc=desc, disable=None if main_process else True, leave=False) as bar:
+        for item in bar:
+            lifeline.check()
+            yield item
 
 
 # oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) below which it has no bf16 instructions to use.
@@ -67,33 +73,6 @@ def make_accelerator(precision, key, grad_accum_steps=1):
     return Accelerator(mixed_precision=PRECISIONS[precision], gradient_accumulation_steps=grad_accum_steps)
 
 
-class NullLive:
-    """Stands in for dvclive.Live on processes other than the main one."""
-
-    def log_metric(self, *args, **kwargs):
-        pass
-
-    def next_step(self):
-        pass
-
-    def end(self):
-        pass
-
-
-def open_live(live_dir, accelerator, resume=False):
-    """dvclive logger writing step curves under live_dir (main process only).
-
-    It neither edits dvc.yaml nor creates DVC experiments: the pipeline declares
-    the plots, and `dvc exp run` makes the experiments. resume=True continues
-    the curves already in live_dir (after a checkpoint restored them).
-    """
-    if not accelerator.is_main_process:
-        return NullLive()
-    from dvclive import Live
-
-    return Live(dir=str(live_dir), resume=resume, save_dvc_exp=False, dvcyaml=None, report=None)
-
-
 def seeded_loader(dataset, batch_size, seed, collate_fn, shuffle=True, lengths=None):
     """A DataLoader whose order comes from one torch.Generator seeded with `seed` (fit replays an epoch from
     its state). lengths: each example's padded length; given, batches are length-grouped (shuffled) or sorted
@@ -108,156 +87,44 @@ def seeded_loader(dataset, batch_size, seed, collate_fn, shuffle=True, lengths=N
     return torch.utils.data.DataLoader(dataset, batch_sampler=batches, generator=generator, collate_fn=collate_fn)
 
 
+def default_device():
+    """Where a stage that has no Accelerator yet will train (trl's PPOTrainer makes its own): this process's
+    GPU (LOCAL_RANK under `accelerate launch`) if there is one, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def bitsandbytes(key):
+    """bitsandbytes, imported; ParamsError naming `key` where it cannot load."""
+    try:
+        import bitsandbytes as bnb
+    except Exception as err:  # an import that fails for any reason: say which key needs it, in one line
+        raise ParamsError(f"{key}: needs bitsandbytes, which cannot load here "
+                          f"({type(err).__name__}: {str(err).strip().splitlines()[0][:160]})") from None
+    return bnb
+
+
+def choose_optimizer(parameters, cfg, key):
+    """cfg.optimizer over `parameters`: adamw (torch's fused AdamW), paged_adamw_32bit or adamw_8bit
+    (bitsandbytes). cfg: lr, weight_decay, optimizer. A bitsandbytes optimizer that cannot load is a
+    ParamsError naming `key`."""
+    parameters = list(parameters)
+    if cfg.optimizer == "adamw":
+        # fused: one pass over each parameter's memory per step instead of about ten (the for-loop
+        # default on CPU); at GPT-2-Medium size that is seconds per step on a CPU.
+        return torch.optim.AdamW(parameters, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    bnb = bitsandbytes(key)
+    kind = {"paged_adamw_32bit": bnb.optim.PagedAdamW32bit, "adamw_8bit": bnb.optim.AdamW8bit}[cfg.optimizer]
+    return kind(parameters, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
 def make_optimizer(model, cfg, total_steps, key="train"):
-    """cfg.optimizer (alignkit.adapters.make_optimizer) over the trainable parameters, and the learning-rate
+    """cfg.optimizer (choose_optimizer) over the trainable parameters, and the learning-rate
     schedule cfg.lr_scheduler (linear, cosine or constant_with_warmup, as transformers.get_scheduler names them)
     with warmup over cfg.warmup_ratio of total_steps. cfg: lr, weight_decay, optimizer, warmup_ratio, lr_scheduler."""
     from transformers import get_scheduler
 
-    from alignkit.adapters import make_optimizer as optimizer_for
-
-    optimizer = optimizer_for((p for p in model.parameters() if p.requires_grad), cfg, f"{key}.optimizer")
+    optimizer = choose_optimizer((p for p in model.parameters() if p.requires_grad), cfg, f"{key}.optimizer")
     return optimizer, get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=round(cfg.warmup_ratio * total_steps),
                                     num_training_steps=total_steps)
-
-
-def train_step(model, batch, step, optimizer, scheduler, accelerator, max_grad_norm):
-    """One micro-batch: forward under autocast and backward; at an accumulation boundary
-    also clip, step the optimizer and scheduler, and zero the gradients.
-
-    step(model, batch) -> (loss, {name: tensor}). Returns step's result, nothing synced to the host.
-    """
-    with accelerator.accumulate(model):
-        with accelerator.autocast():
-            loss, logs = step(model, batch)
-        accelerator.backward(loss)
-        if accelerator.sync_gradients:
-            accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad()
-    return loss, logs
-
-
-def log_validation(live, metrics):
-    """One point per validation pass on each val/<name> curve, at the optimizer step it follows."""
-    for name, value in metrics.items():
-        live.log_metric(f"val/{name}", value)
-
-
-def fit(model, train_loader, val_loader, cfg, accelerator, live_dir, *, desc, step, evaluate, grad_accum_steps=1,
-        checkpoint=None):
-    """The training loop the stages share: AdamW, a warmup-then-decay schedule, clipping, accumulation.
-
-    cfg: a params section with lr, weight_decay, warmup_ratio, lr_scheduler, max_grad_norm, epochs,
-    max_steps (optimizer steps; when set it overrides epochs, and the last epoch may stop part-way) and
-    keep (last: the weights at the end; best: those of the epoch with the lowest validation loss).
-    step(model, batch) -> (loss, {name: float}) for one micro-batch, under autocast.
-    evaluate(model, val_loader) -> {name: float}, computed on every process.
-    checkpoint: a Checkpointer, or None. With one, the loop resumes from its saved
-    state when there is one, and saves every `checkpoint.every` optimizer steps.
-    Curves go to dvclive once per optimizer step; `evaluate` runs before training
-    and after each epoch. A non-finite loss stops training with a TrainingError
-    naming the step. Returns (metrics before training, after the kept epoch plus "kept_epoch" and
-    "train_loss", the mean over the last epoch; the unwrapped model).
-    """
-    from alignkit import lifeline
-    from alignkit.checkpoint import TrainingError, load_weights, model_weights, rng_state, set_rng_state
-
-    # Counted as one process would: accelerate steps a prepared scheduler once per process.
-    total = (cfg.max_steps * accelerator.num_processes if cfg.max_steps
-             else cfg.epochs * math.ceil(len(train_loader) / grad_accum_steps))
-    optimizer, scheduler = make_optimizer(model, cfg, total, desc)
-    generator = train_loader.generator  # the data order: its state at an epoch's start replays that epoch
-    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
-        model, optimizer, train_loader, val_loader, scheduler)
-
-    saved = checkpoint.load(accelerator.unwrap_model(model)) if checkpoint else None
-    if saved:
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        checkpoint.restore_live(live_dir)
-        position, before, best = saved["position"], saved["before"], saved["best"]
-        accelerator.step = position["accumulation_step"]
-        print(f"{desc}: resumed from checkpoint at step {position['global_step']}", flush=True)
-    else:
-        position = {"epoch": 0, "batches_done": 0, "global_step": 0, "epoch_losses": [], "accumulation_step": 0}
-        before = evaluate(model, val_loader)
-        best = None  # with cfg.keep == "best": the epoch with the lowest validation loss, its metrics and weights
-    live = open_live(live_dir, accelerator, resume=bool(saved))
-    if not saved:  # the validation curves start from the untrained model, at step 0
-        log_validation(live, before)
-    after = before
-    per_epoch = math.ceil(len(train_loader) / grad_accum_steps)  # per process, after sharding
-    steps = cfg.max_steps or cfg.epochs * per_epoch  # max_steps, when set, overrides epochs
-    epochs = math.ceil(steps / per_epoch)
-    global_step = position["global_step"]
-    # disable=None: a bar on a terminal, none in logs; only the main process draws it.
-    bar = tqdm(total=steps, initial=global_step, desc=desc, disable=None if accelerator.is_main_process else True)
-    epoch_losses = position["epoch_losses"]
-    for epoch in range(position["epoch"], epochs):
-        resuming = saved is not None and epoch == position["epoch"]
-        if resuming:
-            generator.set_state(saved["epoch_generator"])
-        epoch_generator = generator.get_state()
-        if resuming:
-            set_rng_state(saved["rng"])  # after the data order is set up, as when it was saved
-        else:
-            epoch_losses = []
-        skip = position["batches_done"] if resuming else 0
-        model.train()
-        pending = []
-        for batches_done, batch in enumerate(train_loader, start=1):
-            if batches_done <= skip:
-                continue  # consumed before the checkpoint
-            if global_step == steps:
-                break  # resumed from the checkpoint of the last step, part-way through an epoch
-            lifeline.check()  # the process that started the stage is gone: stop here, the checkpoint stays
-            loss, logs = train_step(model, batch, step, optimizer, scheduler, accelerator, cfg.max_grad_norm)
-            pending.append({"loss": loss.detach(), **logs})
-            if not accelerator.sync_gradients:
-                continue
-            means = {k: torch.stack([torch.as_tensor(p[k], dtype=torch.float32) for p in pending]).mean()
-                     for k in pending[0]}
-            means = {k: v.item() for k, v in accelerator.reduce(means, "mean").items()}
-            pending = []
-            global_step += 1
-            if not math.isfinite(means["loss"]):
-                last = checkpoint.describe() if checkpoint else "checkpoints are off"
-                raise TrainingError(f"{desc}: the loss is {means['loss']} at step {global_step} (epoch {epoch}); "
-                                    f"training stopped, the last good checkpoint is kept ({last})")
-            epoch_losses.append(means["loss"])
-            for name, value in means.items():
-                live.log_metric(f"train/{name}", value)
-            live.log_metric("train/lr", scheduler.get_last_lr()[0])
-            live.next_step()
-            bar.update()
-            bar.set_postfix(epoch=epoch, **{k: f"{v:.3f}" for k, v in means.items()})
-            if checkpoint and checkpoint.due(global_step):
-                checkpoint.save(global_step, accelerator.unwrap_model(model), {
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
-                    "epoch_generator": epoch_generator, "before": before, "best": best,
-                    "position": {"epoch": epoch, "batches_done": batches_done, "global_step": global_step,
-                                 "epoch_losses": list(epoch_losses), "accumulation_step": accelerator.step},
-                }, live_dir)
-            if global_step == steps:
-                break  # max_steps reached part-way through an epoch
-        after = evaluate(model, val_loader)
-        log_validation(live, after)
-        bar.write(f"epoch {epoch}: " + ", ".join(f"val {k} {v:.4f}" for k, v in after.items()))
-        if cfg.keep == "best" and (best is None or after["loss"] < best["metrics"]["loss"]):
-            best = {"epoch": epoch, "metrics": after, "weights": model_weights(accelerator.unwrap_model(model))}
-    bar.close()
-    live.end()
-    if checkpoint:
-        checkpoint.finished(global_step)  # the stage marks it complete once its outputs are written
-    model = accelerator.unwrap_model(model)
-    if best is not None:  # keep the best epoch's weights, and report its validation metrics
-        load_weights(model, best["weights"])
-        after = {**best["metrics"], "kept_epoch": best["epoch"] + 1}
-        bar.write(f"{desc}: kept the weights of epoch {best['epoch']} (lowest val loss {after['loss']:.4f})")
-    else:
-        after = {**after, "kept_epoch": epochs}  # the last epoch's weights (counted from 1; 0: none trained)
-    if epoch_losses:
-        after = {**after, "train_loss": sum(epoch_losses) / len(epoch_losses)}
-    return before, after, model

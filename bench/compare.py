@@ -18,8 +18,9 @@ import torch
 import peers
 from harness import device, peak_memory_mib, sync, timed, timed_interleaved
 from alignkit.data import read_splits
+from alignkit.loop import train_step
 from alignkit.params import load_params
-from alignkit.training import make_accelerator, make_optimizer, seeded_loader, train_step
+from alignkit.training import make_accelerator, make_optimizer, seeded_loader
 
 AGREE_TOL = 1e-4  # |loss ours - loss theirs| on the same batch, float32, dropout off
 
@@ -126,7 +127,7 @@ def _steps(seconds):
 
 def dpo(work, precision, warmup, repeats, with_peer=True, **_):
     from alignkit import dpo as ours
-    from alignkit.models import load_policy
+    from alignkit.modeldir import load_policy
     from alignkit.policy import disable_dropout, prepare_tokenizer
 
     params = load_params(work / "params.yaml")
@@ -193,7 +194,7 @@ def ppo(work, precision, warmup, repeats, **_):
     import time
 
     from alignkit import ppo as ours
-    from alignkit.models import load_policy
+    from alignkit.modeldir import load_policy
     from alignkit.policy import prepare_tokenizer
     from alignkit.ensemble import RewardModels
     from alignkit.params import CombineParams
@@ -270,7 +271,7 @@ def ppo(work, precision, warmup, repeats, **_):
 
 def generation(work, precision, warmup, repeats, prompts=64, **_):
     from alignkit.evaluation import generate
-    from alignkit.models import load_policy
+    from alignkit.modeldir import load_policy
     from alignkit.policy import max_prompt_tokens, prepare_tokenizer
 
     params = load_params(work / "params.yaml")

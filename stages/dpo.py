@@ -18,11 +18,11 @@ from alignkit.adapters import frozen_reference, prepare
 from alignkit.checkpoint import stage_checkpointer
 from alignkit.data import read_sets
 from alignkit.dpo import train_dpo
-from alignkit.errors import run_stage, stage_args
 from alignkit.io import write_json
-from alignkit.models import load_policy
+from alignkit.modeldir import load_policy, save_policy
 from alignkit.params import load_params
-from alignkit.policy import disable_dropout, prepare_tokenizer, save_policy
+from alignkit.policy import disable_dropout, prepare_tokenizer
+from alignkit.stage import run_stage, stage_args
 from alignkit.training import make_accelerator, seed_everything
 
 

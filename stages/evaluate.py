@@ -5,7 +5,7 @@
         --metrics metrics/eval/dpo.json --generations generations/dpo.jsonl --plot plots/eval/dpo.json
 
 Reads params: seed, eval.* (eval.data: the data sets under --data whose test splits it reads),
-ppo.temperature/top_p/top_k/max_new_tokens for the eval.* left null, reward.models (each is
+ppo.temperature/top_p/top_k/max_new_tokens for the eval.* left null, reward_models (each is
 --rewards/<name>) and ppo.reward (the combined reward, the safety model and threshold). Writes the
 metrics (one schema for every model), the generations (question, unsafe mark, reference, answer,
 combined reward and each model's score) and a plot file for `dvc plots`.
@@ -15,13 +15,13 @@ import json
 from pathlib import Path
 
 from alignkit.data import read_sets
-from alignkit.errors import run_stage, stage_args
+from alignkit.ensemble import RewardModels
 from alignkit.evaluation import evaluate_policy
 from alignkit.io import atomic_file, write_json
-from alignkit.models import load_policy
+from alignkit.modeldir import load_policy
 from alignkit.params import load_params
 from alignkit.policy import prepare_tokenizer
-from alignkit.ensemble import RewardModels
+from alignkit.stage import run_stage, stage_args
 from alignkit.training import seed_everything
 
 PLOTTED = ("reward_mean", "win_rate_vs_sft", "win_rate_vs_reference", "preference_accuracy", "rougeL", "bleu")
@@ -38,7 +38,7 @@ def main(argv=None):
     same = Path(args.model).resolve() == Path(args.sft).resolve()  # evaluate@sft: SFT against itself
     sft = policy if same else load_policy(args.sft, args.sft)[0]
     prepare_tokenizer(tokenizer)
-    scorer = RewardModels(args.rewards, params.reward.models, params.ppo.reward, params.eval.batch_size)
+    scorer = RewardModels(args.rewards, params.reward_models, params.ppo.reward, params.eval.batch_size)
     metrics, generations = evaluate_policy(args.name, policy, sft, tokenizer, scorer, test, params.eval,
                                            params.eval.generation(params.ppo), params.seed)
 

@@ -11,9 +11,9 @@ with save_pretrained (safetensors; tokenizer and chat template included), which
 `evaluate` reads and `dvc push` ships.
 """
 
-from alignkit.errors import run_stage, stage_args
-from alignkit.models import load_policy
-from alignkit.policy import prepare_tokenizer, save_policy
+from alignkit.modeldir import load_policy, save_policy
+from alignkit.policy import prepare_tokenizer
+from alignkit.stage import run_stage, stage_args
 
 
 def main(argv=None):

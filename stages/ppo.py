@@ -4,7 +4,7 @@
         --out models/ppo --metrics metrics/ppo.json --live dvclive/ppo --checkpoints checkpoints/ppo
 
 Reads params: seed, ppo.* (ppo.data: the data sets under --data whose prompts it samples; ppo.reward:
-how the scores combine), reward.models (their names: each is --rewards/<name>). The policy (with a value
+how the scores combine), reward_models (their names: each is --rewards/<name>). The policy (with a value
 head) and a frozen reference start from --sft (an SFT adapter merged into its base); with ppo.lora the policy
 trains an adapter and the reference is the policy with it switched off (trl's
 peft support). Responses are decoded and scored as text by every reward model.
@@ -15,17 +15,17 @@ ppo.checkpoint_every steps a checkpoint to --checkpoints (a killed run resumes f
 
 import time
 
-from alignkit.adapters import default_device, prepare, separate_reference
+from alignkit.adapters import prepare, separate_reference
 from alignkit.checkpoint import stage_checkpointer
 from alignkit.data import read_sets
 from alignkit.ensemble import RewardModels
-from alignkit.errors import run_stage, stage_args
 from alignkit.io import write_json
-from alignkit.models import load_policy
+from alignkit.modeldir import load_policy, save_policy
 from alignkit.params import load_params
-from alignkit.policy import prepare_tokenizer, save_policy
-from alignkit.ppo import batches, make_trainer, train_ppo, value_head_model
-from alignkit.training import seed_everything
+from alignkit.policy import prepare_tokenizer
+from alignkit.ppo import make_trainer, plan_epochs, reward_baselines, train_ppo, value_head_model
+from alignkit.stage import run_stage, stage_args
+from alignkit.training import default_device, seed_everything
 
 
 def main(argv=None, step_hook=None):
@@ -39,15 +39,18 @@ def main(argv=None, step_hook=None):
     prepare_tokenizer(tokenizer)
     policy = value_head_model(prepare(base, cfg, "ppo", default_device()))
     reference = separate_reference(policy, lambda: value_head_model(load_policy(args.sft, args.sft)[0], frozen=True))
-    steps = cfg.epochs * len(batches(train, cfg.batch_size, 0)[: cfg.max_steps_per_epoch])
+    plan = plan_epochs(train, cfg, params.seed)  # the batches of prompts of every PPO step
+    steps = sum(map(len, plan))
     trainer = make_trainer(cfg, params.seed, policy, reference, tokenizer, steps)
     device = "cpu" if cfg.reward_device == "cpu" else trainer.accelerator.device
-    scorer = RewardModels(args.rewards, params.reward.models, cfg.reward, cfg.reward_batch_size, device)
+    scorer = RewardModels(args.rewards, params.reward_models, cfg.reward, cfg.reward_batch_size, device)
     checkpoint = stage_checkpointer(args.checkpoints, "ppo", params, trainer.accelerator,
                                     inputs=[__file__, args.data, args.sft, args.rewards], extra=scorer.names)
 
     start = time.perf_counter()
-    metrics = train_ppo(trainer, scorer, tokenizer, train, val, cfg, params.seed, args.live, checkpoint, step_hook)
+    baseline = reward_baselines(scorer, train, cfg)
+    metrics = train_ppo(trainer, scorer, tokenizer, plan, baseline, val, cfg, params.seed, args.live, checkpoint,
+                        step_hook)
     if trainer.accelerator.is_main_process:
         save_policy(trainer.accelerator.unwrap_model(trainer.model), tokenizer, args.out)
         write_json(args.metrics, metrics)

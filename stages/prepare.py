@@ -14,9 +14,10 @@ is written, and each output appears whole or not at all.
 from pathlib import Path
 
 from alignkit import data
-from alignkit.errors import DataError, ParamsError, run_stage, stage_args
+from alignkit.errors import DataError, ParamsError
 from alignkit.io import atomic_dir, write_json
 from alignkit.params import load_params
+from alignkit.stage import run_stage, stage_args
 
 
 def main(argv=None):

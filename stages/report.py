@@ -11,10 +11,10 @@ images). Every model with metrics under --metrics/eval is shown.
 
 import time
 
-from alignkit.errors import run_stage, stage_args
 from alignkit.io import atomic_dir
 from alignkit.params import load_params
 from alignkit.report import build, to_html, to_markdown
+from alignkit.stage import run_stage, stage_args
 
 
 def main(argv=None):

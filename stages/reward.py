@@ -4,7 +4,7 @@
         --out models/reward/safety --metrics metrics/reward/safety.json --live dvclive/reward/safety \
         --checkpoints checkpoints/reward/safety
 
-Reads params: seed, models.reward, the shared reward.* keys and reward.models.<name> (its data set,
+Reads params: seed, models.reward, the shared reward.* keys and reward_models.<name> (its data set,
 its encoder, the keys it sets itself). Writes to --out the whole model's state dict (encoder +
 score_head) as reward_model.pth, loadable with torch.load(weights_only=True), and the tokenizer,
 encoder config, encoding settings and score statistics (for whitening); validation metrics to
@@ -17,28 +17,29 @@ import time
 from alignkit.checkpoint import stage_checkpointer
 from alignkit.conversation import as_text
 from alignkit.data import read_splits
-from alignkit.errors import ParamsError, run_stage, stage_args
+from alignkit.errors import ParamsError
 from alignkit.io import atomic_dir, write_json
 from alignkit.models import load_encoder
 from alignkit.params import load_params
 from alignkit.reward import WEIGHTS_NAME, RewardModel, save_reward_model, train_reward_model
+from alignkit.stage import run_stage, stage_args
 from alignkit.training import make_accelerator, seed_everything
 
 
 def main(argv=None):
     args = stage_args(__doc__, ("--params", "--name", "--data", "--out", "--metrics", "--live", "--checkpoints"), argv)
     params = load_params(args.params)
-    if args.name not in params.reward.models:
-        raise ParamsError(f"{args.params}: reward.models: no reward model {args.name!r} "
-                          f"(reward.models: {', '.join(params.reward.models)})")
-    entry, cfg = params.reward.models[args.name], params.reward.model(args.name)
+    if args.name not in params.reward_models:
+        raise ParamsError(f"{args.params}: reward_models: no reward model {args.name!r} "
+                          f"(reward_models: {', '.join(params.reward_models)})")
+    entry, cfg = params.reward_models[args.name], params.reward_model(args.name)
 
     accelerator = make_accelerator(cfg.precision, "reward.precision")
     seed_everything(params.seed)
     train, val = read_splits(args.data, "train", "validation")
     texts = [t for p in train for t in (as_text(p.prompt), p.chosen, p.rejected)]  # for a preset's tokenizer
     if entry.encoder:  # its own encoder, else the shared models.reward
-        encoder, tokenizer = load_encoder(entry.encoder, f"reward.models.{args.name}.encoder", texts, params.seed)
+        encoder, tokenizer = load_encoder(entry.encoder, f"reward_models.{args.name}.encoder", texts, params.seed)
     else:
         encoder, tokenizer = load_encoder(params.models.reward, "models.reward", texts, params.seed)
 

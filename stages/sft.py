@@ -18,12 +18,12 @@ from alignkit.adapters import prepare
 from alignkit.checkpoint import stage_checkpointer
 from alignkit.conversation import plain_answer, plain_prompt
 from alignkit.data import read_sets
-from alignkit.errors import run_stage, stage_args
 from alignkit.io import write_json
-from alignkit.models import load_policy
+from alignkit.modeldir import load_policy, save_policy
 from alignkit.params import load_params
-from alignkit.policy import prepare_tokenizer, save_policy
+from alignkit.policy import prepare_tokenizer
 from alignkit.sft import train_sft
+from alignkit.stage import run_stage, stage_args
 from alignkit.training import make_accelerator, seed_everything
 
 

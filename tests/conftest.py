@@ -15,6 +15,19 @@ def repo_params():
     return yaml.safe_load((REPO / "params.yaml").read_text())
 
 
+def profile_params(name):
+    """params.yaml with profiles/<name> applied (python -m alignkit.profile), as a dict."""
+    import tempfile
+
+    from alignkit.profile import apply_profile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "params.yaml"
+        shutil.copy(REPO / "params.yaml", path)
+        apply_profile(REPO / "profiles" / name, path)
+        return yaml.safe_load(path.read_text())
+
+
 def stage_env(root=REPO):
     """Environment for a stage or DVC subprocess: this interpreter first on PATH, `root`'s library first."""
     env = dict(os.environ)
@@ -124,7 +137,7 @@ def prepared_sample(prepared_root):
 def one_reward_model(params):
     """Params of the one-data-set, one-reward-model setup the stage tests run (on prepared_root):
     helpful alone, its raw score as the reward (no whitening), as before there were several."""
-    params["reward"]["models"] = {"helpful": {"data": "helpful", "encoder": None}}
+    params["reward_models"] = {"helpful": {"data": "helpful", "encoder": None}}
     params["ppo"]["reward"].update(combine="weighted_sum", weights={"helpful": 1.0}, helpfulness=None, safety=None,
                                    whiten=False)
     for section in ("sft", "dpo", "ppo", "eval"):

@@ -14,9 +14,10 @@ import torch
 
 from alignkit import adapters
 from alignkit.errors import ParamsError
-from alignkit.models import load_policy
+from alignkit.modeldir import has_adapter, load_policy, save_policy
 from alignkit.params import load_params
-from alignkit.policy import collate, forward_logps, prepare_tokenizer, save_policy
+from alignkit.policy import collate, forward_logps, prepare_tokenizer
+from alignkit.training import choose_optimizer
 from tests.conftest import REPO, repo_params, stage_env, write_params
 
 TEXTS = [f"Question: what is {i} plus {i}?\nAnswer: it is {2 * i}." for i in range(60)]
@@ -100,7 +101,7 @@ def test_the_two_step_merge_gives_the_adapter_models_logits(tmp_path):
     save_policy(sft, tokenizer, tmp_path / "sft")
 
     merged_sft, _ = load_policy(str(tmp_path / "sft"))
-    assert not adapters.has_adapter(merged_sft) and not any("lora" in n for n, _ in merged_sft.named_parameters())
+    assert not has_adapter(merged_sft) and not any("lora" in n for n, _ in merged_sft.named_parameters())
     assert (logits(merged_sft, b) - sft_logits).abs().max() < 1e-4
 
     dpo = randomise_adapter(adapters.prepare(merged_sft, cfg_of(tmp_path, "dpo", r=8), "dpo", "cpu"), seed=2)
@@ -185,7 +186,7 @@ def test_qlora_runs_on_this_cpu_with_a_4bit_base(tmp_path):
 def test_bitsandbytes_optimizers_step_here(name):
     """The book's paged 32-bit AdamW and 8-bit AdamW run on this CPU (bitsandbytes 0.50's CPU backend)."""
     weight = torch.nn.Parameter(torch.ones(4096))
-    optimizer = adapters.make_optimizer([weight], SimpleNamespace(optimizer=name, lr=0.1, weight_decay=0.0), "dpo.optimizer")
+    optimizer = choose_optimizer([weight], SimpleNamespace(optimizer=name, lr=0.1, weight_decay=0.0), "dpo.optimizer")
     weight.grad = torch.ones(4096)
     optimizer.step()
     assert torch.allclose(weight.detach(), torch.full((4096,), 0.9), atol=1e-3)  # Adam's first step: lr x sign
@@ -194,7 +195,7 @@ def test_bitsandbytes_optimizers_step_here(name):
 def test_an_optimizer_that_cannot_load_is_a_one_line_params_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as where it is not installed
     with pytest.raises(ParamsError, match=r"^sft.optimizer: needs bitsandbytes, which cannot load here \(") as err:
-        adapters.make_optimizer([torch.nn.Parameter(torch.ones(2))], SimpleNamespace(optimizer="adamw_8bit", lr=0.1,
+        choose_optimizer([torch.nn.Parameter(torch.ones(2))], SimpleNamespace(optimizer="adamw_8bit", lr=0.1,
                                                                                     weight_decay=0.0), "sft.optimizer")
     assert "\n" not in str(err.value)
 

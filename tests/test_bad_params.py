@@ -35,13 +35,13 @@ CASES = {  # id: (section changes, stage, the start of the error after "error: "
                           "prepare", "data.helpful.path: file not found: 'data/missing.csv'"),
     # Several reward models: the combination must name them, weigh them all, and threshold on (0, 1).
     "combination names an unknown reward model": (
-        {"reward": {"models": TWO_MODELS}, "ppo": {"reward": {**LLAMA2, "safety": "safty"}}}, "ppo",
+        {"reward_models": TWO_MODELS, "ppo": {"reward": {**LLAMA2, "safety": "safty"}}}, "ppo",
         "ppo.reward.safety: unknown reward model 'safty' (did you mean 'safety'?)"),
     "weights leave a reward model out": (
-        {"reward": {"models": TWO_MODELS}, "ppo": {"reward": {**LLAMA2, "combine": "weighted_sum",
+        {"reward_models": TWO_MODELS, "ppo": {"reward": {**LLAMA2, "combine": "weighted_sum",
                                                               "weights": {"helpful": 1.0}}}}, "ppo",
         "ppo.reward.weights: no weight for reward model 'safety'"),
-    "threshold outside (0, 1)": ({"reward": {"models": TWO_MODELS}, "ppo": {"reward": {**LLAMA2, "safety_threshold": 1.0}}},
+    "threshold outside (0, 1)": ({"reward_models": TWO_MODELS, "ppo": {"reward": {**LLAMA2, "safety_threshold": 1.0}}},
                                  "evaluate", "ppo.reward.safety_threshold: expected a float in (0, 1), got 1.0"),
     "missing section key": (None, "reward", "reward.epochs: missing key"),
     "bad reward baseline": ({"ppo": {"reward_baseline": "median"}}, "ppo",

@@ -10,7 +10,8 @@ from transformers import BertConfig, BertModel, RobertaConfig, RobertaModel
 from alignkit.batching import LengthGroupedBatches, in_order, sorted_batches
 from alignkit.conversation import plain_prompt, single_turn
 from alignkit.data import Pair
-from alignkit.models import load_policy, train_bert_tokenizer
+from alignkit.modeldir import load_policy
+from alignkit.models import train_bert_tokenizer
 from alignkit.policy import answer_token_logps, collate, disable_dropout, forward_logps, prepare_tokenizer, token_logps
 from alignkit.reward import PairCollator, PairDataset, RewardModel
 from alignkit.training import seeded_loader

@@ -99,7 +99,7 @@ def test_long_loops_draw_progress_bars_on_a_terminal(reward_model, sft_model, pr
     """Reference log-probs, generation, log-prob scoring and reward scoring each draw a bar on a terminal."""
     from alignkit.dpo import encode_pairs, reference_logps
     from alignkit.evaluation import answer_logps, generate
-    from alignkit.models import load_policy
+    from alignkit.modeldir import load_policy
     from alignkit.policy import prepare_tokenizer
     from alignkit.reward import RewardScorer
     from alignkit.training import make_accelerator

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from alignkit.errors import ModelError
-from alignkit.models import load_encoder, load_policy, source_kind
+from alignkit.modeldir import load_policy
+from alignkit.models import load_encoder, source_kind
 from tests.conftest import stage_env
 
 TEXTS = [
@@ -120,10 +121,10 @@ def test_local_directory_without_a_model(tmp_path):
 
 def test_hub_id_goes_to_from_pretrained_and_fails_clearly_offline():
     """With HF_HUB_OFFLINE=1 and an empty cache, a hub id cannot load, and says so in one line."""
-    code = ("from alignkit.models import load_policy\n"
+    code = ("from alignkit.modeldir import load_policy\n"
             "load_policy('openai-community/gpt2-medium')\n")
     env = stage_env() | {"HF_HUB_OFFLINE": "1", "HF_HOME": "/nonexistent-hf-home"}
-    result = subprocess.run([sys.executable, "-c", f"from alignkit.errors import run_stage\n"
+    result = subprocess.run([sys.executable, "-c", f"from alignkit.stage import run_stage\n"
                              f"run_stage(lambda argv: exec({code!r}))"], capture_output=True, text=True, env=env)
     assert result.returncode == 2
     line = result.stderr.strip()

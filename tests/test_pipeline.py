@@ -161,7 +161,7 @@ def test_changing_a_param_reruns_only_its_readers(built_copy):
     rerun as their inputs change (the experiment test below shows evaluate@dpo following dpo)."""
     assert dry_run(built_copy, "reward", "lr", 5e-4) == ["reward@helpful", "reward@safety"]  # a shared key
     # one model's own key: that model, and what reads the reward models' params (their names)
-    assert dry_run(built_copy, "reward.models.safety", "epochs", 4) == [*EVALUATIONS, "ppo", "reward@safety"]
+    assert dry_run(built_copy, "reward_models.safety", "epochs", 4) == [*EVALUATIONS, "ppo", "reward@safety"]
     assert dry_run(built_copy, "ppo", "lr", 5e-5) == ["ppo"]
     assert dry_run(built_copy, "eval", "batch_size", 16) == EVALUATIONS
     assert dry_run(built_copy, "ppo", "top_p", 0.9) == [*EVALUATIONS, "ppo"]
@@ -173,7 +173,7 @@ def test_changing_a_param_reruns_only_its_readers(built_copy):
 
 @pytest.mark.same_run_only
 def test_experiment_on_one_reward_models_lr_reruns_it_ppo_and_the_evaluations(built_copy):
-    out = dvc(built_copy, "exp", "run", "-n", "safety-lr", "-S", "+reward.models.safety.lr=2e-3")
+    out = dvc(built_copy, "exp", "run", "-n", "safety-lr", "-S", "+reward_models.safety.lr=2e-3")
     # and merge@ppo, which passes the new PPO policy on to evaluate@ppo; not reward@helpful, sft, dpo
     assert ran(out) == [*EVALUATIONS, "merge@ppo", "ppo", "report", "reward@safety"]
     assert json.loads((built_copy / "metrics" / "reward" / "safety.json").read_text())["val_accuracy"] >= 0.9
@@ -251,7 +251,7 @@ def test_a_chat_model_with_lora_and_one_reward_model_on_multi_turn_conversations
     params["models"]["policy"] = "tiny-llama"
     params["data"] = {"chat": {**params["data"]["helpful"], "path": "data/sample/conversations.jsonl"}}
     params["data"]["chat"]["columns"]["system"] = "system"
-    params["reward"]["models"] = {"chat": {"data": "chat", "encoder": None}}
+    params["reward_models"] = {"chat": {"data": "chat", "encoder": None}}
     params["ppo"]["reward"].update(combine="weighted_sum", weights={"chat": 1.0}, helpfulness=None, safety=None,
                                    whiten=False)
     for section in ("sft", "dpo", "ppo", "eval"):

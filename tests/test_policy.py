@@ -2,10 +2,11 @@
 
 import math
 
+import pytest
 import torch
 
 from alignkit.conversation import Renderer, plain_prompt, single_turn
-from alignkit.models import load_policy
+from alignkit.modeldir import load_policy
 from alignkit.policy import collate, prepare_tokenizer, sequence_logps, token_logps
 
 TEXTS = [plain_prompt(single_turn("What is the capital of Italy?")), " The capital of Italy is Rome.",
@@ -87,3 +88,19 @@ def test_prompt_tokens_never_count():
     logits[0, : prompt_len - 1] = 100.0  # any value on positions that predict prompt tokens
     uniform = -math.log(len(TOKENIZER)) * (len(ids) - prompt_len)
     assert math.isclose(sequence_logps(logits, batch["input_ids"], batch["loss_mask"]).item(), uniform, rel_tol=1e-5)
+
+
+def test_new_tokens_that_leave_no_room_for_a_prompt_are_one_line_naming_the_key():
+    """Prompt + new tokens must fit the model's context: 300 new tokens on a 256-token model is the key's error
+    (it died inside generate with an IndexError), not a negative prompt budget."""
+    from types import SimpleNamespace
+
+    from alignkit.errors import ParamsError
+    from alignkit.policy import max_prompt_tokens
+
+    config = SimpleNamespace(max_position_embeddings=256)
+    assert max_prompt_tokens(config, 20, 512) == 236 and max_prompt_tokens(config, 255, 512) == 1
+    for new in (256, 300, 100000):
+        with pytest.raises(ParamsError, match=rf"^ppo\.max_new_tokens: {new} new tokens leave no room for a prompt in "
+                                              r"the model's context of 256 tokens; at most 255$"):
+            max_prompt_tokens(config, new, 512, "ppo.max_new_tokens")

@@ -8,7 +8,7 @@ import torch
 
 from alignkit.conversation import single_turn
 from alignkit.errors import ParamsError
-from alignkit.models import load_policy
+from alignkit.modeldir import load_policy
 from alignkit.params import load_params
 from alignkit.policy import prepare_tokenizer
 from alignkit.ppo import batches, make_trainer, shaped_rewards, value_head_model
@@ -122,3 +122,18 @@ def test_saved_policy_is_a_plain_model_with_its_value_head_beside(ppo_run):
     # The value head has its own file, so the model directory holds no weights a plain causal LM leaves unused.
     assert not any(k.startswith("v_head.") for k in saved)
     assert set(load_file(out / "ppo" / "value_head.safetensors")) == {"summary.weight", "summary.bias"}
+
+
+def test_the_step_plan_is_worked_out_once_and_refuses_a_batch_larger_than_the_split():
+    from types import SimpleNamespace
+
+    from alignkit.errors import ParamsError
+    from alignkit.ppo import plan_epochs
+
+    cfg = SimpleNamespace(batch_size=8, epochs=2, max_steps_per_epoch=2)
+    plan = plan_epochs(list(range(23)), cfg, seed=1)
+    assert [len(epoch) for epoch in plan] == [2, 2] and plan[0] == batches(range(23), 8, 1)[:2]
+    assert plan[1] == batches(range(23), 8, 2)[:2]  # each epoch its own seeded order
+    with pytest.raises(ParamsError, match=r"^ppo\.batch_size: 24 is more than the 23 prompts of the training split; "
+                                          r"at most 23$"):
+        plan_epochs(list(range(23)), SimpleNamespace(batch_size=24, epochs=1, max_steps_per_epoch=None), seed=1)

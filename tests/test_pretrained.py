@@ -22,7 +22,7 @@ from alignkit.conversation import Renderer, single_turn
 from alignkit.data import sample_pairs
 from alignkit.errors import ModelError, ParamsError
 from alignkit.params import load_params
-from tests.conftest import REPO, repo_params, stage_main
+from tests.conftest import REPO, profile_params, repo_params, stage_main
 
 
 def tiny_bert_dir(path):
@@ -188,7 +188,7 @@ def test_max_rows_is_a_seeded_sample_in_file_order():
 
 # ------------------------------------------------------------------ the real models, from PyPI
 
-PROFILE = yaml.safe_load((REPO / "profiles" / "smollm2.yaml").read_text())
+PROFILE = profile_params("smollm2.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -222,7 +222,7 @@ def test_the_converted_smollm2_has_its_lm_head_tied_to_its_embeddings(smollm2):
 
 @pytest.mark.same_run_only
 def test_one_lora_sft_and_one_lora_dpo_step_on_smollm2_then_the_merged_model_answers_in_chatml(smollm2):
-    from alignkit.models import load_policy
+    from alignkit.modeldir import load_policy
 
     root = smollm2
     params = dict(PROFILE)
@@ -233,7 +233,7 @@ def test_one_lora_sft_and_one_lora_dpo_step_on_smollm2_then_the_merged_model_ans
                                   "max_rows": 24}}
     for section in ("sft", "dpo", "ppo", "eval"):
         params[section] = {**PROFILE[section], "data": ["helpful"]}
-    params["reward"] = {**PROFILE["reward"], "models": {"helpful": {"data": "helpful", "encoder": None}}}
+    params["reward_models"] = {"helpful": {"data": "helpful", "encoder": None}}
     params["ppo"]["reward"] = {**PROFILE["ppo"]["reward"], "combine": "weighted_sum", "weights": {"helpful": 1.0},
                                "helpfulness": None, "safety": None, "whiten": False}
     # One step has no warmup, and Adam's first step moves every adapter weight by the whole lr: at the profile's

@@ -575,6 +575,54 @@ def test_a_stage_stops_once_the_dvc_process_above_it_is_gone_even_with_a_shell_b
         os.killpg(proc.pid, signal.SIGKILL)
 
 
+BY_HAND = """import time
+from alignkit import lifeline
+from alignkit.stage import run_stage
+
+
+def main(argv):
+    lifeline.watch()
+    print("watched:", lifeline._watched, flush=True)
+    while True:
+        lifeline.check()
+        time.sleep(0.05)
+
+
+run_stage(main)
+"""
+
+
+def test_a_stage_started_by_hand_runs_on_under_nohup_after_its_shell_is_gone(tmp_path):
+    """No dvc above it, nothing is watched: started with nohup by a shell that then exits, the stage runs on,
+    and the terminal's SIGHUP (ignored under nohup) does not stop it."""
+    (tmp_path / "stage.py").write_text(BY_HAND)
+    started = subprocess.run(["sh", "-c", f"nohup {sys.executable} {tmp_path / 'stage.py'} > {tmp_path / 'out'} 2>&1 "
+                                          "& echo $!"], capture_output=True, text=True, env=stage_env(), timeout=60)
+    pid = int(started.stdout)  # the shell has exited: the stage's parent is gone
+    try:
+        deadline = time.monotonic() + 60
+        while "watched:" not in (tmp_path / "out").read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "watched: None" in (tmp_path / "out").read_text()
+        os.kill(pid, signal.SIGHUP)
+        time.sleep(2)
+        assert alive(pid), (tmp_path / "out").read_text()
+    finally:
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_a_stage_started_by_hand_stops_on_sighup_in_one_line(tmp_path):
+    """Without nohup, the terminal's SIGHUP stops a stage as SIGTERM does: one line, exit 128 + 1."""
+    (tmp_path / "stage.py").write_text(BY_HAND)
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "stage.py")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=stage_env(), start_new_session=True)
+    assert proc.stdout.readline().strip() == "watched: None"
+    proc.send_signal(signal.SIGHUP)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 129
+    assert err.strip() == "stage: stopped (SIGHUP); none of its outputs was written, `dvc repro` runs it again"
+
+
 def test_written_files_get_the_users_permissions(tmp_path):
     """safetensors and tempfile write private files (0600); outputs get what the umask gives a plain open()."""
     import torch

@@ -1,5 +1,6 @@
 """Safe loading: no file is unpickled into code, mismatching weights fail by name, no remote code."""
 
+import json
 import os
 import re
 
@@ -105,3 +106,29 @@ def test_pipeline_policies_are_safetensors(built_repo):
         files = {p.name for p in (repo / "models" / name).iterdir()}
         assert "model.safetensors" in files, (name, files)
         assert not files & {"pytorch_model.bin", "training_args.bin"}, (name, files)
+
+
+def test_a_checkpoint_whose_state_would_run_code_is_refused_with_our_advice_not_torchs(tmp_path):
+    """A state.pt holding a pickled object (its checksums made to match, as whoever swapped it could) is refused
+    in one line that ends with what to do -- delete the checkpoint -- and never passes on torch's hint to retry
+    with weights_only=False."""
+    import hashlib
+    import types
+
+    from alignkit.checkpoint import INFO, STATE, Checkpointer, sealed
+    from alignkit.errors import TrainingError
+
+    accelerator = types.SimpleNamespace(wait_for_everyone=lambda: None, is_main_process=True)
+    model = torch.nn.Linear(2, 1)
+    checkpointer = Checkpointer(tmp_path / "ckpt", 1, "same run", accelerator)
+    checkpointer.save(1, model, {"optimizer": {}}, tmp_path / "no live")
+    with open(tmp_path / "ckpt" / STATE, "wb") as f:
+        torch.save({"optimizer": types.SimpleNamespace(a=1)}, f)
+    info = json.loads((tmp_path / "ckpt" / INFO).read_text())
+    info["files"][STATE] = hashlib.sha256((tmp_path / "ckpt" / STATE).read_bytes()).hexdigest()
+    (tmp_path / "ckpt" / INFO).write_text(json.dumps(sealed({k: v for k, v in info.items() if k != "sha256"})))
+    with pytest.raises(TrainingError) as err:
+        Checkpointer(tmp_path / "ckpt", 1, "same run", accelerator).load(model)
+    assert str(err.value) == (f"{tmp_path / 'ckpt' / STATE}: refused to load: it holds more than tensors and plain "
+                              f"containers, and unpickling it would call types.SimpleNamespace; not resumed: "
+                              f"delete {tmp_path / 'ckpt'} to start afresh")

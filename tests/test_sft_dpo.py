@@ -8,11 +8,11 @@ import torch
 from safetensors.torch import load_file
 
 from alignkit.adapters import frozen_reference
+from alignkit.conversation import plain_answer, plain_prompt, single_turn
 from alignkit.data import read_split
 from alignkit.dpo import make_step, reference_logps, encode_pairs, PairCollator, train_dpo
-from alignkit.models import load_policy
+from alignkit.modeldir import load_policy
 from alignkit.policy import disable_dropout, prepare_tokenizer
-from alignkit.conversation import plain_answer, plain_prompt, single_turn
 from alignkit.training import make_accelerator
 from tests.conftest import repo_params, stage_main, write_params
 

@@ -6,7 +6,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from alignkit.training import fit, make_accelerator, make_optimizer, seeded_loader
+from alignkit.loop import fit
+from alignkit.training import make_accelerator, make_optimizer, seeded_loader
 
 LR = 0.1
 
@@ -71,7 +72,7 @@ def test_max_steps_overrides_epochs_and_stops_part_way(tmp_path):
 def tiny_run(tmp_path, cfg, val_losses, checkpoint=None, stop_after=None):
     """fit on a linear model, 12 examples in batches of 4 (3 steps an epoch); evaluate returns val_losses in turn
     and records the weights it saw. stop_after: raise after that many training steps (a crash)."""
-    from alignkit.training import fit
+    from alignkit.loop import fit
 
     torch.manual_seed(0)
     model = torch.nn.Linear(2, 1)
@@ -119,3 +120,59 @@ def test_keep_best_survives_a_resume_from_a_checkpoint(tmp_path):
         tiny_run(tmp_path / "run", cfg, losses, checkpoint=ckpt, stop_after=7)
     after, resumed, _ = tiny_run(tmp_path / "run", cfg, [0.3, 0.4], checkpoint=Checkpointer(tmp_path / "ckpt", 3, "fp", accelerator))
     assert after["kept_epoch"] == 1 and after["loss"] == 0.2 and torch.equal(resumed.weight, whole.weight)
+
+
+def curves(live):
+    """Every dvclive curve under `live`: {metric path: its TSV rows (step, value) split}."""
+    return {str(p.relative_to(live / "plots" / "metrics")): [row.split("\t") for row in p.read_text().splitlines()]
+            for p in sorted((live / "plots" / "metrics").rglob("*.tsv"))}
+
+
+@pytest.mark.parametrize("stop_after, evaluated", [(1, 1), (2, 1), (4, 2)])
+def test_a_resume_from_any_checkpoint_step_gives_the_uninterrupted_curves(tmp_path, stop_after, evaluated):
+    """checkpoint_every 1; a crash after step `stop_after`'s checkpoint, then a resume: every train/ and val/ curve
+    has the rows of the uninterrupted run, step for step. (At step 1 dvclive alone would take the saved step 0
+    for "nothing logged yet" and log step 0 twice.) `evaluated`: validations done before the crash."""
+    from alignkit.checkpoint import Checkpointer
+
+    cfg, losses = config(epochs=2), [1.0, 0.5, 0.3]
+    tiny_run(tmp_path / "whole", cfg, losses)
+    accelerator = make_accelerator("fp32", "x")
+    with pytest.raises(KeyboardInterrupt):
+        tiny_run(tmp_path / "run", cfg, losses, checkpoint=Checkpointer(tmp_path / "ckpt", 1, "fp", accelerator),
+                 stop_after=stop_after)
+    tiny_run(tmp_path / "run", cfg, losses[evaluated:],
+             checkpoint=Checkpointer(tmp_path / "ckpt", 1, "fp", accelerator))
+    whole, resumed = curves(tmp_path / "whole" / "live"), curves(tmp_path / "run" / "live")
+    assert len(whole["train/loss.tsv"]) == 1 + 6 and [r[0] for r in whole["val/loss.tsv"]] == ["step", "0", "3", "6"]
+    assert resumed == whole
+
+
+def test_a_batch_larger_than_the_training_split_is_one_line_naming_the_key(tmp_path):
+    from alignkit.errors import ParamsError
+    from alignkit.loop import fit
+
+    data = [(torch.randn(2), torch.randn(1)) for _ in range(12)]
+    loader = seeded_loader(data, 13, 0, lambda items: tuple(torch.stack(x) for x in zip(*items)))
+    with pytest.raises(ParamsError, match=r"^dpo\.batch_size: 13 is more than the 12 examples of the training "
+                                          r"split; at most 12$"):
+        fit(torch.nn.Linear(2, 1), loader, loader, config(epochs=1), make_accelerator("fp32", "x"), tmp_path / "live",
+            desc="dpo", step=None, evaluate=None)
+    assert not (tmp_path / "live").exists()
+
+
+def test_long_loops_before_training_stop_once_dvc_is_gone(monkeypatch):
+    """training.progress checks the lifeline at every item: a stage whose dvc is gone stops in its validation,
+    reference log-prob or scoring loops too, not only at a training step."""
+    from alignkit import lifeline
+    from alignkit.errors import Orphaned
+    from alignkit.training import progress
+
+    seen = []
+    monkeypatch.setattr(lifeline, "_watched", (2 ** 22 + 1, 0, "the dvc process that started it (pid 4194305)"))
+    with pytest.raises(Orphaned, match="the dvc process that started it .* is gone"):
+        for item in progress(range(5), "reference log-probs"):
+            seen.append(item)
+    assert seen == []
+    monkeypatch.setattr(lifeline, "_watched", None)  # nothing watched (run by hand): every item
+    assert list(progress(range(5), "reference log-probs")) == [0, 1, 2, 3, 4]

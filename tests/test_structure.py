@@ -1,0 +1,112 @@
+"""The shape of the library: no import circles, errors a leaf, thin stages."""
+
+import ast
+
+from tests.conftest import REPO
+
+PACKAGE = REPO / "alignkit"
+
+
+def imports_of(path, package="alignkit"):
+    """Every alignkit module that the file at `path` imports, at the top or inside a function (a lazy import
+    hides a circle from Python, not from a reader)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.split(".")[0] == package}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if node.module == package:  # from alignkit import io, lifeline
+                found |= {f"{package}.{a.name}" for a in node.names}
+            elif node.module.split(".")[0] == package:
+                found.add(node.module)
+    return found
+
+
+def import_graph(root=PACKAGE):
+    """{module: the alignkit modules it imports} for every module under `root`."""
+    return {f"{root.name}.{p.stem}": imports_of(p, root.name) - {f"{root.name}.{p.stem}"} for p in sorted(root.glob("*.py"))}
+
+
+def circles(graph):
+    """The import circles of `graph`, each as the list of modules around it (first one repeated at the end)."""
+    found, state, path = [], {}, []
+
+    def visit(module):
+        state[module], path[len(path):] = "open", [module]
+        for target in sorted(graph.get(module, ())):
+            if state.get(target) == "open":
+                found.append(path[path.index(target):] + [target])
+            elif target not in state:
+                visit(target)
+        state[module] = "done"
+        path.pop()
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module)
+    return found
+
+
+def test_circles_finds_a_lazy_circle_and_a_long_one(tmp_path):
+    """The checker itself: a -> b at the top and b -> a inside a function is a circle; so is c -> d -> e -> c."""
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "a.py").write_text("from pkg.b import f\n")
+    (pkg / "b.py").write_text("def f():\n    from pkg import a\n")
+    (pkg / "c.py").write_text("import pkg.d\n")
+    (pkg / "d.py").write_text("from pkg.e import x\n")
+    (pkg / "e.py").write_text("def g():\n    from pkg.c import y\n")
+    (pkg / "f.py").write_text("from pkg.a import z\n")  # imports into a circle, is not part of one
+    assert circles(import_graph(pkg)) == [["pkg.a", "pkg.b", "pkg.a"], ["pkg.c", "pkg.d", "pkg.e", "pkg.c"]]
+
+
+def test_alignkit_has_no_import_circle():
+    graph = import_graph()
+    assert len(graph) > 20 and any(graph.values())  # the modules were found and read
+    assert circles(graph) == []
+
+
+def test_errors_is_a_leaf():
+    """alignkit.errors defines every exception and imports nothing of alignkit; what turns them into exit
+    codes is alignkit.stage."""
+    assert import_graph()["alignkit.errors"] == set()
+    classes = {}
+    for path in PACKAGE.glob("*.py"):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ClassDef) and any(
+                    getattr(b, "id", "").endswith(("Error", "Interrupt", "Exception")) or getattr(b, "id", "") in
+                    classes.get("alignkit.errors", set()) for b in node.bases):
+                classes.setdefault(f"alignkit.{path.stem}", set()).add(node.name)
+    assert set(classes) == {"alignkit.errors"}, classes
+
+
+# How a stage runs and stops, not what it computes: a change to these never changes an output, so dvc.yaml does
+# not list them (a fix to a message would otherwise rerun the whole pipeline).
+RUNTIME = {"alignkit.errors", "alignkit.io", "alignkit.stage", "alignkit.lifeline", "alignkit"}
+
+
+def reached(graph, start):
+    """Every module `start` imports, directly or through others."""
+    seen, todo = set(), list(start)
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo += graph.get(module, ())
+    return seen
+
+
+def test_each_stage_depends_on_the_library_code_it_runs():
+    """dvc.yaml lists, per stage, every alignkit module the stage's script imports (transitively, lazy imports
+    included) that can change what it computes, and no other: a code change reruns exactly the stages it can
+    affect."""
+    import yaml
+
+    graph = import_graph()
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        stage = stage.get("do", stage)
+        script = REPO / "stages" / f"{name}.py"
+        needed = {f"alignkit/{m.split('.')[1]}.py" for m in reached(graph, imports_of(script)) - RUNTIME}
+        listed = {d for d in stage["deps"] if d.startswith("alignkit/")}
+        assert listed == needed, (name, "missing:", sorted(needed - listed), "not imported:", sorted(listed - needed))
