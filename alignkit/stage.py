@@ -3,8 +3,8 @@ and where a rerun resumes.
 
 Every script in stages/ is `main(argv)` run by run_stage(main), and main's first line is stage_args(...):
 
-- stage_args parses the command line (every flag a path that dvc.yaml passes, all required), starts the
-  lifeline (the stage stops with the dvc process that started it) and claims every output it names
+- stage_args parses the command line (every flag a path that dvc.yaml passes, all required), pins the CPU
+  threads (pin_threads: bit-identical reruns on one machine, whatever its load), starts the lifeline (the stage stops with the dvc process that started it) and claims every output it names
   (io.claim), so a second run on the same folders fails at once.
 - run_stage turns what stops a stage into one line on stderr and an exit code: an AlignError (bad params,
   data or model; a lost dvc) exits 2, an OSError a user can fix (full disk, no permission, missing input)
@@ -19,6 +19,7 @@ import argparse
 import os
 import signal
 import sys
+from pathlib import Path
 
 from alignkit import io, lifeline
 from alignkit.errors import AlignError, Orphaned, Terminated, interrupted_message, os_error_message
@@ -41,6 +42,28 @@ def stage_name():
     return os.environ.get("DVC_STAGE") or os.path.splitext(os.path.basename(sys.argv[0]))[0]
 
 
+def pin_threads():
+    """Fix how many CPU threads every kernel uses, for the whole run, from what this process may use -- never from
+    the machine's load. A sum split over threads adds in an order that depends on their number, so a count chosen
+    at run time changes the last digits of a result between two runs of one stage on one machine. torch's count
+    is set once (its default: the cores it may use), and MKL's and OpenMP's dynamic adjustment, which may take
+    fewer threads than that for a call, is turned off where torch carries those libraries. Returns the count."""
+    import ctypes
+
+    import torch
+
+    threads = torch.get_num_threads()
+    lib = Path(torch.__file__).parent / "lib"
+    # MKL_Set_Dynamic is MKL's C entry point (by value); mkl_set_dynamic, its Fortran one, takes a pointer.
+    for library, switch in (("libtorch_cpu.so", "MKL_Set_Dynamic"), ("libgomp.so.1", "omp_set_dynamic")):
+        try:
+            getattr(ctypes.CDLL(str(lib / library)), switch)(0)
+        except (OSError, AttributeError):  # a torch built without MKL or GNU OpenMP: nothing to turn off
+            pass
+    torch.set_num_threads(threads)
+    return threads
+
+
 def stage_args(doc, flags, argv):
     """Parse a stage's command line: every flag (a path, as dvc.yaml passes it) is required. Then start the
     stage's run: the lifeline started (lifeline.watch), and every output it names
@@ -50,6 +73,7 @@ def stage_args(doc, flags, argv):
     for flag in flags:
         parser.add_argument(flag, required=True)
     args = parser.parse_args(argv)
+    pin_threads()
     lifeline.watch()
     if os.environ.get("RANK", "0") == "0":
         for flag in flags:

@@ -96,8 +96,8 @@ def test_tiny_benchmark_writes_results_and_table(tmp_path):
     assert results["comparisons"][4]["agreement"]["greedy_identical_share"] >= 0.9
 
     stages = results["memory"]["stages"]
-    assert list(stages)[0].startswith(("prepare@", "pretrained"))  # the stages without inputs from another
-    assert set(stages) == {"pretrained", "prepare@helpful", "prepare@safety", "reward@helpful", "reward@safety", "sft", "dpo", "ppo",
+    assert list(stages)[0].startswith(("check_params", "prepare@", "pretrained"))  # stages without inputs from another
+    assert set(stages) == {"check_params", "pretrained", "prepare@helpful", "prepare@safety", "reward@helpful", "reward@safety", "sft", "dpo", "ppo",
                            "merge@sft", "merge@ppo", "merge@dpo", "evaluate@sft", "evaluate@ppo", "evaluate@dpo", "report"}
     assert all(s["peak_rss_mib"] > 0 for s in stages.values())
     last = "bf16" if native else "fp32"

@@ -338,3 +338,21 @@ def test_changing_one_reward_models_key_reruns_only_that_model(tmp_path):
     readers = {name for name, stage in stages.items()
                if any(p == "reward_models" for p in stage.get("do", stage).get("params", []))}
     assert readers == {"ppo", "evaluate"}  # the names of the models, which they score with
+
+
+def test_dvc_repro_refuses_a_misspelt_key_that_no_stage_reads(repo_copy):
+    """`seeed: 43` is read by no stage, yet `dvc repro` fails on it at once, in one line naming it: check_params
+    tracks the whole file, and dvc runs it before any other stage."""
+    import subprocess
+    import sys
+
+    from tests.conftest import stage_env
+
+    params = repo_copy / "params.yaml"
+    params.write_text(params.read_text() + "seeed: 43\n")
+    result = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=repo_copy, capture_output=True, text=True,
+                            env=stage_env(repo_copy), timeout=600)
+    assert result.returncode != 0
+    assert "error: params.yaml: seeed: unknown key (did you mean 'seed'?)\n" in result.stderr, result.stderr
+    assert [line for line in result.stdout.splitlines() if line.startswith("Running stage")] == [
+        "Running stage 'check_params':"]

@@ -653,3 +653,30 @@ def test_a_stage_run_by_hand_with_its_input_missing_says_so_in_one_line(tmp_path
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith(f"error: sft: {missing}")
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+@pytest.mark.same_run_only
+def test_a_rerun_under_a_competing_cpu_load_gives_the_same_bytes(prepared_sample, uninterrupted, tmp_path):
+    """Bit-identical on one machine, whatever its load: the short reward run again while four busy processes
+    compete for the two cores gives the same validation curve (step 0 included, where a load-dependent thread
+    count once showed) and the same model bytes. The stage pins its threads (stage.pin_threads)."""
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(4)]
+    try:
+        done = run_reward(prepared_sample, tmp_path)
+    finally:
+        for proc in busy:
+            proc.kill()
+            proc.wait()
+    assert done.returncode == 0, done.stderr
+    for name in ("model/reward_model.pth", "reward.json", "live/plots/metrics/val/loss.tsv"):
+        assert (tmp_path / name).read_bytes() == (uninterrupted / name).read_bytes(), name
+
+
+def test_pin_threads_turns_off_openmps_dynamic_adjustment():
+    """OpenMP may otherwise run a parallel region on fewer threads than asked for; off, and torch's count kept."""
+    script = ("import ctypes, torch\nfrom pathlib import Path\nfrom alignkit.stage import pin_threads\n"
+              "gomp = ctypes.CDLL(str(Path(torch.__file__).parent / 'lib' / 'libgomp.so.1'))\n"
+              "gomp.omp_set_dynamic(1)\nbefore = gomp.omp_get_dynamic()\nthreads = pin_threads()\n"
+              "print(before, gomp.omp_get_dynamic(), threads == torch.get_num_threads() > 0)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=stage_env(), timeout=120)
+    assert done.stdout.split() == ["1", "0", "True"], done.stderr
