@@ -16,6 +16,7 @@ printed. Applying a profile twice changes nothing the second time.
 
 import argparse
 import io
+import os
 import sys
 from pathlib import Path
 
@@ -123,10 +124,12 @@ def main(argv=None):
         print(f"error: {err}", file=sys.stderr)
         return 2
     verb = "would change" if args.dry_run else "changed"
-    print(f"{args.profile} -> {args.params}: {verb} {len(changes)} key(s)" if changes else
-          f"{args.params} already has every value {args.profile} sets: nothing to change")
-    for change in changes:
-        print(describe(change))
+    lines = [f"{args.profile} -> {args.params}: {verb} {len(changes)} key(s)" if changes else
+             f"{args.params} already has every value {args.profile} sets: nothing to change"]
+    try:
+        print("\n".join(lines + [describe(change) for change in changes]), flush=True)
+    except BrokenPipeError:  # `| head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
