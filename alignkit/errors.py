@@ -69,7 +69,8 @@ def refused_pickle(err):
     """Why torch.load(weights_only=True) refused a file (its pickle.UnpicklingError), in our words: torch's own
     message suggests retrying with weights_only=False, the unsafe action, so it is never shown."""
     culprit = re.search(r"(?:unsupported|Unsupported global:) GLOBAL (\S+)", str(err))
-    return f"it holds more than tensors and plain containers, and unpickling it would call {culprit.group(1) if culprit else 'code'}"
+    call = culprit.group(1) if culprit else "code"
+    return f"it holds more than tensors and plain containers, and unpickling it would call {call}"
 
 
 def interrupted_message(stage, checkpointer, why="interrupted (Ctrl-C)"):

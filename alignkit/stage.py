@@ -4,13 +4,14 @@ and where a rerun resumes.
 Every script in stages/ is `main(argv)` run by run_stage(main), and main's first line is stage_args(...):
 
 - stage_args parses the command line (every flag a path that dvc.yaml passes, all required), pins the CPU
-  threads (pin_threads: bit-identical reruns on one machine, whatever its load), starts the lifeline (the stage stops with the dvc process that started it) and claims every output it names
-  (io.claim), so a second run on the same folders fails at once.
+  threads (pin_threads: bit-identical reruns on one machine, whatever its load), starts the lifeline (the
+  stage stops with the dvc process that started it) and claims every output it names (io.claim), so a
+  second run on the same folders fails at once.
 - run_stage turns what stops a stage into one line on stderr and an exit code: an AlignError (bad params,
   data or model; a lost dvc) exits 2, an OSError a user can fix (full disk, no permission, missing input)
-  exits 2, Ctrl-C exits 130, SIGTERM 143 and SIGHUP 129 (unless nohup ignores it); any other exception is a bug and keeps its traceback. The line
-  for a stop says where `dvc repro` resumes: the training stage's Checkpointer registers itself here
-  (set_resume_point).
+  exits 2, Ctrl-C exits 130, SIGTERM 143 and SIGHUP 129 (unless nohup ignores it); any other exception is
+  a bug and keeps its traceback. The line for a stop says where `dvc repro` resumes: the training stage's
+  Checkpointer registers itself here (set_resume_point).
 
 Outputs are written atomically (io.py), so a stage that stops leaves none half-written.
 """
