@@ -3,9 +3,9 @@ reference that goes with it.
 
 A stage's params section says what its policy trains (`<stage>.lora`, `<stage>.quantization`); `prepare`
 turns a loaded model into that, and the rest of the code does not ask which it got: the optimizer sees the
-trainable parameters, the checkpoint keeps them (alignkit.checkpoint.model_weights), modeldir.save_policy
-writes the adapter (and loads the chain back, merged), and `frozen_reference` gives DPO its reference without
-a second copy when there is an adapter.
+trainable parameters, the checkpoint keeps them (alignkit.checkpoint.model_weights), alignkit.modeldir writes
+the adapter and reads the chain back merged, and `frozen_reference` gives DPO its reference without a second
+copy when there is an adapter.
 """
 
 import copy

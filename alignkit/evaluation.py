@@ -79,9 +79,9 @@ def evaluate_policy(name, policy, sft, tokenizer, scorer, pairs, cfg, gen, seed)
     the reward models (ensemble.RewardModels); reward_mean and the top-level win rates are of their
     combined reward (ppo.reward), reward_models.<name> of each model's own score.
     """
-    # eval.max_new_tokens, or ppo's when that is null: checked against the model before anything runs
-    key = "eval.max_new_tokens" if cfg.max_new_tokens is not None else "ppo.max_new_tokens (eval.max_new_tokens: null)"
-    budget = max_prompt_tokens(policy.config, gen["max_new_tokens"], cfg.max_prompt_length, key)
+    # checked against the model before anything runs
+    budget = max_prompt_tokens(policy.config, gen["max_new_tokens"], cfg.max_prompt_length,
+                               cfg.generation_key("max_new_tokens"))
     questions, references = [p.prompt for p in pairs], [p.chosen for p in pairs]
     unsafe = [p.unsafe for p in pairs]
     answers, answer_ids = generate(policy, tokenizer, questions, gen, cfg.batch_size, seed, f"generate {name}",

@@ -34,8 +34,6 @@ from alignkit.training import make_optimizer
 class NullLive:
     """Stands in for dvclive.Live on processes other than the main one."""
 
-    step = 0
-
     def log_metric(self, *args, **kwargs):
         pass
 

@@ -10,7 +10,8 @@ A policy folder (models/sft, models/dpo, models/ppo, models/merged/<name>) is on
   each adapter in turn, as the book does: the SFT adapter into the base, then the DPO (or PPO) adapter into
   the result;
 - either of them with PPO's value head (trl's `v_head`) beside it in value_head.safetensors, so the folder
-  still loads as a plain causal LM without unused weights; load_value_head puts it back on a value-head model.
+  still loads as a plain causal LM without unused weights (PPO resumes from its checkpoint, which holds the
+  head; nothing else reads it).
 
 trl's value-head wrapper is unwrapped in one place, language_model(). A reward model's folder is written and
 read by alignkit.reward (save_reward_model, load_reward_model), beside the model it describes.
@@ -107,13 +108,6 @@ def load_policy(spec, key="models.policy", texts=(), seed=0):
     model, _ = load_policy(str(inside) if base and inside.is_dir() else base, key)
     model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
     vars(model).pop("peft_config", None)  # left behind by peft: a later adapter would count it as a second one
-    model.name_or_path = str(path)
-    return fused_activations(model), AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    model.name_or_path = str(path)  # merged in place: the base's fused activations stay
+    return model, AutoTokenizer.from_pretrained(str(path), local_files_only=True)
 
-
-def load_value_head(model, path):
-    """Copy the value head saved in policy folder `path` into `model` (trl's value-head wrapper)."""
-    from safetensors.torch import load_file
-
-    model.v_head.load_state_dict(load_file(Path(path) / VALUE_HEAD))
-    return model

@@ -287,6 +287,10 @@ class EvalParams(Section):
         keys = ("temperature", "top_p", "top_k", "max_new_tokens")
         return {k: getattr(ppo, k) if getattr(self, k) is None else getattr(self, k) for k in keys}
 
+    def generation_key(self, key):
+        """The params key that sets sampling setting `key` (generation()), for a message that names it."""
+        return f"eval.{key}" if getattr(self, key) is not None else f"ppo.{key} (eval.{key}: null)"
+
 
 class ReportParams(Section):
     samples: PositiveInt  # test prompts shown side by side with every model's answer (a seeded sample)

@@ -356,3 +356,13 @@ def test_dvc_repro_refuses_a_misspelt_key_that_no_stage_reads(repo_copy):
     assert "error: params.yaml: seeed: unknown key (did you mean 'seed'?)\n" in result.stderr, result.stderr
     assert [line for line in result.stdout.splitlines() if line.startswith("Running stage")] == [
         "Running stage 'check_params':"]
+
+
+def test_an_eval_sampling_setting_names_the_key_that_set_it(tmp_path):
+    """eval.* null takes ppo.*: a message about it names the key that actually set the value."""
+    default = load_params(REPO / "params.yaml")
+    assert default.eval.max_new_tokens is None
+    assert default.eval.generation(default.ppo)["max_new_tokens"] == default.ppo.max_new_tokens
+    assert default.eval.generation_key("max_new_tokens") == "ppo.max_new_tokens (eval.max_new_tokens: null)"
+    own = load_params(write(tmp_path, with_change("eval", "max_new_tokens", 12)))
+    assert own.eval.generation_key("max_new_tokens") == "eval.max_new_tokens"
