@@ -60,11 +60,15 @@ def main(command):
         print("\n".join(f"export {k}={v}" for k, v in setting.items()))
     elif command == "check":
         default, other = run(TRAIN, {}).split(), run(TRAIN, setting).split()
-        print(f"kernels: this machine {default[0]}, model {default[1][:12]}; with {json.dumps(setting)}: "
-              f"{other[0]}, model {other[1][:12]}")
+        print(
+            f"kernels: this machine {default[0]}, model {default[1][:12]}; with {json.dumps(setting)}: "
+            f"{other[0]}, model {other[1][:12]}"
+        )
         if default[0] == other[0] or default[1] == other[1]:
-            sys.exit("error: the second kernel setting does not change the trained bytes here; "
-                     "the second test run would prove nothing")
+            sys.exit(
+                "error: the second kernel setting does not change the trained bytes here; "
+                "the second test run would prove nothing"
+            )
     else:
         sys.exit(f"usage: python {sys.argv[0]} env|check")
 

@@ -28,8 +28,15 @@ def lora_config(lora, model=None):
     from transformers.pytorch_utils import Conv1D
 
     conv1d = model is not None and any(isinstance(m, Conv1D) for m in model.modules())
-    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias=lora.bias,
-                      target_modules=lora.target_modules, task_type="CAUSAL_LM", fan_in_fan_out=conv1d)
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        bias=lora.bias,
+        target_modules=lora.target_modules,
+        task_type="CAUSAL_LM",
+        fan_in_fan_out=conv1d,
+    )
 
 
 def quantize_nf4(model, compute_dtype, device, key):
@@ -45,21 +52,32 @@ def quantize_nf4(model, compute_dtype, device, key):
 
     bnb = bitsandbytes(key)
     output = model.get_output_embeddings()
-    targets = [(name, module) for name, module in model.named_modules()
-               if isinstance(module, (torch.nn.Linear, Conv1D)) and module is not output]
+    targets = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, (torch.nn.Linear, Conv1D)) and module is not output
+    ]
     for name, module in targets:
         conv = isinstance(module, Conv1D)  # GPT-2's Conv1D holds its weight as (in, out)
         weight = module.weight.detach().float()
         weight = weight.t() if conv else weight
         out_features, in_features = weight.shape
-        layer = bnb.nn.Linear4bit(in_features, out_features, bias=module.bias is not None, compute_dtype=compute_dtype,
-                                  compress_statistics=True, quant_type="nf4", device="meta")
+        layer = bnb.nn.Linear4bit(
+            in_features,
+            out_features,
+            bias=module.bias is not None,
+            compute_dtype=compute_dtype,
+            compress_statistics=True,
+            quant_type="nf4",
+            device="meta",
+        )
         # bitsandbytes repacks a layer's weights for its AVX-512 BF16 CPU kernel at the first inference-mode
         # forward, only on such CPUs and only for widths that are multiples of 64 (tiny-llama's MLP is not):
         # one kernel on every CPU kind, as on AVX2-only machines, keeps results the same across them.
         layer.support_avx512bf16_for_cpu = False
-        layer.weight = bnb.nn.Params4bit(weight.contiguous(), requires_grad=False, compress_statistics=True,
-                                         quant_type="nf4").to(device)
+        layer.weight = bnb.nn.Params4bit(
+            weight.contiguous(), requires_grad=False, compress_statistics=True, quant_type="nf4"
+        ).to(device)
         if module.bias is not None:
             layer.bias = torch.nn.Parameter(module.bias.detach().to(device), requires_grad=False)
         parent, _, child = name.rpartition(".")

@@ -4,7 +4,8 @@ Every batch is padded to its longest sequence, so a batch of randomly drawn exam
 compute on padding. Training batches are therefore drawn as transformers' Trainer draws them with
 `group_by_length` (get_length_grouped_indices: a seeded permutation, cut into mega-batches of up to 50
 batches, each sorted by length), and the full batches are then shuffled, so batch lengths do not run from
-long to short through a mega-batch (a short last batch stays last, as a DataLoader leaves it). Scoring, where order does not matter, sorts by length outright.
+long to short through a mega-batch (a short last batch stays last, as a DataLoader leaves it). Scoring,
+where order does not matter, sorts by length outright.
 """
 
 import math
@@ -34,7 +35,7 @@ class LengthGroupedBatches(torch.utils.data.Sampler):
 
     def _global(self, order):
         size = self.batch_size * self.processes
-        return [order[i: i + size] for i in range(0, len(order), size)]
+        return [order[i : i + size] for i in range(0, len(order), size)]
 
     def __iter__(self):
         from transformers.trainer_pt_utils import get_length_grouped_indices
@@ -50,13 +51,13 @@ class LengthGroupedBatches(torch.utils.data.Sampler):
         # one short global batch in the middle would shift which process gets which batch after it.
         for batch in [full[k] for k in torch.randperm(len(full), generator=self.generator).tolist()] + [last]:
             for i in range(0, len(batch), self.batch_size):
-                yield batch[i: i + self.batch_size]
+                yield batch[i : i + self.batch_size]
 
 
 def sorted_batches(lengths, batch_size):
     """Indices in batches of batch_size, longest first (ties in index order)."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def in_order(batches, results):

@@ -63,8 +63,11 @@ def fingerprint(*parts, paths=()):
 def rng_state():
     """Python, NumPy and torch (CPU and CUDA) RNG states, as tensors and plain containers."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {"python": random.getstate(), "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
-             "torch": torch.get_rng_state()}
+    state = {
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -131,11 +134,15 @@ class Checkpointer:
             state = torch.load(self.dir / STATE, map_location="cpu", weights_only=True)
             load_weights(model, load_file(self.dir / WEIGHTS))
         except pickle.UnpicklingError as err:  # torch's message would suggest weights_only=False: ours instead
-            raise TrainingError(f"{self.dir / STATE}: refused to load: {refused_pickle(err)}; not resumed: "
-                                f"delete {self.dir} to start afresh") from None
+            raise TrainingError(
+                f"{self.dir / STATE}: refused to load: {refused_pickle(err)}; not resumed: "
+                f"delete {self.dir} to start afresh"
+            ) from None
         except Exception as err:  # any unreadable or mismatching checkpoint: name it, never guess
-            raise TrainingError(f"{self.dir}: cannot resume from this checkpoint "
-                                f"({type(err).__name__}: {str(err).splitlines()[0]}); delete it to start afresh") from None
+            raise TrainingError(
+                f"{self.dir}: cannot resume from this checkpoint "
+                f"({type(err).__name__}: {str(err).splitlines()[0]}); delete it to start afresh"
+            ) from None
         self.step = info["step"]
         return state
 
@@ -159,8 +166,12 @@ class Checkpointer:
                 if Path(live_dir).is_dir():
                     shutil.copytree(live_dir, tmp / LIVE)
                 files = {p.relative_to(tmp).as_posix(): file_digest(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
-                (tmp / INFO).write_text(json.dumps(sealed({"step": step, "fingerprint": self.fingerprint,
-                                                           "complete": False, "files": files})) + "\n")
+                (tmp / INFO).write_text(
+                    json.dumps(
+                        sealed({"step": step, "fingerprint": self.fingerprint, "complete": False, "files": files})
+                    )
+                    + "\n"
+                )
         self.step = step
         self.accelerator.wait_for_everyone()
 
@@ -190,29 +201,35 @@ class Checkpointer:
             info = json.loads(path.read_text(encoding="utf-8"))
             assert isinstance(info, dict)
         except (OSError, ValueError, AssertionError) as err:
-            raise TrainingError(f"{path}: damaged ({type(err).__name__}); not resumed: "
-                                f"delete {self.dir} to start afresh") from None
+            raise TrainingError(
+                f"{path}: damaged ({type(err).__name__}); not resumed: delete {self.dir} to start afresh"
+            ) from None
         if "sha256" not in info and set(info) <= {"step", "fingerprint", "complete"}:
             return None
         rest = {k: v for k, v in info.items() if k != "sha256"}
         if sealed(rest).get("sha256") != info.get("sha256"):
-            raise TrainingError(f"{path}: damaged (its contents do not match its sha256); not resumed: "
-                                f"delete {self.dir} to start afresh")
+            raise TrainingError(
+                f"{path}: damaged (its contents do not match its sha256); not resumed: "
+                f"delete {self.dir} to start afresh"
+            )
         return info
 
     def _verify(self, info):
         """Every file the checkpoint of `info` recorded is there with its sha256."""
         files = info.get("files")
         if not isinstance(files, dict) or not files:
-            raise TrainingError(f"{self.dir / INFO}: damaged (no file checksums); not resumed: "
-                                f"delete {self.dir} to start afresh")
+            raise TrainingError(
+                f"{self.dir / INFO}: damaged (no file checksums); not resumed: delete {self.dir} to start afresh"
+            )
         for name, expected in files.items():
             path = self.dir / name
             actual = file_digest(path) if path.is_file() else None
             if actual != expected:
                 what = "missing" if actual is None else "its sha256 differs from the one recorded when it was written"
-                raise TrainingError(f"{path}: damaged ({what}; the checkpoint of step {info.get('step')}); "
-                                    f"not resumed: delete {self.dir} to start afresh")
+                raise TrainingError(
+                    f"{path}: damaged ({what}; the checkpoint of step {info.get('step')}); "
+                    f"not resumed: delete {self.dir} to start afresh"
+                )
 
 
 def stage_checkpointer(directory, stage, params, accelerator, inputs=(), cfg=None, extra=None):
@@ -224,6 +241,8 @@ def stage_checkpointer(directory, stage, params, accelerator, inputs=(), cfg=Non
     cfg = cfg or getattr(params, stage)
     code = sorted(Path(__file__).resolve().parent.glob("*.py"))
     parts = (stage, params.seed, params.models.model_dump(), cfg.model_dump(exclude={"checkpoint_every"}), extra)
-    checkpointer = Checkpointer(directory, cfg.checkpoint_every, fingerprint(*parts, paths=[*code, *inputs]), accelerator)
+    checkpointer = Checkpointer(
+        directory, cfg.checkpoint_every, fingerprint(*parts, paths=[*code, *inputs]), accelerator
+    )
     set_resume_point(checkpointer)  # a stop names the step a rerun resumes from
     return checkpointer

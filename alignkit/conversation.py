@@ -111,10 +111,12 @@ class Renderer:
             probe = (Message("user", "x"),)
             prompt = self.prompt_text(probe)
             full = tokenizer.apply_chat_template(to_json(probe + (Message("assistant", _SENTINEL),)), tokenize=False)
-            if not full.startswith(prompt) or _SENTINEL not in full[len(prompt):]:
-                raise ModelError(f"the chat template of {tokenizer.name_or_path!r} does not render the prompt "
-                                 "as the start of the conversation, so the answer tokens cannot be found")
-            self.before, after = full[len(prompt):].split(_SENTINEL)
+            if not full.startswith(prompt) or _SENTINEL not in full[len(prompt) :]:
+                raise ModelError(
+                    f"the chat template of {tokenizer.name_or_path!r} does not render the prompt "
+                    "as the start of the conversation, so the answer tokens cannot be found"
+                )
+            self.before, after = full[len(prompt) :].split(_SENTINEL)
             self.end_of_turn = after.rstrip()
             # The tokenizer's own BOS, if it adds one to text and the template does not write it.
             bos = tokenizer.bos_token_id
@@ -154,7 +156,7 @@ class Renderer:
             shorter = drop_oldest_turn(messages)
             if shorter is None:  # one user turn left: cut from the left, keeping a leading BOS
                 head = ids[:1] if self.bos is not None and ids[:1] == [self.bos] and budget > 1 else []
-                return head + ids[len(ids) - max(0, budget - len(head)):]
+                return head + ids[len(ids) - max(0, budget - len(head)) :]
             messages = shorter
             ids = self.prompt_ids(messages)
         return ids

@@ -38,8 +38,18 @@ HH_TURN = "\n\nAssistant:"
 NA_STRINGS = {"nan", "NaN", "NAN", "-nan", "null", "NULL", "<NA>", "#N/A"}
 SPLITS = ("train", "validation", "test")
 # Why a row was dropped; metrics/data.json counts every one of them.
-BAD_ROW_REASONS = ("empty_cell", "not_text", "not_utf8", "too_long", "no_shared_prompt", "malformed_dialogue",
-                   "empty_answer", "identical_pair", "duplicate", "bad_flag")
+BAD_ROW_REASONS = (
+    "empty_cell",
+    "not_text",
+    "not_utf8",
+    "too_long",
+    "no_shared_prompt",
+    "malformed_dialogue",
+    "empty_answer",
+    "identical_pair",
+    "duplicate",
+    "bad_flag",
+)
 
 
 @dataclass(frozen=True)
@@ -190,14 +200,18 @@ def resolve_columns(path, columns, schema, mapping, key="data"):
         return None if name == "hh" and "prompt" in mapped else {**SCHEMAS[name], **mapped}
 
     if schema == "hh" and "prompt" in mapped:
-        raise DataError(f"{key}.columns.prompt: the hh schema takes the prompt from the dialogues in {path}; set it to null")
+        raise DataError(
+            f"{key}.columns.prompt: the hh schema takes the prompt from the dialogues in {path}; set it to null"
+        )
     if schema == "auto":
         fitting = [name for name in SCHEMAS if layout(name) and set(layout(name).values()) <= set(columns)]
         if fitting:
             return fitting[0], layout(fitting[0])
         # The closest schema is the one most of whose columns are present or nearly so.
-        schema = max((name for name in SCHEMAS if layout(name)), key=lambda name: sum(
-            bool(difflib.get_close_matches(c, columns, 1)) for c in layout(name).values()))
+        schema = max(
+            (name for name in SCHEMAS if layout(name)),
+            key=lambda name: sum(bool(difflib.get_close_matches(c, columns, 1)) for c in layout(name).values()),
+        )
     wanted = layout(schema)
     missing = [c for c in wanted.values() if c not in columns]
     if missing:
@@ -216,9 +230,15 @@ def condition_label(condition):
     return f"{condition.column} {condition.op} {json.dumps(condition.value, ensure_ascii=False)}"
 
 
-_COMPARE = {"==": lambda a, b: a == b, "!=": lambda a, b: a != b, ">=": lambda a, b: a >= b,
-            "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, "<": lambda a, b: a < b,
-            "in": lambda a, b: a in b}
+_COMPARE = {
+    "==": lambda a, b: a == b,
+    "!=": lambda a, b: a != b,
+    ">=": lambda a, b: a >= b,
+    "<=": lambda a, b: a <= b,
+    ">": lambda a, b: a > b,
+    "<": lambda a, b: a < b,
+    "in": lambda a, b: a in b,
+}
 _TRUE, _FALSE = {"true", "1", "yes"}, {"false", "0", "no"}
 
 
@@ -248,8 +268,11 @@ def _as_kind_of(cell, like):
 
 
 def _empty(cell):
-    return (cell is None or (isinstance(cell, float) and math.isnan(cell))
-            or (isinstance(cell, str) and (not cell.strip() or cell.strip() in NA_STRINGS)))
+    return (
+        cell is None
+        or (isinstance(cell, float) and math.isnan(cell))
+        or (isinstance(cell, str) and (not cell.strip() or cell.strip() in NA_STRINGS))
+    )
 
 
 def apply_filters(path, columns, records, conditions, key="data"):
@@ -273,8 +296,10 @@ def apply_filters(path, columns, records, conditions, key="data"):
                 try:
                     holds = _COMPARE[c.op](_as_kind_of(cell, values[0]), c.value)
                 except ValueError as kind:
-                    raise DataError(f"{key}.filter[{i}] ({condition_label(c)}): {where(path, rec, c.column)}: "
-                                    f"{show(cell)} is not {kind}") from None
+                    raise DataError(
+                        f"{key}.filter[{i}] ({condition_label(c)}): {where(path, rec, c.column)}: "
+                        f"{show(cell)} is not {kind}"
+                    ) from None
             if not holds:
                 removed[condition_label(c)] += 1
                 break
@@ -305,7 +330,9 @@ def cell_text(path, rec, column, strip=True):
         try:
             value = value.decode("utf-8")
         except UnicodeDecodeError as err:
-            raise BadRow("not_utf8", f"{where(path, rec, column)}: bytes that are not UTF-8 (at byte {err.start})") from None
+            raise BadRow(
+                "not_utf8", f"{where(path, rec, column)}: bytes that are not UTF-8 (at byte {err.start})"
+            ) from None
     if not isinstance(value, str):
         raise BadRow("not_text", f"{where(path, rec, column)}: expected text, got {type(value).__name__} {show(value)}")
     _check_utf8(path, rec, column, value)
@@ -329,8 +356,10 @@ def split_hh(path, rec, chosen, rejected):
         common += 1
     cut = chosen[:common].rfind(HH_TURN)
     if cut < 0:
-        raise BadRow("no_shared_prompt",
-                     f"{where(path, rec, 'chosen')}: no '\\n\\nAssistant:' turn shared with column 'rejected'")
+        raise BadRow(
+            "no_shared_prompt",
+            f"{where(path, rec, 'chosen')}: no '\\n\\nAssistant:' turn shared with column 'rejected'",
+        )
     prompt = chosen[: cut + len(HH_TURN)]
     return prompt.strip(), chosen[len(prompt) :].strip(), rejected[len(prompt) :].strip()
 
@@ -345,25 +374,33 @@ def row_pair(path, schema, layout, rec, max_chars):
         texts[part] = cell_text(path, rec, column, strip=schema != "hh" or part == "system")
     too_long = next((part for part in layout if len(texts[part]) > max_chars), None)
     if too_long is not None:
-        raise BadRow("too_long", f"{where(path, rec, layout[too_long])}: text of {len(texts[too_long])} characters "
-                                 f"is longer than prepare.max_chars={max_chars}")
+        raise BadRow(
+            "too_long",
+            f"{where(path, rec, layout[too_long])}: text of {len(texts[too_long])} characters "
+            f"is longer than prepare.max_chars={max_chars}",
+        )
     system = texts.get("system")
     if schema == "hh":
         prompt, chosen, rejected = split_hh(path, rec, texts["chosen"], texts["rejected"])
         for part, answer in (("chosen", chosen), ("rejected", rejected)):
             if not answer:
-                raise BadRow("empty_answer", f"{where(path, rec, layout[part])}: empty answer after the last "
-                                             "'Assistant:' turn")
+                raise BadRow(
+                    "empty_answer", f"{where(path, rec, layout[part])}: empty answer after the last 'Assistant:' turn"
+                )
         turns = parse_hh(prompt)
         if turns is None:
-            raise BadRow("malformed_dialogue", f"{where(path, rec, layout['chosen'])}: the dialogue does not start "
-                                               "with 'Human:' or has an empty turn")
+            raise BadRow(
+                "malformed_dialogue",
+                f"{where(path, rec, layout['chosen'])}: the dialogue does not start with 'Human:' or has an empty turn",
+            )
         messages = ((Message("system", system),) if system else ()) + turns
     else:
         messages, chosen, rejected = single_turn(texts["prompt"], system), texts["chosen"], texts["rejected"]
     if chosen == rejected:
-        raise BadRow("identical_pair", f"{where(path, rec, layout['chosen'])}: the same answer as column "
-                                       f"{show(layout['rejected'])}")
+        raise BadRow(
+            "identical_pair",
+            f"{where(path, rec, layout['chosen'])}: the same answer as column {show(layout['rejected'])}",
+        )
     return Pair(messages, chosen, rejected, rec.row, unsafe)
 
 
@@ -402,8 +439,10 @@ def to_pairs(path, schema, layout, records, cfg):
     counts = ", ".join(f"{k}={v}" for k, v in sorted(dropped.items())) or "none"
     if records and total > cfg.max_drop_fraction * len(records):
         example = first[max(dropped, key=dropped.get)]
-        raise DataError(f"{path}: {total} of {len(records)} rows are bad ({total / len(records):.1%}, more than "
-                        f"prepare.max_drop_fraction={cfg.max_drop_fraction}): {counts}; e.g. {example}")
+        raise DataError(
+            f"{path}: {total} of {len(records)} rows are bad ({total / len(records):.1%}, more than "
+            f"prepare.max_drop_fraction={cfg.max_drop_fraction}): {counts}; e.g. {example}"
+        )
     if not pairs:
         raise DataError(f"{path}: no rows left after cleaning ({len(records)} read; dropped: {counts})")
     return pairs, dropped
@@ -453,8 +492,12 @@ def describe(rows_in, filtered, pairs, dropped, splits, sampled_out=0):
     """The contents of metrics/data.json."""
 
     def stats(values):
-        return {"mean": round(statistics.fmean(values), 2), "median": statistics.median(values),
-                "min": min(values), "max": max(values)}
+        return {
+            "mean": round(statistics.fmean(values), 2),
+            "median": statistics.median(values),
+            "min": min(values),
+            "max": max(values),
+        }
 
     return {
         "rows_in": rows_in,
@@ -467,8 +510,10 @@ def describe(rows_in, filtered, pairs, dropped, splits, sampled_out=0):
         "splits": {name: len(rows) for name, rows in splits.items()},
         # Pairs whose prompt is marked unsafe (data.<set>.columns.unsafe): a request to decline.
         "unsafe_prompts": sum(p.unsafe for p in pairs),
-        "chars": {"prompt": stats([len(as_text(p.prompt)) for p in pairs]),
-                  **{side: stats([len(getattr(p, side)) for p in pairs]) for side in ("chosen", "rejected")}},
+        "chars": {
+            "prompt": stats([len(as_text(p.prompt)) for p in pairs]),
+            **{side: stats([len(getattr(p, side)) for p in pairs]) for side in ("chosen", "rejected")},
+        },
         # Messages per prompt: system, user and earlier assistant turns.
         "prompt_messages": stats([len(p.prompt) for p in pairs]),
         # Share of pairs whose chosen answer is the longer one: near 0.5 means length alone does not separate them.
@@ -479,8 +524,19 @@ def describe(rows_in, filtered, pairs, dropped, splits, sampled_out=0):
 def write_split(path, pairs):
     with open(path, "w", encoding="utf-8") as f:
         for p in pairs:
-            f.write(json.dumps({"prompt": to_json(p.prompt), "chosen": p.chosen, "rejected": p.rejected,
-                                "row": p.row, "unsafe": p.unsafe}, ensure_ascii=False) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "prompt": to_json(p.prompt),
+                        "chosen": p.chosen,
+                        "rejected": p.rejected,
+                        "row": p.row,
+                        "unsafe": p.unsafe,
+                    },
+                    ensure_ascii=False,
+                )
+                + "\n"
+            )
 
 
 def read_split(path):
@@ -500,7 +556,9 @@ def read_sets(root, sets, *names):
     A set missing under root is a DataError naming it: the stage's params name a set that prepare did not write."""
     missing = [s for s in sets if not (Path(root) / s).is_dir()]
     if missing:
-        raise DataError(f"{root}: no prepared data set {show(missing[0])} (prepared: "
-                        f"{', '.join(sorted(p.name for p in Path(root).iterdir() if p.is_dir())) or 'none'})")
+        raise DataError(
+            f"{root}: no prepared data set {show(missing[0])} (prepared: "
+            f"{', '.join(sorted(p.name for p in Path(root).iterdir() if p.is_dir())) or 'none'})"
+        )
     per_set = [read_splits(Path(root) / s, *names) for s in sets]
     return [[pair for splits in per_set for pair in splits[i]] for i in range(len(names))]

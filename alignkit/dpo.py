@@ -52,7 +52,7 @@ def reference_logps(reference, encoded, pad_id, batch_size, accelerator, desc="d
         with accelerator.autocast():
             logps = forward_logps(reference, batch).cpu()
         chosen.append(logps[: len(part)])
-        rejected.append(logps[len(part):])
+        rejected.append(logps[len(part) :])
     return in_order(batches, chosen), in_order(batches, rejected)
 
 
@@ -66,10 +66,18 @@ def make_step(beta, loss_type, label_smoothing):
         policy_chosen_logps, policy_rejected_logps = _split(forward_logps(model, batch))  # one forward, 2N rows
         reference_chosen_logps, reference_rejected_logps = _split(batch["reference_logps"])
         losses, chosen_rewards, rejected_rewards = dpo_loss(
-            policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta,
-            loss_type, label_smoothing)
-        return losses.mean(), {"reward_accuracy": (chosen_rewards > rejected_rewards).float().mean(),
-                               "margin": (chosen_rewards - rejected_rewards).mean()}
+            policy_chosen_logps,
+            policy_rejected_logps,
+            reference_chosen_logps,
+            reference_rejected_logps,
+            beta,
+            loss_type,
+            label_smoothing,
+        )
+        return losses.mean(), {
+            "reward_accuracy": (chosen_rewards > rejected_rewards).float().mean(),
+            "margin": (chosen_rewards - rejected_rewards).mean(),
+        }
 
     return step
 
@@ -82,13 +90,18 @@ def make_evaluate(beta, loss_type, label_smoothing, accelerator):
         for batch in progress(loader, "dpo: validation", accelerator.is_main_process):
             with accelerator.autocast():
                 policy = _split(forward_logps(model, batch))
-            losses, chosen, rejected = dpo_loss(*policy, *_split(batch["reference_logps"]), beta, loss_type,
-                                                label_smoothing)
+            losses, chosen, rejected = dpo_loss(
+                *policy, *_split(batch["reference_logps"]), beta, loss_type, label_smoothing
+            )
             parts.append(accelerator.gather_for_metrics((losses, chosen, rejected)))
         losses, chosen, rejected = (torch.cat(p) for p in zip(*parts))
-        return {"loss": losses.mean().item(), "reward_accuracy": (chosen > rejected).float().mean().item(),
-                "chosen_reward": chosen.mean().item(), "rejected_reward": rejected.mean().item(),
-                "margin": (chosen - rejected).mean().item()}
+        return {
+            "loss": losses.mean().item(),
+            "reward_accuracy": (chosen > rejected).float().mean().item(),
+            "chosen_reward": chosen.mean().item(),
+            "rejected_reward": rejected.mean().item(),
+            "margin": (chosen - rejected).mean().item(),
+        }
 
     return evaluate
 
@@ -104,8 +117,14 @@ def train_dpo(policy, reference, tokenizer, train_pairs, val_pairs, cfg, seed, a
     with reference as model:
         for name, pairs in (("train", train_pairs), ("val", val_pairs)):
             encoded = encode_pairs(tokenizer, pairs, cfg.max_length, cfg.max_prompt_length)
-            ref = reference_logps(model, encoded, tokenizer.pad_token_id, cfg.eval_batch_size, accelerator,
-                                  f"dpo: reference log-probs ({name})")
+            ref = reference_logps(
+                model,
+                encoded,
+                tokenizer.pad_token_id,
+                cfg.eval_batch_size,
+                accelerator,
+                f"dpo: reference log-probs ({name})",
+            )
             datasets[name] = [(c, r, rc.item(), rr.item()) for (c, r), rc, rr in zip(encoded, *ref)]
     if cfg.gradient_checkpointing:
         # Non-reentrant: gradients reach an adapter even though the frozen base's inputs need none.
@@ -113,15 +132,36 @@ def train_dpo(policy, reference, tokenizer, train_pairs, val_pairs, cfg, seed, a
         policy.config.use_cache = False
 
     collator = PairCollator(tokenizer.pad_token_id)
-    train_loader = seeded_loader(datasets["train"], cfg.batch_size, seed, collator,
-                                 lengths=pair_lengths(datasets["train"]) if cfg.group_by_length else None)
-    val_loader = seeded_loader(datasets["val"], cfg.eval_batch_size, seed, collator, shuffle=False,
-                               lengths=pair_lengths(datasets["val"]))
-    before, after, policy = fit(policy, train_loader, val_loader, cfg, accelerator, live_dir, desc="dpo",
-                                step=make_step(cfg.beta, cfg.loss_type, cfg.label_smoothing),
-                                evaluate=make_evaluate(cfg.beta, cfg.loss_type, cfg.label_smoothing, accelerator),
-                                grad_accum_steps=cfg.grad_accum_steps, checkpoint=checkpoint)
-    return {"train_loss": after["train_loss"], "val_loss": after["loss"], "val_loss_before": before["loss"],
-            "val_reward_accuracy": after["reward_accuracy"], "val_chosen_reward": after["chosen_reward"],
-            "val_rejected_reward": after["rejected_reward"], "val_margin": after["margin"],
-            "kept_epoch": after["kept_epoch"]}, policy
+    train_loader = seeded_loader(
+        datasets["train"],
+        cfg.batch_size,
+        seed,
+        collator,
+        lengths=pair_lengths(datasets["train"]) if cfg.group_by_length else None,
+    )
+    val_loader = seeded_loader(
+        datasets["val"], cfg.eval_batch_size, seed, collator, shuffle=False, lengths=pair_lengths(datasets["val"])
+    )
+    before, after, policy = fit(
+        policy,
+        train_loader,
+        val_loader,
+        cfg,
+        accelerator,
+        live_dir,
+        desc="dpo",
+        step=make_step(cfg.beta, cfg.loss_type, cfg.label_smoothing),
+        evaluate=make_evaluate(cfg.beta, cfg.loss_type, cfg.label_smoothing, accelerator),
+        grad_accum_steps=cfg.grad_accum_steps,
+        checkpoint=checkpoint,
+    )
+    return {
+        "train_loss": after["train_loss"],
+        "val_loss": after["loss"],
+        "val_loss_before": before["loss"],
+        "val_reward_accuracy": after["reward_accuracy"],
+        "val_chosen_reward": after["chosen_reward"],
+        "val_rejected_reward": after["rejected_reward"],
+        "val_margin": after["margin"],
+        "kept_epoch": after["kept_epoch"],
+    }, policy

@@ -63,8 +63,10 @@ class RewardModels:
 
     def __init__(self, root, names, cfg, batch_size, device="cpu"):
         self.cfg = cfg
-        self.scorers = {name: RewardScorer(Path(root) / name / WEIGHTS_NAME, Path(root) / name, batch_size, device)
-                        for name in names}
+        self.scorers = {
+            name: RewardScorer(Path(root) / name / WEIGHTS_NAME, Path(root) / name, batch_size, device)
+            for name in names
+        }
 
     @property
     def names(self):
@@ -73,7 +75,9 @@ class RewardModels:
     def score(self, prompts, answers, unsafe, desc=None):
         """(combined (N,), {name: raw scores (N,)}) for (prompt Messages, answer text) pairs; unsafe: N booleans;
         desc: a progress bar's label (None: no bar)."""
-        raw = {name: scorer.score(prompts, answers, desc and f"{desc} ({name})") for name, scorer in self.scorers.items()}
+        raw = {
+            name: scorer.score(prompts, answers, desc and f"{desc} ({name})") for name, scorer in self.scorers.items()
+        }
         stats = {name: (s.mean, s.std) for name, s in self.scorers.items()}
         return combine(raw, stats, torch.tensor(list(unsafe), dtype=torch.bool), self.cfg), raw
 

@@ -80,8 +80,9 @@ def interrupted_message(stage, checkpointer, why="interrupted (Ctrl-C)"):
         return f"{stage}: {why}; none of its outputs was written, `dvc repro` runs it again"
     if checkpointer.step is None:
         return f"{stage}: {why} before its first checkpoint; `dvc repro` runs it again from step 0"
-    return (f"{stage}: {why}; `dvc repro` resumes it from the checkpoint at step "
-            f"{checkpointer.step} in {checkpointer.dir}")
+    return (
+        f"{stage}: {why}; `dvc repro` resumes it from the checkpoint at step {checkpointer.step} in {checkpointer.dir}"
+    )
 
 
 # What a full disk, a permission or a read-only file system says: one line, never a traceback.
@@ -97,5 +98,7 @@ def os_error_message(stage, err, checkpointer):
     if err.errno not in WRITE_ERRNOS:
         return None
     kept = interrupted_message(stage, checkpointer, "stopped").split("; ", 1)[1]
-    return (f"{stage}: cannot write {err.filename}: {err.strerror}; outputs are written whole or not at all, "
-            f"so every earlier one is as it was; {kept}")
+    return (
+        f"{stage}: cannot write {err.filename}: {err.strerror}; outputs are written whole or not at all, "
+        f"so every earlier one is as it was; {kept}"
+    )

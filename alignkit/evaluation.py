@@ -25,13 +25,17 @@ def generate(model, tokenizer, prompts, gen, batch_size, seed, desc, max_prompt_
     budget = max_prompt_tokens(model.config, gen["max_new_tokens"], max_prompt_length)
     texts, ids = [], []
     for start in progress(range(0, len(prompts), batch_size), desc):
-        queries = [renderer.fit_prompt(m, budget) for m in prompts[start: start + batch_size]]
+        queries = [renderer.fit_prompt(m, budget) for m in prompts[start : start + batch_size]]
         width = max(map(len, queries))
         input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(q)) + q for q in queries])
         attention_mask = torch.tensor([[0] * (width - len(q)) + [1] * len(q) for q in queries])
-        out = model.generate(input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device),
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=renderer.stop_ids,
-                             **{"do_sample": True, **gen})
+        out = model.generate(
+            input_ids=input_ids.to(model.device),
+            attention_mask=attention_mask.to(model.device),
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=renderer.stop_ids,
+            **{"do_sample": True, **gen},
+        )
         for row in out[:, width:].tolist():
             stop = next((i for i, t in enumerate(row) if t in renderer.stop_ids), None)
             row = row if stop is None else row[: stop + 1]
@@ -80,34 +84,47 @@ def evaluate_policy(name, policy, sft, tokenizer, scorer, pairs, cfg, gen, seed)
     combined reward (ppo.reward), reward_models.<name> of each model's own score.
     """
     # checked against the model before anything runs
-    budget = max_prompt_tokens(policy.config, gen["max_new_tokens"], cfg.max_prompt_length,
-                               cfg.generation_key("max_new_tokens"))
+    budget = max_prompt_tokens(
+        policy.config, gen["max_new_tokens"], cfg.max_prompt_length, cfg.generation_key("max_new_tokens")
+    )
     questions, references = [p.prompt for p in pairs], [p.chosen for p in pairs]
     unsafe = [p.unsafe for p in pairs]
-    answers, answer_ids = generate(policy, tokenizer, questions, gen, cfg.batch_size, seed, f"generate {name}",
-                                   cfg.max_prompt_length)
+    answers, answer_ids = generate(
+        policy, tokenizer, questions, gen, cfg.batch_size, seed, f"generate {name}", cfg.max_prompt_length
+    )
     same = sft is policy
-    sft_answers = answers if same else generate(sft, tokenizer, questions, gen, cfg.batch_size, seed, "generate sft",
-                                                cfg.max_prompt_length)[0]
+    sft_answers = (
+        answers
+        if same
+        else generate(sft, tokenizer, questions, gen, cfg.batch_size, seed, "generate sft", cfg.max_prompt_length)[0]
+    )
     rewards, raw = scorer.score(questions, answers, unsafe, f"score {name}")
     logps = answer_logps(policy, tokenizer, questions, answer_ids, cfg.batch_size, budget, f"log-probs {name}")
-    kl = logps - (logps if same else answer_logps(sft, tokenizer, questions, answer_ids, cfg.batch_size, budget,
-                                                  "log-probs sft"))
-    accuracy_sum, accuracy_mean = preference_accuracy(policy, tokenizer, pairs, cfg.max_length,
-                                                      cfg.max_prompt_length, cfg.batch_size, f"test pairs {name}")
+    kl = logps - (
+        logps if same else answer_logps(sft, tokenizer, questions, answer_ids, cfg.batch_size, budget, "log-probs sft")
+    )
+    accuracy_sum, accuracy_mean = preference_accuracy(
+        policy, tokenizer, pairs, cfg.max_length, cfg.max_prompt_length, cfg.batch_size, f"test pairs {name}"
+    )
 
-    others = {"sft": (sft_answers, *((rewards, raw) if same else scorer.score(questions, sft_answers, unsafe,
-                                                                                "score sft"))),
-              "reference": (references, *scorer.score(questions, references, unsafe, "score reference"))}
+    others = {
+        "sft": (sft_answers, *((rewards, raw) if same else scorer.score(questions, sft_answers, unsafe, "score sft"))),
+        "reference": (references, *scorer.score(questions, references, unsafe, "score reference")),
+    }
 
     def win_rate_vs(mine, other, theirs):  # the same text on both sides is a tie, whatever padding does to scores
         return win_rate(mine.tolist(), theirs.tolist(), [a == b for a, b in zip(answers, other)])
 
     per_model = {
-        model: {"mean": raw[model].mean().item(),
-                **{f"win_rate_vs_{o}": win_rate_vs(raw[model], texts, theirs[model])
-                   for o, (texts, _, theirs) in others.items()}}
-        for model in scorer.names}
+        model: {
+            "mean": raw[model].mean().item(),
+            **{
+                f"win_rate_vs_{o}": win_rate_vs(raw[model], texts, theirs[model])
+                for o, (texts, _, theirs) in others.items()
+            },
+        }
+        for model in scorer.names
+    }
     violation_rate, _ = scorer.violation_rate(raw, unsafe)
     metrics = {
         "bleu": bleu(references, answers),
@@ -124,8 +141,16 @@ def evaluate_policy(name, policy, sft, tokenizer, scorer, pairs, cfg, gen, seed)
         "distinct_1": distinct_n(answers, 1),
         "distinct_2": distinct_n(answers, 2),
     }
-    generations = [{"question": as_text(q), "prompt": to_json(q), "unsafe": u, "reference": r, "answer": a,
-                    "reward": round(s, 4),
-                    "scores": {m: round(raw[m][i].item(), 4) for m in scorer.names}}
-                   for i, (q, u, r, a, s) in enumerate(zip(questions, unsafe, references, answers, rewards.tolist()))]
+    generations = [
+        {
+            "question": as_text(q),
+            "prompt": to_json(q),
+            "unsafe": u,
+            "reference": r,
+            "answer": a,
+            "reward": round(s, 4),
+            "scores": {m: round(raw[m][i].item(), 4) for m in scorer.names},
+        }
+        for i, (q, u, r, a, s) in enumerate(zip(questions, unsafe, references, answers, rewards.tolist()))
+    ]
     return metrics, generations

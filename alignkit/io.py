@@ -154,8 +154,10 @@ def claim(path, what="this stage"):
     if path in _claims:
         return
     if os.path.ismount(path):  # renaming it (replace) would fail with EBUSY, at the first checkpoint
-        raise AlignError(f"{path}: is a mount point, and a stage replaces an output folder by renaming it; "
-                         "mount the folder above it instead")
+        raise AlignError(
+            f"{path}: is a mount point, and a stage replaces an output folder by renaming it; "
+            "mount the folder above it instead"
+        )
     made = [d for d in (path.parent, *path.parent.parents) if not d.exists()]
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = path.parent / f".{path.name}.lock"

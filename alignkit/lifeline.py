@@ -31,7 +31,7 @@ def _stat(pid):
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = text[text.rindex(")") + 2:].split()  # after "pid (comm) ": state, ppid, ...
+    fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) ": state, ppid, ...
     return None if fields[0] in ("Z", "X") else (int(fields[1]), int(fields[19]))
 
 

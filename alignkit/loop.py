@@ -101,8 +101,12 @@ class TrainingRun:
         elif before:
             log_validation(self.live, before)
         # disable=None: a bar on a terminal, none in logs; only the main process draws it.
-        self.bar = tqdm(total=self.steps, initial=self.step, desc=self.desc,
-                        disable=None if self.accelerator.is_main_process else True)
+        self.bar = tqdm(
+            total=self.steps,
+            initial=self.step,
+            desc=self.desc,
+            disable=None if self.accelerator.is_main_process else True,
+        )
 
     def epochs(self, count):
         """Epochs 0..count-1 still to run: from the checkpoint's, whose RNG states are restored first."""
@@ -134,8 +138,10 @@ class TrainingRun:
         bad = next((name for name, value in metrics.items() if not math.isfinite(value)), None)
         if bad is not None:
             last = self.checkpoint.describe() if self.checkpoint else "checkpoints are off"
-            raise TrainingError(f"{self.desc}: the {bad} is {metrics[bad]} at step {self.step} (epoch {self.epoch}); "
-                                f"training stopped, the last good checkpoint is kept ({last})")
+            raise TrainingError(
+                f"{self.desc}: the {bad} is {metrics[bad]} at step {self.step} (epoch {self.epoch}); "
+                f"training stopped, the last good checkpoint is kept ({last})"
+            )
         for name, value in metrics.items():
             self.live.log_metric(f"train/{name}", value)
         self.live.next_step()
@@ -146,10 +152,18 @@ class TrainingRun:
         """Write a checkpoint if this step is due one: state() (the loop's own: optimizer, scheduler, running
         sums), the run's position, the RNG states, the accumulation counter and the kept best epoch."""
         if self.checkpoint and self.checkpoint.due(self.step):
-            self.checkpoint.save(self.step, self.accelerator.unwrap_model(model), {
-                **state(), "rng": rng_state(), "best": self.best, "accumulation_step": self.accelerator.step,
-                "position": {"epoch": self.epoch, "batches_done": self.batches_done, "global_step": self.step},
-            }, self.live_dir)
+            self.checkpoint.save(
+                self.step,
+                self.accelerator.unwrap_model(model),
+                {
+                    **state(),
+                    "rng": rng_state(),
+                    "best": self.best,
+                    "accumulation_step": self.accelerator.step,
+                    "position": {"epoch": self.epoch, "batches_done": self.batches_done, "global_step": self.step},
+                },
+                self.live_dir,
+            )
 
     def validated(self, metrics, model):
         """Validation after an epoch: a point on each val/ curve, a line under the bar, and with keep="best" the
@@ -157,8 +171,11 @@ class TrainingRun:
         log_validation(self.live, metrics)
         self.say(f"epoch {self.epoch}: " + ", ".join(f"val {k} {v:.4f}" for k, v in metrics.items()))
         if self.keep == "best" and (self.best is None or metrics["loss"] < self.best["metrics"]["loss"]):
-            self.best = {"epoch": self.epoch, "metrics": metrics,
-                         "weights": model_weights(self.accelerator.unwrap_model(model))}
+            self.best = {
+                "epoch": self.epoch,
+                "metrics": metrics,
+                "weights": model_weights(self.accelerator.unwrap_model(model)),
+            }
 
     def say(self, line):
         """A line under the bar (the bar is drawn again below it)."""
@@ -176,8 +193,10 @@ class TrainingRun:
         if self.best is None:
             return model, None
         load_weights(model, self.best["weights"])
-        self.say(f"{self.desc}: kept the weights of epoch {self.best['epoch']} "
-                 f"(lowest val loss {self.best['metrics']['loss']:.4f})")
+        self.say(
+            f"{self.desc}: kept the weights of epoch {self.best['epoch']} "
+            f"(lowest val loss {self.best['metrics']['loss']:.4f})"
+        )
         return model, {"epoch": self.best["epoch"], "metrics": self.best["metrics"]}
 
 
@@ -199,8 +218,20 @@ def train_step(model, batch, step, optimizer, scheduler, accelerator, max_grad_n
     return loss, logs
 
 
-def fit(model, train_loader, val_loader, cfg, accelerator, live_dir, *, desc, step, evaluate, grad_accum_steps=1,
-        checkpoint=None):
+def fit(
+    model,
+    train_loader,
+    val_loader,
+    cfg,
+    accelerator,
+    live_dir,
+    *,
+    desc,
+    step,
+    evaluate,
+    grad_accum_steps=1,
+    checkpoint=None,
+):
     """The supervised loop of the reward, SFT and DPO stages, run in alignkit.loop.TrainingRun: AdamW (or
     cfg.optimizer), a warmup-then-decay schedule, clipping, gradient accumulation.
 
@@ -214,8 +245,9 @@ def fit(model, train_loader, val_loader, cfg, accelerator, live_dir, *, desc, st
     """
     size, examples = train_loader.batch_sampler.batch_size, len(train_loader.dataset)
     if size > examples:  # one batch of everything would be another algorithm (and fewer steps), silently
-        raise ParamsError(f"{desc}.batch_size: {size} is more than the {examples} examples of the training split; "
-                          f"at most {examples}")
+        raise ParamsError(
+            f"{desc}.batch_size: {size} is more than the {examples} examples of the training split; at most {examples}"
+        )
     generator = train_loader.generator  # the data order: its state at an epoch's start replays that epoch
     train_loader, val_loader = accelerator.prepare(train_loader, val_loader)
     per_epoch = math.ceil(len(train_loader) / grad_accum_steps)  # optimizer steps per epoch, per process
@@ -246,15 +278,23 @@ def fit(model, train_loader, val_loader, cfg, accelerator, live_dir, *, desc, st
             pending.append({"loss": loss.detach(), **logs})
             if not accelerator.sync_gradients:
                 continue
-            means = {k: torch.stack([torch.as_tensor(p[k], dtype=torch.float32) for p in pending]).mean()
-                     for k in pending[0]}
+            means = {
+                k: torch.stack([torch.as_tensor(p[k], dtype=torch.float32) for p in pending]).mean() for k in pending[0]
+            }
             means = {k: v.item() for k, v in accelerator.reduce(means, "mean").items()}
             pending = []
             run.stepped({**means, "lr": scheduler.get_last_lr()[0]}, **{k: f"{v:.3f}" for k, v in means.items()})
             epoch_losses.append(means["loss"])
-            run.save_if_due(model, lambda: {
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "before": before,
-                "epoch_generator": epoch_generator, "epoch_losses": list(epoch_losses)})
+            run.save_if_due(  # calls the lambda now or never: it binds this step's values
+                model,
+                lambda: {
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "before": before,
+                    "epoch_generator": epoch_generator,  # noqa: B023
+                    "epoch_losses": list(epoch_losses),  # noqa: B023
+                },
+            )
         after = evaluate(model, val_loader)
         run.validated(after, model)
     model, kept = run.finish(model)

@@ -28,8 +28,15 @@ def bradley_terry_loss(chosen_rewards, rejected_rewards):
 DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "robust")
 
 
-def dpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta,
-             loss_type="sigmoid", label_smoothing=0.0):
+def dpo_loss(
+    policy_chosen_logps,
+    policy_rejected_logps,
+    reference_chosen_logps,
+    reference_rejected_logps,
+    beta,
+    loss_type="sigmoid",
+    label_smoothing=0.0,
+):
     """Direct Preference Optimization loss and its variants, as trl 0.11's DPOTrainer.dpo_loss computes them.
 
     With h = (log pi(y_w|x) - log pi_ref(y_w|x)) - (log pi(y_l|x) - log pi_ref(y_l|x)) and eps = label_smoothing:
@@ -50,8 +57,9 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
     if loss_type == "sigmoid":
         losses = -F.logsigmoid(beta * h) * (1 - label_smoothing) - F.logsigmoid(-beta * h) * label_smoothing
     elif loss_type == "robust":
-        losses = (-F.logsigmoid(beta * h) * (1 - label_smoothing)
-                  + F.logsigmoid(-beta * h) * label_smoothing) / (1 - 2 * label_smoothing)
+        losses = (-F.logsigmoid(beta * h) * (1 - label_smoothing) + F.logsigmoid(-beta * h) * label_smoothing) / (
+            1 - 2 * label_smoothing
+        )
     elif loss_type == "hinge":
         losses = torch.relu(1 - beta * h)
     elif loss_type == "ipo":

@@ -89,7 +89,9 @@ def save_policy(model, tokenizer, out):
         else:
             lm.save_pretrained(tmp, safe_serialization=True)
         if lm is not model:
-            save_file({k: v.detach().cpu().contiguous() for k, v in model.v_head.state_dict().items()}, tmp / VALUE_HEAD)
+            save_file(
+                {k: v.detach().cpu().contiguous() for k, v in model.v_head.state_dict().items()}, tmp / VALUE_HEAD
+            )
         tokenizer.save_pretrained(tmp)
 
 
@@ -110,4 +112,3 @@ def load_policy(spec, key="models.policy", texts=(), seed=0):
     vars(model).pop("peft_config", None)  # left behind by peft: a later adapter would count it as a second one
     model.name_or_path = str(path)  # merged in place: the base's fused activations stay
     return model, AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-

@@ -41,11 +41,26 @@ PRESETS = {
     "tiny-gpt2": {"family": "gpt2", "vocab_size": 4096, "n_positions": 256, "n_embd": 128, "n_layer": 2, "n_head": 4},
     # Llama architecture as in TinyLlama-1.1B: grouped-query attention (4 heads share 2 key/value heads),
     # SwiGLU MLP (intermediate 2.75 x hidden), RMSNorm, rotary positions, q/k/v/o/gate/up/down_proj.
-    "tiny-llama": {"family": "llama", "vocab_size": 4096, "max_position_embeddings": 256, "hidden_size": 128,
-                   "intermediate_size": 352, "num_hidden_layers": 2, "num_attention_heads": 4,
-                   "num_key_value_heads": 2, "tie_word_embeddings": False},
-    "tiny-bert": {"family": "bert", "vocab_size": 4096, "max_position_embeddings": 256, "hidden_size": 128,
-                  "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 512},
+    "tiny-llama": {
+        "family": "llama",
+        "vocab_size": 4096,
+        "max_position_embeddings": 256,
+        "hidden_size": 128,
+        "intermediate_size": 352,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "tie_word_embeddings": False,
+    },
+    "tiny-bert": {
+        "family": "bert",
+        "vocab_size": 4096,
+        "max_position_embeddings": 256,
+        "hidden_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 512,
+    },
 }
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
@@ -65,8 +80,10 @@ def source_kind(spec, key, family=None):
         hint = f"did you mean '{close[0]}'?" if close else f"presets: {', '.join(offered)}"
         raise ModelError(f"{key}: unknown preset '{spec}' ({hint})")
     if spec.startswith((".", "/", "~")) or Path(spec).exists() or not _HUB_ID.match(spec):
-        raise ModelError(f"{key}: '{spec}' is not a built-in preset ({', '.join(offered)}), "
-                         "an existing directory, or a hub id like 'org/name'")
+        raise ModelError(
+            f"{key}: '{spec}' is not a built-in preset ({', '.join(offered)}), "
+            "an existing directory, or a hub id like 'org/name'"
+        )
     return "hub"
 
 
@@ -78,11 +95,17 @@ def train_gpt2_tokenizer(texts, vocab_size):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=[GPT2_SPECIAL],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=[GPT2_SPECIAL],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(texts, trainer=trainer)
-    return GPT2TokenizerFast(tokenizer_object=tok, bos_token=GPT2_SPECIAL, eos_token=GPT2_SPECIAL,
-                             unk_token=GPT2_SPECIAL)
+    return GPT2TokenizerFast(
+        tokenizer_object=tok, bos_token=GPT2_SPECIAL, eos_token=GPT2_SPECIAL, unk_token=GPT2_SPECIAL
+    )
 
 
 def train_llama_tokenizer(texts, vocab_size):
@@ -94,13 +117,25 @@ def train_llama_tokenizer(texts, vocab_size):
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=LLAMA_SPECIAL,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=LLAMA_SPECIAL,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(texts, trainer=trainer)
     tok.add_tokens([AddedToken(tag, normalized=False) for tag in LLAMA_CHAT_TAGS])
-    return LlamaTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                              add_bos_token=True, add_eos_token=False, legacy=False,
-                              chat_template=TINYLLAMA_CHAT_TEMPLATE)
+    return LlamaTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        add_bos_token=True,
+        add_eos_token=False,
+        legacy=False,
+        chat_template=TINYLLAMA_CHAT_TEMPLATE,
+    )
 
 
 def train_bert_tokenizer(texts, vocab_size):
@@ -117,8 +152,9 @@ def train_bert_tokenizer(texts, vocab_size):
     from transformers import BertTokenizerFast
 
     normalizer, pre_tokenizer = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
-    counts = Counter(word for text in texts
-                     for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    counts = Counter(
+        word for text in texts for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))
+    )
     chars = sorted({ch for word in counts for ch in word})
     words = sorted((w for w, n in counts.items() if n >= 2 and len(w) > 1), key=lambda w: (-counts[w], w))
     vocab = BERT_SPECIAL + chars + ["##" + ch for ch in chars]
@@ -130,8 +166,14 @@ def train_bert_tokenizer(texts, vocab_size):
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
     )
-    return BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]",
-                             cls_token="[CLS]", mask_token="[MASK]")
+    return BertTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        sep_token="[SEP]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        mask_token="[MASK]",
+    )
 
 
 def build_preset(name, texts, seed):
@@ -147,13 +189,15 @@ def build_preset(name, texts, seed):
     torch.manual_seed(seed)
     if family == "gpt2":
         tokenizer = train_gpt2_tokenizer(texts, spec.pop("vocab_size"))
-        config = GPT2Config(vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id,
-                            eos_token_id=tokenizer.eos_token_id, **spec)
+        config = GPT2Config(
+            vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, **spec
+        )
         return GPT2LMHeadModel(config), tokenizer
     if family == "llama":
         tokenizer = train_llama_tokenizer(texts, spec.pop("vocab_size"))
-        config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-                             eos_token_id=tokenizer.eos_token_id, **spec)
+        config = LlamaConfig(
+            vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **spec
+        )
         return LlamaForCausalLM(config), tokenizer
     tokenizer = train_bert_tokenizer(texts, spec.pop("vocab_size"))
     config = BertConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **spec)
@@ -169,8 +213,10 @@ def _load(spec, key, texts, seed, family, auto_class):
     if kind == "preset":
         if PRESETS[spec]["family"] not in family:
             wanted = [name for name, p in PRESETS.items() if p["family"] in family]
-            raise ModelError(f"{key}: preset '{spec}' is of the {PRESETS[spec]['family']} family; "
-                             f"this model needs {' or '.join(wanted)}")
+            raise ModelError(
+                f"{key}: preset '{spec}' is of the {PRESETS[spec]['family']} family; "
+                f"this model needs {' or '.join(wanted)}"
+            )
         return build_preset(spec, texts, seed)
     local = kind == "local"
 
@@ -186,8 +232,9 @@ def _load(spec, key, texts, seed, family, auto_class):
     # Not cached: download. Without a route to the hub the libraries retry for about a minute, so ask first.
     unreachable = _hub_unreachable()
     if unreachable:
-        raise ModelError(f"{key}: cannot load '{spec}' as a hub id: it is not in the Hugging Face cache and "
-                         f"{unreachable}")
+        raise ModelError(
+            f"{key}: cannot load '{spec}' as a hub id: it is not in the Hugging Face cache and {unreachable}"
+        )
     try:
         return load(local_files_only=False)
     except (OSError, ValueError) as err:

@@ -83,8 +83,10 @@ class DataParams(Section):
                 raise ValueError(f"{key}: op {c.op!r} takes {want}, got {show(c.value)}")
             kinds = {_kind(v) for v in values}
             if None in kinds or len(kinds) > 1 or (c.op not in ("==", "!=", "in") and kinds == {"boolean"}):
-                raise ValueError(f"{key}: expected a boolean, a finite number or a string (for op 'in' a list "
-                                 f"of one kind; {c.op!r} does not order booleans), got {show(c.value)}")
+                raise ValueError(
+                    f"{key}: expected a boolean, a finite number or a string (for op 'in' a list "
+                    f"of one kind; {c.op!r} does not order booleans), got {show(c.value)}"
+                )
             if any(isinstance(v, float) and v != v or v in (float("inf"), float("-inf")) for v in values):
                 raise ValueError(f"{key}: expected a finite number, got {show(c.value)}")
         return self
@@ -173,9 +175,14 @@ class RewardModelParams(Section):
 # Every shared training key may be set per reward model too: the same type (null only where the shared
 # key takes null), absent unless given -- the default None is never validated, so it means "not set".
 RewardModelParams = create_model(
-    "RewardModelParams", __base__=RewardModelParams, __doc__=RewardModelParams.__doc__,
-    **{name: (Annotated[(f.annotation, *f.metadata)] if f.metadata else f.annotation, None)
-       for name, f in TrainingParams.model_fields.items()})
+    "RewardModelParams",
+    __base__=RewardModelParams,
+    __doc__=RewardModelParams.__doc__,
+    **{
+        name: (Annotated[(f.annotation, *f.metadata)] if f.metadata else f.annotation, None)
+        for name, f in TrainingParams.model_fields.items()
+    },
+)
 
 
 class PolicyTrainingParams(TrainingParams):
@@ -192,8 +199,10 @@ class PolicyTrainingParams(TrainingParams):
 
 def _check_quantization(cfg, stage):
     if cfg.quantization != "none" and not cfg.lora.enabled:
-        raise ValueError(f"{stage}.quantization: {cfg.quantization!r} freezes the base in 4 bits, so only an adapter "
-                         f"can train; set {stage}.lora.enabled: true (or quantization: none)")
+        raise ValueError(
+            f"{stage}.quantization: {cfg.quantization!r} freezes the base in 4 bits, so only an adapter "
+            f"can train; set {stage}.lora.enabled: true (or quantization: none)"
+        )
 
 
 class SFTParams(PolicyTrainingParams):
@@ -261,14 +270,17 @@ class PPOParams(Section):
     def _batches_divide(self):
         _check_quantization(self, "ppo")
         if self.mini_batch_size > self.batch_size:
-            raise ValueError(f"ppo.mini_batch_size ({self.mini_batch_size}) is larger than ppo.batch_size "
-                             f"({self.batch_size}): a mini-batch is a part of a PPO batch")
+            raise ValueError(
+                f"ppo.mini_batch_size ({self.mini_batch_size}) is larger than ppo.batch_size "
+                f"({self.batch_size}): a mini-batch is a part of a PPO batch"
+            )
         backward = self.mini_batch_size * self.gradient_accumulation_steps
         if self.batch_size % backward:
             raise ValueError(
                 f"ppo.batch_size ({self.batch_size}) must be a multiple of ppo.mini_batch_size x "
                 f"ppo.gradient_accumulation_steps ({self.mini_batch_size} x {self.gradient_accumulation_steps} = "
-                f"{backward}), as trl 0.11's PPOTrainer requires")
+                f"{backward}), as trl 0.11's PPOTrainer requires"
+            )
         return self
 
 
@@ -323,13 +335,16 @@ class Params(Section):
                 self.reward_model(name)
             except ValidationError as err:
                 e = err.errors()[0]
-                raise ValueError(f"reward_models.{name}.{e['loc'][0]}: expected {_expected(['reward', e['loc'][0]])}, "
-                                 f"got {show(e['input'])}") from None
+                raise ValueError(
+                    f"reward_models.{name}.{e['loc'][0]}: expected {_expected(['reward', e['loc'][0]])}, "
+                    f"got {show(e['input'])}"
+                ) from None
         return self
 
     @model_validator(mode="after")
     def _names_refer(self):
         """Data sets and reward models are named once; every other mention must name one of them."""
+
         def check(names, key, known, what):
             """what: 'data set in data' -- what the names are, and the section that lists them."""
             kind, section = what.split(" in ")
@@ -344,15 +359,19 @@ class Params(Section):
                 raise ValueError(f"{key}: expected at least one entry, got none")
             bad = next((n for n in names if not NAME.match(n)), None)
             if bad is not None:
-                raise ValueError(f"{key}: name {show(bad)} must be letters, digits, _ or - "
-                                 f"(it becomes a directory name)")
+                raise ValueError(
+                    f"{key}: name {show(bad)} must be letters, digits, _ or - (it becomes a directory name)"
+                )
         for name, entry in self.pretrained.items():
             if not NAME.match(name):
-                raise ValueError(f"pretrained: name {show(name)} must be letters, digits, _ or - "
-                                 f"(it becomes a directory name)")
+                raise ValueError(
+                    f"pretrained: name {show(name)} must be letters, digits, _ or - (it becomes a directory name)"
+                )
             if entry.path.endswith(".gguf") and entry.dtype is None:
-                raise ValueError(f"pretrained.{name}.dtype: a .gguf file is dequantised, so it needs a dtype "
-                                 f"(float32, bfloat16 or float16), got null")
+                raise ValueError(
+                    f"pretrained.{name}.dtype: a .gguf file is dequantised, so it needs a dtype "
+                    f"(float32, bfloat16 or float16), got null"
+                )
         sets, models = list(self.data), list(self.reward_models)
         for name, entry in self.reward_models.items():
             check([entry.data], f"reward_models.{name}.data", sets, "data set in data")
@@ -366,8 +385,10 @@ class Params(Section):
             check(list(rc.weights), "ppo.reward.weights", models, "reward model in reward_models")
             missing = [m for m in models if m not in rc.weights]
             if missing:
-                raise ValueError(f"ppo.reward.weights: no weight for reward model {show(missing[0])}: combine "
-                                 f"weighted_sum needs one per reward model in reward_models ({', '.join(models)})")
+                raise ValueError(
+                    f"ppo.reward.weights: no weight for reward model {show(missing[0])}: combine "
+                    f"weighted_sum needs one per reward model in reward_models ({', '.join(models)})"
+                )
             if not any(rc.weights.values()):
                 raise ValueError("ppo.reward.weights: every weight is 0, so the reward would be 0 whatever the answer")
         else:
@@ -375,8 +396,10 @@ class Params(Section):
                 if getattr(rc, key) is None:
                     raise ValueError(f"ppo.reward.{key}: combine llama2 needs a reward model name, got null")
             if rc.helpfulness == rc.safety:
-                raise ValueError(f"ppo.reward.safety: combine llama2 needs two different reward models, "
-                                 f"got {show(rc.safety)} for both helpfulness and safety")
+                raise ValueError(
+                    f"ppo.reward.safety: combine llama2 needs two different reward models, "
+                    f"got {show(rc.safety)} for both helpfulness and safety"
+                )
         for key in ("helpfulness", "safety"):
             if getattr(rc, key) is not None:
                 check([getattr(rc, key)], f"ppo.reward.{key}", models, "reward model in reward_models")
@@ -426,8 +449,10 @@ def _same_in_yaml11(path, dvc, other, loc):
     if isinstance(dvc, dict) and isinstance(other, dict):
         if list(dvc) != list(other):  # same length: ruamel refuses the duplicate keys PyYAML would merge
             mine, theirs = next((a, b) for a, b in zip(dvc, other) if a != b)
-            raise ParamsError(f"{path}: {'.'.join([*loc, str(mine)])}: DVC (YAML 1.2) reads this key as "
-                              f"{show(mine)} but YAML 1.1 tools read {show(theirs)}; quote it")
+            raise ParamsError(
+                f"{path}: {'.'.join([*loc, str(mine)])}: DVC (YAML 1.2) reads this key as "
+                f"{show(mine)} but YAML 1.1 tools read {show(theirs)}; quote it"
+            )
         for k in dvc:
             _same_in_yaml11(path, dvc[k], other[k], [*loc, str(k)])
     elif isinstance(dvc, list) and isinstance(other, list) and len(dvc) == len(other):
@@ -435,8 +460,10 @@ def _same_in_yaml11(path, dvc, other, loc):
             _same_in_yaml11(path, a, b, [*loc, str(i)])
     elif not (type(dvc) is type(other) and (dvc == other or dvc != dvc and other != other)):  # nan == nan here
         raise ParamsError(
-            f"{path}: {'.'.join(loc) or 'the top level'}: DVC (YAML 1.2) reads {show(dvc)} but YAML 1.1 tools read {show(other)}; "
-            f"write it so both agree (true/false, a plain number, or a quoted string)")
+            f"{path}: {'.'.join(loc) or 'the top level'}: DVC (YAML 1.2) reads {show(dvc)} "
+            f"but YAML 1.1 tools read {show(other)}; "
+            f"write it so both agree (true/false, a plain number, or a quoted string)"
+        )
 
 
 def load_params(path="params.yaml", text=None):
@@ -450,7 +477,9 @@ def load_params(path="params.yaml", text=None):
         return Params.model_validate(raw)
     except ValidationError as err:
         errors = err.errors()  # a misspelt key is also a missing one: name the misspelling, with its near miss
-        raise ParamsError(f"{path}: {_describe_error(next((e for e in errors if e['type'] == 'extra_forbidden'), errors[0]))}") from None
+        raise ParamsError(
+            f"{path}: {_describe_error(next((e for e in errors if e['type'] == 'extra_forbidden'), errors[0]))}"
+        ) from None
 
 
 def _describe_error(e):
@@ -492,6 +521,12 @@ def _model_at(loc):
     return model
 
 
+def describe_key(loc):
+    """What the key at a dotted location accepts, in words: 'a positive float', "one of 'a', 'b'"
+    (for the params reference, scripts/params_reference.py, and the error lines)."""
+    return _expected(loc)
+
+
 def _expected(loc):
     """Describe what a field accepts: 'a positive float', "one of 'a', 'b'"."""
     try:
@@ -503,8 +538,9 @@ def _expected(loc):
 
 def _describe(ann, metadata):
     if typing.get_origin(ann) in (typing.Union, types.UnionType):  # X | None
-        (inner,) = [a for a in typing.get_args(ann) if a is not type(None)]
-        return _describe(inner, metadata) + " or null"
+        inner = [a for a in typing.get_args(ann) if a is not type(None)]
+        text = " or ".join(_describe(a, metadata) for a in inner)
+        return text + " or null" if type(None) in typing.get_args(ann) else text
     if typing.get_origin(ann) is Annotated:
         base, *extras = typing.get_args(ann)
         return _describe(base, [m for x in extras for m in getattr(x, "metadata", [x])])

@@ -25,8 +25,10 @@ def max_prompt_tokens(config, max_new_tokens, max_prompt_length, key="max_new_to
     max_new_tokens) when no prompt token would fit."""
     context = config.max_position_embeddings
     if max_new_tokens >= context:
-        raise ParamsError(f"{key}: {max_new_tokens} new tokens leave no room for a prompt in the model's context of "
-                          f"{context} tokens; at most {context - 1}")
+        raise ParamsError(
+            f"{key}: {max_new_tokens} new tokens leave no room for a prompt in the model's context of "
+            f"{context} tokens; at most {context - 1}"
+        )
     return min(max_prompt_length, context - max_new_tokens)
 
 
@@ -43,7 +45,7 @@ def collate(examples, pad_id):
     for i, (ids, prompt_len) in enumerate(examples):
         input_ids[i, : len(ids)] = torch.tensor(ids)
         attention_mask[i, : len(ids)] = 1
-        loss_mask[i, prompt_len: len(ids)] = True
+        loss_mask[i, prompt_len : len(ids)] = True
     return {"input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": loss_mask}
 
 

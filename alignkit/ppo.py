@@ -32,7 +32,7 @@ def batches(items, batch_size, seed):
     """Shuffled full batches: every batch has exactly batch_size items; a partial last one is dropped."""
     order = list(items)
     random.Random(seed).shuffle(order)
-    return [order[i: i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
+    return [order[i : i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
 
 
 def query_tensors(tokenizer, prompts, max_prompt_tokens):
@@ -48,9 +48,15 @@ def shaped_rewards(scores, baselines, clip):
 
 def generation_kwargs(cfg, tokenizer):
     """Sampling settings; generation stops at EOS or the chat template's end-of-turn."""
-    return {"do_sample": True, "temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k,
-            "max_new_tokens": cfg.max_new_tokens, "pad_token_id": tokenizer.eos_token_id,
-            "eos_token_id": Renderer(tokenizer).stop_ids}
+    return {
+        "do_sample": True,
+        "temperature": cfg.temperature,
+        "top_p": cfg.top_p,
+        "top_k": cfg.top_k,
+        "max_new_tokens": cfg.max_new_tokens,
+        "pad_token_id": tokenizer.eos_token_id,
+        "eos_token_id": Renderer(tokenizer).stop_ids,
+    }
 
 
 def value_head_model(model, frozen=False):
@@ -76,24 +82,42 @@ def make_trainer(cfg, seed, policy, reference, tokenizer, total_steps):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*deprecated.*")
         config = PPOConfig(
-            learning_rate=cfg.lr, batch_size=cfg.batch_size, mini_batch_size=cfg.mini_batch_size,
-            gradient_accumulation_steps=cfg.gradient_accumulation_steps, ppo_epochs=cfg.ppo_epochs,
-            init_kl_coef=cfg.init_kl_coef, adap_kl_ctrl=cfg.adap_kl_ctrl, target=cfg.kl_target,
-            horizon=cfg.kl_horizon, target_kl=cfg.target_kl, early_stopping=cfg.early_stopping,
-            cliprange=cfg.cliprange, cliprange_value=cfg.cliprange_value, vf_coef=cfg.vf_coef,
-            max_grad_norm=cfg.max_grad_norm, seed=seed,
+            learning_rate=cfg.lr,
+            batch_size=cfg.batch_size,
+            mini_batch_size=cfg.mini_batch_size,
+            gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+            ppo_epochs=cfg.ppo_epochs,
+            init_kl_coef=cfg.init_kl_coef,
+            adap_kl_ctrl=cfg.adap_kl_ctrl,
+            target=cfg.kl_target,
+            horizon=cfg.kl_horizon,
+            target_kl=cfg.target_kl,
+            early_stopping=cfg.early_stopping,
+            cliprange=cfg.cliprange,
+            cliprange_value=cfg.cliprange_value,
+            vf_coef=cfg.vf_coef,
+            max_grad_norm=cfg.max_grad_norm,
+            seed=seed,
             optimize_device_cache=False,  # no torch.cuda.empty_cache() in the hot loop
             accelerator_kwargs={"mixed_precision": PRECISIONS[cfg.precision]},
-            exp_name="ppo", log_with=None,
+            exp_name="ppo",
+            log_with=None,
         )
     optimizer = choose_optimizer((p for p in policy.parameters() if p.requires_grad), cfg, "ppo.optimizer")
-    scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps,
-                              num_training_steps=total_steps)
+    scheduler = get_scheduler(
+        cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=total_steps
+    )
     with warnings.catch_warnings():
         # The legacy PPOTrainer is deprecated in favour of PPOv2Trainer, and we batch the prompts ourselves.
         warnings.filterwarnings("ignore", message=".*(deprecated|No dataset is provided).*")
-        trainer = PPOTrainer(config=config, model=policy, ref_model=reference, tokenizer=tokenizer,
-                             optimizer=optimizer, lr_scheduler=scheduler)
+        trainer = PPOTrainer(
+            config=config,
+            model=policy,
+            ref_model=reference,
+            tokenizer=tokenizer,
+            optimizer=optimizer,
+            lr_scheduler=scheduler,
+        )
     # trl 0.11.4 keeps the parameters to clip as a one-shot `filter` iterator: it is used up by the
     # first clip_grad_norm_, so max_grad_norm would act on the first optimizer step only (and a
     # run resumed from a checkpoint would clip where the uninterrupted one did not). A list clips every step.
@@ -103,8 +127,9 @@ def make_trainer(cfg, seed, policy, reference, tokenizer, total_steps):
 
 def respond(trainer, queries, cfg, tokenizer):
     """Batched sampling (left padding, unpadded queries in): (response id tensors, response texts)."""
-    responses = trainer.generate(queries, batch_size=cfg.batch_size, return_prompt=False,
-                                 **generation_kwargs(cfg, tokenizer))
+    responses = trainer.generate(
+        queries, batch_size=cfg.batch_size, return_prompt=False, **generation_kwargs(cfg, tokenizer)
+    )
     return responses, [tokenizer.decode(r, skip_special_tokens=True).strip() for r in responses]
 
 
@@ -117,19 +142,27 @@ def mean_score(trainer, scorer, tokenizer, pairs, cfg, seed):
     queries = [q.to(trainer.accelerator.device) for q in query_tensors(tokenizer, questions, max_prompt(cfg, trainer))]
     texts = []  # trl generates in chunks of cfg.batch_size anyway: the same chunks, one at a time, for a bar
     for start in progress(range(0, len(queries), cfg.batch_size), "ppo: held-out answers"):
-        texts += respond(trainer, queries[start: start + cfg.batch_size], cfg, tokenizer)[1]
+        texts += respond(trainer, queries[start : start + cfg.batch_size], cfg, tokenizer)[1]
     combined, raw = scorer.score(questions, texts, [p.unsafe for p in pairs], "ppo: held-out scores")
     return combined.mean().item(), {name: s.mean().item() for name, s in raw.items()}
 
 
 def max_prompt(cfg, trainer):
-    return max_prompt_tokens(language_model(trainer.accelerator.unwrap_model(trainer.model)).config,
-                             cfg.max_new_tokens, cfg.max_prompt_length, "ppo.max_new_tokens")
+    return max_prompt_tokens(
+        language_model(trainer.accelerator.unwrap_model(trainer.model)).config,
+        cfg.max_new_tokens,
+        cfg.max_prompt_length,
+        "ppo.max_new_tokens",
+    )
 
 
 STEP_CURVES = {  # dvclive name -> trl stats key
-    "kl": "objective/kl", "kl_coef": "objective/kl_coef", "entropy": "objective/entropy",
-    "loss": "ppo/loss/total", "clipfrac": "ppo/policy/clipfrac", "lr": "ppo/learning_rate",
+    "kl": "objective/kl",
+    "kl_coef": "objective/kl_coef",
+    "entropy": "objective/entropy",
+    "loss": "ppo/loss/total",
+    "clipfrac": "ppo/policy/clipfrac",
+    "lr": "ppo/learning_rate",
 }
 
 
@@ -138,8 +171,9 @@ def reward_baselines(scorer, pairs, cfg):
     else {}. The baseline never changes, so it is scored once, in batches, not every step."""
     if cfg.reward_baseline != "reference":
         return {}
-    combined, _ = scorer.score([p.prompt for p in pairs], [p.chosen for p in pairs], [p.unsafe for p in pairs],
-                               "ppo: baseline rewards")
+    combined, _ = scorer.score(
+        [p.prompt for p in pairs], [p.chosen for p in pairs], [p.unsafe for p in pairs], "ppo: baseline rewards"
+    )
     return dict(zip(((p.prompt, p.chosen) for p in pairs), combined.tolist()))
 
 
@@ -179,13 +213,16 @@ def plan_epochs(pairs, cfg, seed):
     """PPO's step plan, worked out once: per epoch, its shuffled full batches of prompts (seed + epoch), at most
     cfg.max_steps_per_epoch of them. Its total length is the number of PPO steps."""
     if cfg.batch_size > len(pairs):  # batches() keeps full batches only: there would be none
-        raise ParamsError(f"ppo.batch_size: {cfg.batch_size} is more than the {len(pairs)} prompts of the training "
-                          f"split; at most {len(pairs)}")
+        raise ParamsError(
+            f"ppo.batch_size: {cfg.batch_size} is more than the {len(pairs)} prompts of the training "
+            f"split; at most {len(pairs)}"
+        )
     return [batches(pairs, cfg.batch_size, seed + epoch)[: cfg.max_steps_per_epoch] for epoch in range(cfg.epochs)]
 
 
-def train_ppo(trainer, scorer, tokenizer, plan, baseline, val_pairs, cfg, seed, live_dir, checkpoint=None,
-              step_hook=None):
+def train_ppo(
+    trainer, scorer, tokenizer, plan, baseline, val_pairs, cfg, seed, live_dir, checkpoint=None, step_hook=None
+):
     """PPO over the batches of `plan` (plan_epochs), run in alignkit.loop.TrainingRun, with rewards measured
     against `baseline` (reward_baselines). Returns metrics for metrics/ppo.json.
 
@@ -202,27 +239,52 @@ def train_ppo(trainer, scorer, tokenizer, plan, baseline, val_pairs, cfg, seed, 
         trainer.kl_ctl.value = kl_value(saved["kl_coef"])
     # one sampled answer per validation row, scored before and after training
     before = saved["before"] if saved else mean_score(trainer, scorer, tokenizer, val_pairs, cfg, seed)
-    sums = saved["sums"] if saved else {"per_epoch": {}, "epoch_scores": [], "lengths": [], "stats": {},
-                                        "model_scores": {name: [] for name in scorer.names}}
+    sums = (
+        saved["sums"]
+        if saved
+        else {
+            "per_epoch": {},
+            "epoch_scores": [],
+            "lengths": [],
+            "stats": {},
+            "model_scores": {name: [] for name in scorer.names},
+        }
+    )
     run.start()
     for epoch in run.epochs(len(plan)):
         if not run.resuming:
             sums["epoch_scores"] = []
         for batch in run.batches(plan[epoch]):
-            queries, responses, scores, rewards, stats, raw = ppo_iteration(trainer, scorer, tokenizer, batch,
-                                                                            baseline, cfg, step_hook)
+            queries, responses, scores, rewards, stats, raw = ppo_iteration(
+                trainer, scorer, tokenizer, batch, baseline, cfg, step_hook
+            )
             sums["stats"] = {name: float(stats[key]) for name, key in STEP_CURVES.items()}
             sums["epoch_scores"].append(scores.mean().item())
             sums["lengths"].append(sum(len(r) for r in responses) / len(responses))
             for name, values in raw.items():
                 sums["model_scores"][name].append(values.mean().item())
-            run.stepped({"loss": float(stats["ppo/loss/total"]), "score": scores.mean().item(),
-                         **{f"score_{name}": s[-1] for name, s in sums["model_scores"].items()},
-                         "reward": rewards.mean().item(), **sums["stats"], "response_length": sums["lengths"][-1]},
-                        score=f"{sums['epoch_scores'][-1]:.2f}", kl=f"{sums['stats']['kl']:.3f}")
-            run.save_if_due(trainer.model, lambda: {
-                "optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.lr_scheduler.state_dict(),
-                "kl_coef": kl_state(trainer.kl_ctl.value), "before": before, "sums": copy.deepcopy(sums)})
+            run.stepped(
+                {
+                    "loss": float(stats["ppo/loss/total"]),
+                    "score": scores.mean().item(),
+                    **{f"score_{name}": s[-1] for name, s in sums["model_scores"].items()},
+                    "reward": rewards.mean().item(),
+                    **sums["stats"],
+                    "response_length": sums["lengths"][-1],
+                },
+                score=f"{sums['epoch_scores'][-1]:.2f}",
+                kl=f"{sums['stats']['kl']:.3f}",
+            )
+            run.save_if_due(
+                trainer.model,
+                lambda: {
+                    "optimizer": trainer.optimizer.state_dict(),
+                    "scheduler": trainer.lr_scheduler.state_dict(),
+                    "kl_coef": kl_state(trainer.kl_ctl.value),
+                    "before": before,
+                    "sums": copy.deepcopy(sums),
+                },
+            )
         sums["per_epoch"][f"epoch_{epoch + 1}"] = sum(sums["epoch_scores"]) / len(sums["epoch_scores"])
         run.say(f"epoch {epoch}: mean combined reward-model score {sums['per_epoch'][f'epoch_{epoch + 1}']:.4f}")
     run.finish(trainer.model)
@@ -231,10 +293,15 @@ def train_ppo(trainer, scorer, tokenizer, plan, baseline, val_pairs, cfg, seed, 
     return {
         "score_per_epoch": sums["per_epoch"],
         # The combined reward (ppo.reward) of one sampled answer per validation prompt, before and after.
-        "val_score_before": before, "val_score_after": after,
+        "val_score_before": before,
+        "val_score_after": after,
         # Each reward model's mean raw score on those answers, and over the training rollouts.
-        "val_model_scores_before": models_before, "val_model_scores_after": models_after,
+        "val_model_scores_before": models_before,
+        "val_model_scores_after": models_after,
         "train_model_scores": {name: sum(v) / len(v) for name, v in sums["model_scores"].items()},
-        "kl": last["kl"], "kl_coef": last["kl_coef"], "entropy": last["entropy"], "clipfrac": last["clipfrac"],
+        "kl": last["kl"],
+        "kl_coef": last["kl_coef"],
+        "entropy": last["entropy"],
+        "clipfrac": last["clipfrac"],
         "response_length": sum(sums["lengths"]) / len(sums["lengths"]),
     }

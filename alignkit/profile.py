@@ -111,9 +111,11 @@ def describe(change):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m alignkit.profile",
-                                     description="Apply a profile (profiles/*.yaml) to params.yaml, keeping every "
-                                                 "key it does not name, and print what changed.")
+    parser = argparse.ArgumentParser(
+        prog="python -m alignkit.profile",
+        description="Apply a profile (profiles/*.yaml) to params.yaml, keeping every "
+        "key it does not name, and print what changed.",
+    )
     parser.add_argument("profile", help="the profile file, e.g. profiles/book.yaml")
     parser.add_argument("--params", default="params.yaml", help="the params file to change (default: params.yaml)")
     parser.add_argument("--dry-run", action="store_true", help="print the changes, write nothing")
@@ -124,8 +126,11 @@ def main(argv=None):
         print(f"error: {err}", file=sys.stderr)
         return 2
     verb = "would change" if args.dry_run else "changed"
-    lines = [f"{args.profile} -> {args.params}: {verb} {len(changes)} key(s)" if changes else
-             f"{args.params} already has every value {args.profile} sets: nothing to change"]
+    lines = [
+        f"{args.profile} -> {args.params}: {verb} {len(changes)} key(s)"
+        if changes
+        else f"{args.params} already has every value {args.profile} sets: nothing to change"
+    ]
     try:
         print("\n".join(lines + [describe(change) for change in changes]), flush=True)
     except BrokenPipeError:  # `| head`: the reader has what it wanted

@@ -97,8 +97,10 @@ def read_generations(directory, models):
     first = next(iter(questions.values()), [])
     for model, qs in questions.items():
         if qs != first:
-            raise DataError(f"{Path(directory) / (model + '.jsonl')}: its prompts are not those of the other models' "
-                            "generations (rerun the evaluate stages)")
+            raise DataError(
+                f"{Path(directory) / (model + '.jsonl')}: its prompts are not those of the other models' "
+                "generations (rerun the evaluate stages)"
+            )
     return out
 
 
@@ -145,8 +147,15 @@ def sample_prompts(generations, n, seed):
     rows = []
     for i in picked:
         first = generations[models[0]][i]
-        rows.append({"index": i, "prompt": first["prompt"], "unsafe": first["unsafe"],
-                     "reference": first["reference"], "answers": {m: generations[m][i] for m in models}})
+        rows.append(
+            {
+                "index": i,
+                "prompt": first["prompt"],
+                "unsafe": first["unsafe"],
+                "reference": first["reference"],
+                "answers": {m: generations[m][i] for m in models},
+            }
+        )
     return rows
 
 
@@ -155,14 +164,31 @@ def data_rows(data_metrics):
     rows = []
     for name, d in data_metrics.items():
         dropped = {k: v for k, v in d["rows_dropped"].items() if v}
-        rows.append([name, d["rows_in"], sum(d["rows_filtered"].values()), sum(dropped.values()),
-                     ", ".join(f"{k} {v}" for k, v in dropped.items()) or "none", d["rows_kept"],
-                     " / ".join(str(d["splits"][s]) for s in ("train", "validation", "test")), d["unsafe_prompts"]])
+        rows.append(
+            [
+                name,
+                d["rows_in"],
+                sum(d["rows_filtered"].values()),
+                sum(dropped.values()),
+                ", ".join(f"{k} {v}" for k, v in dropped.items()) or "none",
+                d["rows_kept"],
+                " / ".join(str(d["splits"][s]) for s in ("train", "validation", "test")),
+                d["unsafe_prompts"],
+            ]
+        )
     return rows
 
 
-DATA_HEADER = ["set", "rows in", "filtered out", "dropped", "dropped by reason", "kept", "train / val / test",
-               "unsafe prompts"]
+DATA_HEADER = [
+    "set",
+    "rows in",
+    "filtered out",
+    "dropped",
+    "dropped by reason",
+    "kept",
+    "train / val / test",
+    "unsafe prompts",
+]
 
 
 # ---------------------------------------------------------------- charts (Vega-Lite -> SVG)
@@ -175,33 +201,65 @@ def curves_spec(stage, rows):
     values = [{**r, "points": counts[r["curve"]]} for r in rows]
     curves = sorted(counts, key=lambda c: (not c.startswith("train/"), c))
     return {
-        "$schema": SCHEMA, "title": f"{stage}: training curves", "data": {"values": values},
-        "facet": {"field": "curve", "type": "nominal", "sort": curves, "title": None}, "columns": 4,
-        "spec": {"width": 180, "height": 110, "layer": [
-            {"mark": {"type": "line", "strokeWidth": 1.5},
-             "encoding": {"x": {"field": "step", "type": "quantitative", "title": "step"},
-                          "y": {"field": "value", "type": "quantitative", "title": None,
-                                "scale": {"zero": False}}}},
-            {"transform": [{"filter": "datum.points <= 30"}], "mark": {"type": "point", "filled": True, "size": 25},
-             "encoding": {"x": {"field": "step", "type": "quantitative"},
-                          "y": {"field": "value", "type": "quantitative"}}},
-        ]},
+        "$schema": SCHEMA,
+        "title": f"{stage}: training curves",
+        "data": {"values": values},
+        "facet": {"field": "curve", "type": "nominal", "sort": curves, "title": None},
+        "columns": 4,
+        "spec": {
+            "width": 180,
+            "height": 110,
+            "layer": [
+                {
+                    "mark": {"type": "line", "strokeWidth": 1.5},
+                    "encoding": {
+                        "x": {"field": "step", "type": "quantitative", "title": "step"},
+                        "y": {"field": "value", "type": "quantitative", "title": None, "scale": {"zero": False}},
+                    },
+                },
+                {
+                    "transform": [{"filter": "datum.points <= 30"}],
+                    "mark": {"type": "point", "filled": True, "size": 25},
+                    "encoding": {
+                        "x": {"field": "step", "type": "quantitative"},
+                        "y": {"field": "value", "type": "quantitative"},
+                    },
+                },
+            ],
+        },
         "resolve": {"scale": {"y": "independent", "x": "independent"}},
     }
 
 
 def comparison_spec(table, models):
     """One bar per model for each ranked metric of the evaluation, each metric on its own scale."""
-    values = [{"metric": metric, "model": m, "value": v} for metric, by_model, _ in table if ranked(metric)
-              for m, v in numbers(by_model).items()]
+    values = [
+        {"metric": metric, "model": m, "value": v}
+        for metric, by_model, _ in table
+        if ranked(metric)
+        for m, v in numbers(by_model).items()
+    ]
     return {
-        "$schema": SCHEMA, "title": "Model comparison on the test split", "data": {"values": values},
-        "facet": {"field": "metric", "type": "nominal", "sort": list(dict.fromkeys(v["metric"] for v in values)),
-                  "title": None}, "columns": 4,
-        "spec": {"width": 180, "height": 18 * len(models), "mark": "bar",
-                 "encoding": {"y": {"field": "model", "type": "nominal", "sort": models, "title": None},
-                              "x": {"field": "value", "type": "quantitative", "title": None},
-                              "color": {"field": "model", "type": "nominal", "sort": models, "legend": None}}},
+        "$schema": SCHEMA,
+        "title": "Model comparison on the test split",
+        "data": {"values": values},
+        "facet": {
+            "field": "metric",
+            "type": "nominal",
+            "sort": list(dict.fromkeys(v["metric"] for v in values)),
+            "title": None,
+        },
+        "columns": 4,
+        "spec": {
+            "width": 180,
+            "height": 18 * len(models),
+            "mark": "bar",
+            "encoding": {
+                "y": {"field": "model", "type": "nominal", "sort": models, "title": None},
+                "x": {"field": "value", "type": "quantitative", "title": None},
+                "color": {"field": "model", "type": "nominal", "sort": models, "legend": None},
+            },
+        },
         "resolve": {"scale": {"x": "independent"}},
     }
 
@@ -219,14 +277,16 @@ def offline_template():
     import vl_convert
 
     bundle = vl_convert.javascript_bundle(vl_version=f"v{VEGA_LITE}")
-    return ("<!DOCTYPE html>\n<html>\n<head>\n    {refresh_tag}\n    <meta charset=\"utf-8\">\n"
-            "    <title>DVC Plot</title>\n"
-            f"    <!-- Vega {vl_convert.get_vega_version()}, Vega-Lite {VEGA_LITE}, Vega-Embed "
-            f"{vl_convert.get_vega_embed_version()}, from vl-convert-python: python -m alignkit.report "
-            "--offline-template plots/offline.html -->\n"
-            f"    <script type=\"text/javascript\">{bundle}</script>\n"
-            "    <style>\n        table {\n            border-spacing: 15px;\n        }\n    </style>\n"
-            "</head>\n<body>\n    {plot_divs}\n</body>\n</html>\n")
+    return (
+        '<!DOCTYPE html>\n<html>\n<head>\n    {refresh_tag}\n    <meta charset="utf-8">\n'
+        "    <title>DVC Plot</title>\n"
+        f"    <!-- Vega {vl_convert.get_vega_version()}, Vega-Lite {VEGA_LITE}, Vega-Embed "
+        f"{vl_convert.get_vega_embed_version()}, from vl-convert-python: python -m alignkit.report "
+        "--offline-template plots/offline.html -->\n"
+        f'    <script type="text/javascript">{bundle}</script>\n'
+        "    <style>\n        table {\n            border-spacing: 15px;\n        }\n    </style>\n"
+        "</head>\n<body>\n    {plot_divs}\n</body>\n</html>\n"
+    )
 
 
 # ---------------------------------------------------------------- the report
@@ -272,15 +332,18 @@ def answer_scores(generation):
 
 def training_rows(training):
     """(stage, its headline results) for the policy stages' metrics files."""
-    keys = {"sft": ["val_loss_before", "val_loss", "val_perplexity"],
-            "dpo": ["val_loss_before", "val_loss", "val_reward_accuracy", "val_margin"],
-            "ppo": ["val_score_before", "val_score_after", "kl", "kl_coef", "response_length"]}
-    return [(stage, ", ".join(f"{k} {fmt(m[k])}" for k in keys[stage])) for stage, m in training.items()
-            if stage in keys]
+    keys = {
+        "sft": ["val_loss_before", "val_loss", "val_perplexity"],
+        "dpo": ["val_loss_before", "val_loss", "val_reward_accuracy", "val_margin"],
+        "ppo": ["val_score_before", "val_score_after", "kl", "kl_coef", "response_length"],
+    }
+    return [
+        (stage, ", ".join(f"{k} {fmt(m[k])}" for k in keys[stage])) for stage, m in training.items() if stage in keys
+    ]
 
 
-CSS = """body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:24px auto;padding:0 20px;max-width:1280px;
-color:#222}
+CSS = """body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:24px auto;padding:0 20px;
+max-width:1280px;color:#222}
 h1{font-size:1.6em}h2{margin-top:1.6em;border-bottom:1px solid #ddd;padding-bottom:4px}
 table{border-collapse:collapse;margin:8px 0;font-size:0.92em}th,td{border:1px solid #ccc;padding:4px 8px;
 vertical-align:top;text-align:left}th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
@@ -296,45 +359,70 @@ def _cells(row, tag="td"):
 def to_html(report):
     """The self-contained page: inline CSS and SVG, nothing fetched."""
     models = report["models"]
-    out = ["<!DOCTYPE html>", "<html lang=\"en\"><head><meta charset=\"utf-8\"/><title>alignkit report</title>",
-           f"<style>{CSS}</style></head><body>", "<h1>alignkit report</h1>",
-           f"<p>Models: {', '.join(models)}. Built by the <code>report</code> stage from the pipeline's metrics, "
-           "dvclive curves and generations.</p>", "<h2>Data</h2>",
-           f"<table><tr>{_cells(DATA_HEADER, 'th')}</tr>"]
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8"/><title>alignkit report</title>',
+        f"<style>{CSS}</style></head><body>",
+        "<h1>alignkit report</h1>",
+        f"<p>Models: {', '.join(models)}. Built by the <code>report</code> stage from the pipeline's metrics, "
+        "dvclive curves and generations.</p>",
+        "<h2>Data</h2>",
+        f"<table><tr>{_cells(DATA_HEADER, 'th')}</tr>",
+    ]
     out += [f"<tr>{_cells(r)}</tr>" for r in report["data"]]
-    out.append("</table><h2>Reward models</h2><table><tr><th>reward model</th><th>val accuracy</th>"
-               "<th>val loss</th><th>val margin</th></tr>")
-    out += [f"<tr>{_cells([n, m['val_accuracy'], m['val_loss'], m['val_margin']])}</tr>"
-            for n, m in report["reward"].items()]
+    out.append(
+        "</table><h2>Reward models</h2><table><tr><th>reward model</th><th>val accuracy</th>"
+        "<th>val loss</th><th>val margin</th></tr>"
+    )
+    out += [
+        f"<tr>{_cells([n, m['val_accuracy'], m['val_loss'], m['val_margin']])}</tr>"
+        for n, m in report["reward"].items()
+    ]
     out.append("</table><h2>Training</h2><table><tr><th>stage</th><th>results</th></tr>")
     out += [f"<tr>{_cells(r)}</tr>" for r in training_rows(report["training"])]
-    out.append("</table><h2>Evaluation</h2><p>Best per metric in bold (higher is better, except "
-               f"{', '.join(sorted(LOWER_IS_BETTER))}; {', '.join(sorted(NOT_RANKED))} are not ranked).</p>")
-    out.append(f"<table class=\"metrics\"><tr><th>metric</th>{''.join(f'<th>{html.escape(m)}</th>' for m in models)}</tr>")
+    out.append(
+        "</table><h2>Evaluation</h2><p>Best per metric in bold (higher is better, except "
+        f"{', '.join(sorted(LOWER_IS_BETTER))}; {', '.join(sorted(NOT_RANKED))} are not ranked).</p>"
+    )
+    out.append(
+        f'<table class="metrics"><tr><th>metric</th>{"".join(f"<th>{html.escape(m)}</th>" for m in models)}</tr>'
+    )
     for metric, values, best in report["table"]:
-        cells = "".join(f"<td class=\"num{' best' if m in best else ''}\">{html.escape(fmt(values[m]))}</td>"
-                        for m in models)
+        cells = "".join(
+            f'<td class="num{" best" if m in best else ""}">{html.escape(fmt(values[m]))}</td>' for m in models
+        )
         out.append(f"<tr><td>{html.escape(metric)}</td>{cells}</tr>")
     out.append("</table>")
     for stem, (title, svg) in report["charts"].items():
         if stem == "comparison":
-            out.append(f"<figure id=\"chart-{stem}\" title=\"{html.escape(title)}\">{svg}</figure>")
-    out.append(f"<h2>Answers side by side</h2><p>{len(report['samples'])} test prompts, the same sample every run "
-               "(seeded); reward is the combined reward PPO is trained on, then each reward model's raw score.</p>")
-    out.append("<table class=\"answers\"><tr><th>prompt</th><th>reference</th>"
-               + "".join(f"<th>{html.escape(m)}</th>" for m in models) + "</tr>")
+            out.append(f'<figure id="chart-{stem}" title="{html.escape(title)}">{svg}</figure>')
+    out.append(
+        f"<h2>Answers side by side</h2><p>{len(report['samples'])} test prompts, the same sample every run "
+        "(seeded); reward is the combined reward PPO is trained on, then each reward model's raw score.</p>"
+    )
+    out.append(
+        '<table class="answers"><tr><th>prompt</th><th>reference</th>'
+        + "".join(f"<th>{html.escape(m)}</th>" for m in models)
+        + "</tr>"
+    )
     for s in report["samples"]:
-        turns = "".join(f"<p class=\"turn\"><span class=\"role\">{html.escape(t['role'])}:</span> "
-                        f"{html.escape(t['content'])}</p>" for t in s["prompt"])
-        mark = "<p class=\"unsafe\">marked unsafe</p>" if s["unsafe"] else ""
-        answers = "".join(f"<td>{html.escape(g['answer'])}<div class=\"scores\">{html.escape(answer_scores(g))}"
-                          "</div></td>" for g in s["answers"].values())
-        out.append(f"<tr class=\"sample\"><td class=\"prompt\">{turns}{mark}</td>"
-                   f"<td>{html.escape(s['reference'])}</td>{answers}</tr>")
+        turns = "".join(
+            f'<p class="turn"><span class="role">{html.escape(t["role"])}:</span> {html.escape(t["content"])}</p>'
+            for t in s["prompt"]
+        )
+        mark = '<p class="unsafe">marked unsafe</p>' if s["unsafe"] else ""
+        answers = "".join(
+            f'<td>{html.escape(g["answer"])}<div class="scores">{html.escape(answer_scores(g))}</div></td>'
+            for g in s["answers"].values()
+        )
+        out.append(
+            f'<tr class="sample"><td class="prompt">{turns}{mark}</td>'
+            f"<td>{html.escape(s['reference'])}</td>{answers}</tr>"
+        )
     out.append("</table><h2>Training curves</h2>")
     for stem, (title, svg) in report["charts"].items():
         if stem != "comparison":
-            out.append(f"<figure id=\"chart-{stem}\" title=\"{html.escape(title)}\">{svg}</figure>")
+            out.append(f'<figure id="chart-{stem}" title="{html.escape(title)}">{svg}</figure>')
     out.append("</body></html>\n")
     return "\n".join(out)
 
@@ -350,32 +438,64 @@ def _md_row(cells):
 def to_markdown(report, chart_dir):
     """The Markdown twin: the same tables, the charts as images from chart_dir (relative to the .md file)."""
     models = report["models"]
-    out = ["# alignkit report", "", f"Models: {', '.join(models)}.", "", "## Data", "", _md_row(DATA_HEADER),
-           _md_row(["---"] * len(DATA_HEADER))]
+    out = [
+        "# alignkit report",
+        "",
+        f"Models: {', '.join(models)}.",
+        "",
+        "## Data",
+        "",
+        _md_row(DATA_HEADER),
+        _md_row(["---"] * len(DATA_HEADER)),
+    ]
     out += [_md_row([_md(c) for c in r]) for r in report["data"]]
-    out += ["", "## Reward models", "", _md_row(["reward model", "val accuracy", "val loss", "val margin"]),
-            _md_row(["---"] * 4)]
-    out += [_md_row([_md(v) for v in (n, m["val_accuracy"], m["val_loss"], m["val_margin"])])
-            for n, m in report["reward"].items()]
+    out += [
+        "",
+        "## Reward models",
+        "",
+        _md_row(["reward model", "val accuracy", "val loss", "val margin"]),
+        _md_row(["---"] * 4),
+    ]
+    out += [
+        _md_row([_md(v) for v in (n, m["val_accuracy"], m["val_loss"], m["val_margin"])])
+        for n, m in report["reward"].items()
+    ]
     out += ["", "## Training", "", _md_row(["stage", "results"]), _md_row(["---"] * 2)]
     out += [_md_row([_md(c) for c in r]) for r in training_rows(report["training"])]
-    out += ["", "## Evaluation", "", f"Best per metric in bold (higher is better, except "
-            f"{', '.join(sorted(LOWER_IS_BETTER))}; {', '.join(sorted(NOT_RANKED))} are not ranked).", "",
-            _md_row(["metric", *models]), _md_row(["---"] * (len(models) + 1))]
+    out += [
+        "",
+        "## Evaluation",
+        "",
+        f"Best per metric in bold (higher is better, except "
+        f"{', '.join(sorted(LOWER_IS_BETTER))}; {', '.join(sorted(NOT_RANKED))} are not ranked).",
+        "",
+        _md_row(["metric", *models]),
+        _md_row(["---"] * (len(models) + 1)),
+    ]
     for metric, values, best in report["table"]:
-        out.append(_md_row([_md(metric)] + [f"**{_md(values[m])}**" if m in best else _md(values[m])
-                                            for m in models]))
-    out += ["", f"![Model comparison on the test split]({chart_dir}/comparison.svg)", "",
-            "## Answers side by side", "", _md_row(["prompt", "reference", *models]),
-            _md_row(["---"] * (len(models) + 2))]
+        out.append(_md_row([_md(metric)] + [f"**{_md(values[m])}**" if m in best else _md(values[m]) for m in models]))
+    out += [
+        "",
+        f"![Model comparison on the test split]({chart_dir}/comparison.svg)",
+        "",
+        "## Answers side by side",
+        "",
+        _md_row(["prompt", "reference", *models]),
+        _md_row(["---"] * (len(models) + 2)),
+    ]
     for s in report["samples"]:
         prompt = "<br>".join(f"**{t['role']}:** {_md(t['content'])}" for t in s["prompt"])
         prompt += " *(marked unsafe)*" if s["unsafe"] else ""
-        out.append(_md_row([prompt, _md(s["reference"])] + [f"{_md(g['answer'])}<br>*{_md(answer_scores(g))}*"
-                                                             for g in s["answers"].values()]))
+        out.append(
+            _md_row(
+                [prompt, _md(s["reference"])]
+                + [f"{_md(g['answer'])}<br>*{_md(answer_scores(g))}*" for g in s["answers"].values()]
+            )
+        )
     out += ["", "## Training curves", ""]
-    out += [f"![{title}]({chart_dir}/{stem}.svg)\n" for stem, (title, _) in report["charts"].items()
-            if stem != "comparison"]
+    out += [
+        f"![{title}]({chart_dir}/{stem}.svg)\n" for stem, (title, _) in report["charts"].items() if stem != "comparison"
+    ]
     return "\n".join(out) + "\n"
 
 

@@ -60,8 +60,13 @@ def cls_only_last_layer(encoder):
     layers = getattr(getattr(encoder, "encoder", None), "layer", None)
     last = layers[-1] if layers else None
     parts = ("attention", "intermediate", "output")
-    if last is None or not all(hasattr(last, p) for p in parts) or not hasattr(last.attention, "self") \
-            or getattr(last, "is_decoder", False) or getattr(encoder.config, "position_embedding_type", "absolute") != "absolute":
+    if (
+        last is None
+        or not all(hasattr(last, p) for p in parts)
+        or not hasattr(last.attention, "self")
+        or getattr(last, "is_decoder", False)
+        or getattr(encoder.config, "position_embedding_type", "absolute") != "absolute"
+    ):
         return False
     last.forward = types.MethodType(_cls_only_forward, last)
     return True
@@ -90,12 +95,14 @@ def encode_pairs(tokenizer, questions, answers, max_length):
     a_ids = tokenizer(list(answers), add_special_tokens=False, truncation=True, max_length=budget - 1)["input_ids"]
     side, tokenizer.truncation_side = tokenizer.truncation_side, "left"
     try:
-        q_ids = tokenizer(list(questions), add_special_tokens=False, truncation=True, max_length=budget - 1)["input_ids"]
+        q_ids = tokenizer(list(questions), add_special_tokens=False, truncation=True, max_length=budget - 1)[
+            "input_ids"
+        ]
     finally:
         tokenizer.truncation_side = side
     features = []
     for q, a in zip(q_ids, a_ids):
-        q = q[len(q) - min(len(q), budget - len(a)):]  # the question fills what the answer leaves, from its end
+        q = q[len(q) - min(len(q), budget - len(a)) :]  # the question fills what the answer leaves, from its end
         ids = tokenizer.build_inputs_with_special_tokens(q, a)
         feature = {"input_ids": ids, "attention_mask": [1] * len(ids)}
         if "token_type_ids" in tokenizer.model_input_names:
@@ -119,7 +126,8 @@ def save_reward_model(model, tokenizer, max_length, weights_path, model_dir, sta
 
 
 def load_reward_model(weights_path, model_dir):
-    """Rebuild a saved RewardModel offline: (model in eval mode, tokenizer, settings: max_length, score_mean, score_std).
+    """Rebuild a saved RewardModel offline: (model in eval mode, tokenizer, settings: max_length, score_mean,
+    score_std).
 
     The weights are read with torch.load(weights_only=True): a file that would run
     code when unpickled is refused. Keys and shapes are checked against the model
@@ -132,7 +140,9 @@ def load_reward_model(weights_path, model_dir):
         tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         settings = json.loads((Path(model_dir) / SETTINGS_NAME).read_text())
     except (OSError, ValueError) as err:
-        raise ModelError(f"{model_dir}: not a saved reward model directory ({str(err).strip().splitlines()[0]})") from None
+        raise ModelError(
+            f"{model_dir}: not a saved reward model directory ({str(err).strip().splitlines()[0]})"
+        ) from None
     model = RewardModel(AutoModel.from_config(config))
     model.load_state_dict(read_state_dict(weights_path, model.state_dict(), f"the reward model in {model_dir}"))
     return model.eval(), tokenizer, settings
@@ -166,10 +176,15 @@ def read_state_dict(path, expected, what):
         problems.append(f"missing keys {names(missing)}")
     if unexpected := set(state) - set(expected):
         problems.append(f"unexpected keys {names(unexpected)}")
-    wrong = [f"{k} is {tuple(state[k].shape)}, expected {tuple(v.shape)}" for k, v in sorted(expected.items())
-             if k in state and state[k].shape != v.shape]
+    wrong = [
+        f"{k} is {tuple(state[k].shape)}, expected {tuple(v.shape)}"
+        for k, v in sorted(expected.items())
+        if k in state and state[k].shape != v.shape
+    ]
     if wrong:
-        problems.append("wrong shapes: " + "; ".join(wrong[:3]) + (f" (+{len(wrong) - 3} more)" if len(wrong) > 3 else ""))
+        problems.append(
+            "wrong shapes: " + "; ".join(wrong[:3]) + (f" (+{len(wrong) - 3} more)" if len(wrong) > 3 else "")
+        )
     if problems:
         raise ModelError(f"{path} does not match {what}: " + "; ".join(problems))
     return state
@@ -198,7 +213,7 @@ class RewardScorer:
         features = encode_pairs(self.tokenizer, [as_text(m) for m in prompts], answers, self.max_length)
         batches = sorted_batches([len(f["input_ids"]) for f in features], self.batch_size)  # little padding
         scores = []
-        for index in (batches if desc is None else progress(batches, desc)):
+        for index in batches if desc is None else progress(batches, desc):
             batch = self.tokenizer.pad([features[i] for i in index], return_tensors="pt")
             scores.append(self.model(**{k: v.to(self.device) for k, v in batch.items()}).float().cpu())
         return in_order(batches, scores) if scores else torch.zeros(0)
@@ -279,15 +294,32 @@ def train_reward_model(model, tokenizer, train_pairs, val_pairs, cfg, seed, acce
     """
     train, val = PairDataset(tokenizer, train_pairs, cfg.max_length), PairDataset(tokenizer, val_pairs, cfg.max_length)
     collate = PairCollator(tokenizer)
-    train_loader = seeded_loader(train, cfg.batch_size, seed, collate,
-                                 lengths=train.lengths() if cfg.group_by_length else None)
+    train_loader = seeded_loader(
+        train, cfg.batch_size, seed, collate, lengths=train.lengths() if cfg.group_by_length else None
+    )
     val_loader = seeded_loader(val, cfg.eval_batch_size, seed, collate, shuffle=False, lengths=val.lengths())
-    _, after, model = fit(model, train_loader, val_loader, cfg, accelerator, live_dir, desc="reward", step=batch_loss,
-                          evaluate=make_evaluate(accelerator), checkpoint=checkpoint)
+    _, after, model = fit(
+        model,
+        train_loader,
+        val_loader,
+        cfg,
+        accelerator,
+        live_dir,
+        desc="reward",
+        step=batch_loss,
+        evaluate=make_evaluate(accelerator),
+        checkpoint=checkpoint,
+    )
     stats_loader = seeded_loader(train, cfg.eval_batch_size, seed, collate, shuffle=False, lengths=train.lengths())
     stats = score_statistics(model, accelerator.prepare(stats_loader), accelerator)
-    return {"train_loss": after["train_loss"], "val_loss": after["loss"], "val_accuracy": after["accuracy"],
-            "val_margin": after["margin"], "kept_epoch": after["kept_epoch"], **stats}, model
+    return {
+        "train_loss": after["train_loss"],
+        "val_loss": after["loss"],
+        "val_accuracy": after["accuracy"],
+        "val_margin": after["margin"],
+        "kept_epoch": after["kept_epoch"],
+        **stats,
+    }, model
 
 
 @torch.no_grad()

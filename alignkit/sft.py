@@ -48,18 +48,39 @@ def train_sft(model, tokenizer, train_pairs, val_pairs, cfg, seed, accelerator, 
     renderer = Renderer(tokenizer)
 
     def examples(pairs):
-        return renderer.encode_all([p.prompt for p in pairs], [p.chosen for p in pairs], cfg.max_length,
-                                   cfg.max_prompt_length)
+        return renderer.encode_all(
+            [p.prompt for p in pairs], [p.chosen for p in pairs], cfg.max_length, cfg.max_prompt_length
+        )
 
     train, val = examples(train_pairs), examples(val_pairs)
-    train_loader = seeded_loader(train, cfg.batch_size, seed, _collator(tokenizer),
-                                 lengths=[len(ids) for ids, _ in train] if cfg.group_by_length else None)
-    val_loader = seeded_loader(val, cfg.eval_batch_size, seed, _collator(tokenizer), shuffle=False,
-                               lengths=[len(ids) for ids, _ in val])
-    before, after, model = fit(model, train_loader, val_loader, cfg, accelerator, live_dir, desc="sft", step=_step,
-                               evaluate=make_evaluate(accelerator), checkpoint=checkpoint)
-    metrics = {"val_loss": after["loss"], "val_perplexity": after["perplexity"], "val_loss_before": before["loss"],
-               "kept_epoch": after["kept_epoch"]}
+    train_loader = seeded_loader(
+        train,
+        cfg.batch_size,
+        seed,
+        _collator(tokenizer),
+        lengths=[len(ids) for ids, _ in train] if cfg.group_by_length else None,
+    )
+    val_loader = seeded_loader(
+        val, cfg.eval_batch_size, seed, _collator(tokenizer), shuffle=False, lengths=[len(ids) for ids, _ in val]
+    )
+    before, after, model = fit(
+        model,
+        train_loader,
+        val_loader,
+        cfg,
+        accelerator,
+        live_dir,
+        desc="sft",
+        step=_step,
+        evaluate=make_evaluate(accelerator),
+        checkpoint=checkpoint,
+    )
+    metrics = {
+        "val_loss": after["loss"],
+        "val_perplexity": after["perplexity"],
+        "val_loss_before": before["loss"],
+        "kept_epoch": after["kept_epoch"],
+    }
     if "train_loss" in after:
         metrics["train_loss"] = after["train_loss"]
     return metrics, model

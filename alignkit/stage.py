@@ -9,7 +9,8 @@ Every script in stages/ is `main(argv)` run by run_stage(main), and main's first
   second run on the same folders fails at once.
 - run_stage turns what stops a stage into one line on stderr and an exit code: an AlignError (bad params,
   data or model; a lost dvc) exits 2, an OSError a user can fix (full disk, no permission, missing input)
-  exits 2, Ctrl-C exits 130, SIGTERM 143 and SIGHUP 129 (unless nohup ignores it); any other exception is
+  exits 2, Ctrl-C (SIGINT, even where the stage was started with it ignored) exits 130, SIGTERM 143 and SIGHUP
+  129 (unless nohup ignores it); any other exception is
   a bug and keeps its traceback. The line for a stop says where `dvc repro` resumes: the training stage's
   Checkpointer registers itself here (set_resume_point).
 
@@ -98,6 +99,11 @@ def run_stage(main, argv=None):
     """Run a stage's main(argv); an AlignError exits 2 with its one-line message, Ctrl-C exits 130, SIGTERM 143
     and SIGHUP 129, each with one line (see the module text)."""
     signal.signal(signal.SIGTERM, _terminated)
+    # A stage started with SIGINT ignored -- by a shell's `cmd &` without job control (a script, a job runner,
+    # a test suite run in the background), which every process below inherits, and which Python then keeps --
+    # would sit on a Ctrl-C or `kill -INT` and train on for minutes. Asked to stop, a stage stops: it leaves
+    # nothing half-written and `dvc repro` resumes it, so SIGINT is always its interrupt.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # nohup ignores it: then the stage runs on
         signal.signal(signal.SIGHUP, _terminated)
     try:

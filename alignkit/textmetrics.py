@@ -18,8 +18,11 @@ def bleu(references, hypotheses):
     """Corpus BLEU-4 with smoothing (Chen & Cherry method 1), one reference per hypothesis."""
     from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu
 
-    return corpus_bleu([[tokenize(r)] for r in references], [tokenize(h) for h in hypotheses],
-                       smoothing_function=SmoothingFunction().method1)
+    return corpus_bleu(
+        [[tokenize(r)] for r in references],
+        [tokenize(h) for h in hypotheses],
+        smoothing_function=SmoothingFunction().method1,
+    )
 
 
 def rouge(references, hypotheses):
@@ -33,7 +36,7 @@ def rouge(references, hypotheses):
 
 def distinct_n(texts, n):
     """Distinct n-grams over all texts / all n-grams (0 when there are none)."""
-    grams = [tuple(t[i: i + n]) for t in map(tokenize, texts) for i in range(len(t) - n + 1)]
+    grams = [tuple(t[i : i + n]) for t in map(tokenize, texts) for i in range(len(t) - n + 1)]
     return len(set(grams)) / len(grams) if grams else 0.0
 
 

@@ -60,8 +60,11 @@ def check_precision(precision, key):
     if precision == "fp16" and not torch.cuda.is_available():
         raise ParamsError(f"{key}: fp16 needs a CUDA GPU; use bf16 or fp32 on a CPU")
     if precision == "bf16" and not torch.cuda.is_available() and not cpu_has_native_bf16():
-        warnings.warn(f"{key}: bf16 on a CPU without native bf16 (no AVX-512 BF16, no AMX) is emulated and runs "
-                      f"slower than fp32; set {key}: fp32 here", stacklevel=3)
+        warnings.warn(
+            f"{key}: bf16 on a CPU without native bf16 (no AVX-512 BF16, no AMX) is emulated and runs "
+            f"slower than fp32; set {key}: fp32 here",
+            stacklevel=3,
+        )
 
 
 def make_accelerator(precision, key, grad_accum_steps=1):
@@ -81,8 +84,9 @@ def seeded_loader(dataset, batch_size, seed, collate_fn, shuffle=True, lengths=N
 
     generator = torch.Generator().manual_seed(seed)
     if lengths is None:
-        return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
-                                           collate_fn=collate_fn)
+        return torch.utils.data.DataLoader(
+            dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=collate_fn
+        )
     batches = LengthGroupedBatches(lengths, batch_size, generator if shuffle else None, PartialState().num_processes)
     return torch.utils.data.DataLoader(dataset, batch_sampler=batches, generator=generator, collate_fn=collate_fn)
 
@@ -100,8 +104,10 @@ def bitsandbytes(key):
     try:
         import bitsandbytes as bnb
     except Exception as err:  # an import that fails for any reason: say which key needs it, in one line
-        raise ParamsError(f"{key}: needs bitsandbytes, which cannot load here "
-                          f"({type(err).__name__}: {str(err).strip().splitlines()[0][:160]})") from None
+        raise ParamsError(
+            f"{key}: needs bitsandbytes, which cannot load here "
+            f"({type(err).__name__}: {str(err).strip().splitlines()[0][:160]})"
+        ) from None
     return bnb
 
 
@@ -126,5 +132,9 @@ def make_optimizer(model, cfg, total_steps, key="train"):
     from transformers import get_scheduler
 
     optimizer = choose_optimizer((p for p in model.parameters() if p.requires_grad), cfg, f"{key}.optimizer")
-    return optimizer, get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=round(cfg.warmup_ratio * total_steps),
-                                    num_training_steps=total_steps)
+    return optimizer, get_scheduler(
+        cfg.lr_scheduler,
+        optimizer,
+        num_warmup_steps=round(cfg.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )

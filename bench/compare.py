@@ -8,15 +8,14 @@ weights, the same batches in the same order, `warmup` untimed steps, then the
 median of `repeats` timed ones; training steps of the two sides alternate.
 """
 
-import copy
 import statistics
 import tempfile
 from pathlib import Path
 
-import torch
-
 import peers
+import torch
 from harness import device, peak_memory_mib, sync, timed, timed_interleaved
+
 from alignkit.data import read_splits
 from alignkit.loop import train_step
 from alignkit.params import load_params
@@ -41,8 +40,9 @@ def _ours_trainer(model, cfg, precision, key, steps):
     optimizer, scheduler = make_optimizer(model, cfg, steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     model.train()
-    return model, lambda step, batch: train_step(model, _to(batch, accelerator.device), step, optimizer, scheduler,
-                                                 accelerator, cfg.max_grad_norm)
+    return model, lambda step, batch: train_step(
+        model, _to(batch, accelerator.device), step, optimizer, scheduler, accelerator, cfg.max_grad_norm
+    )
 
 
 # ---------------------------------------------------------------- reward model
@@ -90,10 +90,16 @@ def reward(work, precision, warmup, repeats, with_peer=True, **_):
     ours_batches = [collate([data[i] for i in b]) for b in index]
     sizes = lambda b: [len(f["input_ids"]) for i in b for f in data[i]]  # noqa: E731
     peer_computed = lambda b: sum(len(b) * max(len(data[i][side]["input_ids"]) for i in b) for side in (0, 1))  # noqa: E731
-    out = {"batch_size": bs, "precision": precision, "cls_only_last_layer": model.cls_only,
-           "padding": {**epoch_padding(lengths, bs, params.seed, lambda b: (sum(sizes(b)), len(sizes(b)) * max(sizes(b)))),
-                       "ours_timed": 1 - sum(sum(sizes(b)) for b in index) / sum(len(sizes(b)) * max(sizes(b)) for b in index),
-                       "peer_timed": 1 - sum(sum(sizes(b)) for b in index) / sum(peer_computed(b) for b in index)}}
+    out = {
+        "batch_size": bs,
+        "precision": precision,
+        "cls_only_last_layer": model.cls_only,
+        "padding": {
+            **epoch_padding(lengths, bs, params.seed, lambda b: (sum(sizes(b)), len(sizes(b)) * max(sizes(b)))),
+            "ours_timed": 1 - sum(sum(sizes(b)) for b in index) / sum(len(sizes(b)) * max(sizes(b)) for b in index),
+            "peer_timed": 1 - sum(sum(sizes(b)) for b in index) / sum(peer_computed(b) for b in index),
+        },
+    }
 
     if with_peer:
         # The peer's encoder as transformers builds it: every layer computes every position.
@@ -148,27 +154,41 @@ def dpo(work, precision, warmup, repeats, with_peer=True, **_):
     encoded = [encoded_all[i] for i in used]  # the timed batches' pairs, in their order
     accelerator = make_accelerator(precision, "dpo.precision")
     reference.to(dev)
-    ref_chosen, ref_rejected = ours.reference_logps(reference, encoded, tokenizer.pad_token_id, cfg.eval_batch_size,
-                                                    accelerator)
+    ref_chosen, ref_rejected = ours.reference_logps(
+        reference, encoded, tokenizer.pad_token_id, cfg.eval_batch_size, accelerator
+    )
     items = [(c, r, rc.item(), rr.item()) for (c, r), rc, rr in zip(encoded, ref_chosen, ref_rejected)]
     collate = ours.PairCollator(tokenizer.pad_token_id)
-    ours_batches = [collate(items[k * bs: (k + 1) * bs]) for k in range(n)]
+    ours_batches = [collate(items[k * bs : (k + 1) * bs]) for k in range(n)]
     step_fn = ours.make_step(cfg.beta, cfg.loss_type, cfg.label_smoothing)
     sizes = lambda b: [len(encoded_all[i][side][0]) for i in b for side in (0, 1)]  # noqa: E731
     answers = sum(len(ids) - p for c, r in encoded for ids, p in (c, r))  # positions the LM head runs on
-    out = {"batch_size": bs, "precision": precision,
-           "padding": {**epoch_padding(lengths, bs, params.seed, lambda b: (sum(sizes(b)), len(sizes(b)) * max(sizes(b)))),
-                       "timed": 1 - sum(sum(sizes(b)) for b in index) / sum(len(sizes(b)) * max(sizes(b)) for b in index)},
-           "lm_head_positions_share": answers / sum(len(sizes(b)) * max(sizes(b)) for b in index)}
+    out = {
+        "batch_size": bs,
+        "precision": precision,
+        "padding": {
+            **epoch_padding(lengths, bs, params.seed, lambda b: (sum(sizes(b)), len(sizes(b)) * max(sizes(b)))),
+            "timed": 1 - sum(sum(sizes(b)) for b in index) / sum(len(sizes(b)) * max(sizes(b)) for b in index),
+        },
+        "lm_head_positions_share": answers / sum(len(sizes(b)) * max(sizes(b)) for b in index),
+    }
 
     peer_runs = {}
     if with_peer:
         # The peer's models as a trl user loads them (transformers' from_pretrained, its own GELU module).
         peer_reference = peers.plain_policy(work / "models" / "sft").eval().requires_grad_(False).to(dev)
         for name, precompute in (("default", False), ("precompute", True)):
-            trainer = peers.dpo_trainer(peers.plain_policy(work / "models" / "dpo").to(dev), peer_reference, tokenizer,
-                                        bs, cfg, precision, tempfile.mkdtemp(), precompute)
-            batches = [peers.dpo_batch(encoded[k * bs: (k + 1) * bs], tokenizer.pad_token_id, dev) for k in range(n)]
+            trainer = peers.dpo_trainer(
+                peers.plain_policy(work / "models" / "dpo").to(dev),
+                peer_reference,
+                tokenizer,
+                bs,
+                cfg,
+                precision,
+                tempfile.mkdtemp(),
+                precompute,
+            )
+            batches = [peers.dpo_batch(encoded[k * bs : (k + 1) * bs], tokenizer.pad_token_id, dev) for k in range(n)]
             if precompute:  # trl's own precomputation, before training, outside the timed steps
                 for b in batches:
                     b["reference_chosen_logps"], b["reference_rejected_logps"] = trainer.compute_reference_log_probs(b)
@@ -193,13 +213,14 @@ def dpo(work, precision, warmup, repeats, with_peer=True, **_):
 def ppo(work, precision, warmup, repeats, **_):
     import time
 
-    from alignkit import ppo as ours
-    from alignkit.modeldir import load_policy
-    from alignkit.policy import prepare_tokenizer
-    from alignkit.ensemble import RewardModels
-    from alignkit.params import CombineParams
-    from alignkit.reward import load_reward_model
     from transformers import AutoTokenizer
+
+    from alignkit import ppo as ours
+    from alignkit.ensemble import RewardModels
+    from alignkit.modeldir import load_policy
+    from alignkit.params import CombineParams
+    from alignkit.policy import prepare_tokenizer
+    from alignkit.reward import load_reward_model
 
     params = load_params(work / "params.yaml")
     cfg = params.ppo.model_copy(update={"precision": precision})
@@ -211,16 +232,23 @@ def ppo(work, precision, warmup, repeats, **_):
     plan = list(enumerate(ours.batches(train, cfg.batch_size, params.seed)[:n]))
 
     def trainer(load):
-        return ours.make_trainer(cfg, params.seed, ours.value_head_model(load()), ours.value_head_model(load(), frozen=True),
-                                 tokenizer, n)
+        return ours.make_trainer(
+            cfg, params.seed, ours.value_head_model(load()), ours.value_head_model(load(), frozen=True), tokenizer, n
+        )
 
     ours_model = lambda: load_policy(str(sft))[0]  # noqa: E731
     notebook_model = lambda: peers.plain_policy(sft, dropout=True)  # noqa: E731  as the notebook loaded it
 
     reward_device = "cpu" if cfg.reward_device == "cpu" else device()
     # The helpfulness model alone, its raw score as the reward: what the notebook computed.
-    one = CombineParams(combine="weighted_sum", weights={"helpful": 1.0}, helpfulness=None, safety=None,
-                        safety_threshold=0.15, whiten=False)
+    one = CombineParams(
+        combine="weighted_sum",
+        weights={"helpful": 1.0},
+        helpfulness=None,
+        safety=None,
+        safety_threshold=0.15,
+        whiten=False,
+    )
     scorer = RewardModels(reward_dir.parent, ["helpful"], one, cfg.reward_batch_size, reward_device)
     reward_model, reward_tokenizer, settings = load_reward_model(weights, reward_dir)
     max_length = settings["max_length"]
@@ -257,10 +285,13 @@ def ppo(work, precision, warmup, repeats, **_):
     def notebook_iteration(item):
         i, batch = item
         torch.manual_seed(params.seed + i)
-        queries = [q.to(t.accelerator.device)
-                   for q in ours.query_tensors(tokenizer, [p.prompt for p in batch], ours.max_prompt(cfg, t))]
-        return peers.notebook_ppo_iteration(t, reward_model, reward_tokenizer, max_length, tokenizer, batch, cfg,
-                                            queries)
+        queries = [
+            q.to(t.accelerator.device)
+            for q in ours.query_tensors(tokenizer, [p.prompt for p in batch], ours.max_prompt(cfg, t))
+        ]
+        return peers.notebook_ppo_iteration(
+            t, reward_model, reward_tokenizer, max_length, tokenizer, batch, cfg, queries
+        )
 
     out["theirs_step_s"], _ = timed(notebook_iteration, plan, warmup)
     return out
@@ -294,12 +325,23 @@ def generation(work, precision, warmup, repeats, prompts=64, **_):
         raise AssertionError(f"batched greedy answers match one-at-a-time answers on only {same:.0%} of prompts")
 
     runs = range(warmup + repeats)
-    ours_s, _ = timed(lambda i: generate(model, tokenizer, questions, gen, bs, params.seed + i, "generate",
-                                         params.eval.max_prompt_length), runs, warmup)
-    theirs_s, _ = timed(lambda i: peers.generate_one_at_a_time(plain, tokenizer, questions, gen, max_prompt), runs,
-                        warmup)
-    return {"prompts": len(questions), "batch_size": bs, "agreement": {"greedy_identical_share": same},
-            "ours_s": ours_s, "theirs_s": theirs_s}
+    ours_s, _ = timed(
+        lambda i: generate(
+            model, tokenizer, questions, gen, bs, params.seed + i, "generate", params.eval.max_prompt_length
+        ),
+        runs,
+        warmup,
+    )
+    theirs_s, _ = timed(
+        lambda i: peers.generate_one_at_a_time(plain, tokenizer, questions, gen, max_prompt), runs, warmup
+    )
+    return {
+        "prompts": len(questions),
+        "batch_size": bs,
+        "agreement": {"greedy_identical_share": same},
+        "ours_s": ours_s,
+        "theirs_s": theirs_s,
+    }
 
 
 # ---------------------------------------------------------------- hardware efficiency
@@ -347,7 +389,9 @@ def _scale_step(work, precision, model, pairs, seq_len, checkpointing, lora, ste
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         policy.config.use_cache = False
     g = torch.Generator().manual_seed(0)
-    rows = [(torch.randint(config.vocab_size, (seq_len,), generator=g).tolist(), seq_len // 4) for _ in range(2 * pairs)]
+    rows = [
+        (torch.randint(config.vocab_size, (seq_len,), generator=g).tolist(), seq_len // 4) for _ in range(2 * pairs)
+    ]
     batch = collate(rows, 0)
     policy.to(device())
     with torch.no_grad():
@@ -359,20 +403,33 @@ def _scale_step(work, precision, model, pairs, seq_len, checkpointing, lora, ste
     return lambda: step(step_fn, batch)[0].item(), config, n_params, policy
 
 
-def dpo_step_at_scale(work, precision, warmup, repeats, model, pairs, seq_len, checkpointing=False, matmul_size=4096,
-                      lora=None, **_):
+def dpo_step_at_scale(
+    work, precision, warmup, repeats, model, pairs, seq_len, checkpointing=False, matmul_size=4096, lora=None, **_
+):
     """One DPO training step of ours at scale (_scale_step): step time, FLOP/s, MFU, peak memory.
     lora: {r, alpha, target_modules} to train a LoRA adapter on the frozen model instead (alignkit.adapters)."""
-    step, config, n_params, policy = _scale_step(work, precision, model, pairs, seq_len, checkpointing, lora,
-                                                 warmup + repeats)
+    step, config, n_params, policy = _scale_step(
+        work, precision, model, pairs, seq_len, checkpointing, lora, warmup + repeats
+    )
     seconds, _ = timed(lambda _: step(), range(warmup + repeats), warmup)
     flops = dpo_step_flops(config, n_params, 2 * pairs, seq_len)
     peak = matmul_peak(precision, matmul_size, 1, 3)
     sync()
-    return {"precision": precision, "checkpointing": checkpointing, "lora": lora, "params": n_params,
-            "trainable": sum(p.numel() for p in policy.parameters() if p.requires_grad), "pairs": pairs,
-            "seq_len": seq_len, "step_s": seconds, "flops_per_step": flops, "achieved_flops": flops / seconds,
-            "matmul_peak_flops": peak, "mfu": flops / seconds / peak, "peak_memory_mib": peak_memory_mib()}
+    return {
+        "precision": precision,
+        "checkpointing": checkpointing,
+        "lora": lora,
+        "params": n_params,
+        "trainable": sum(p.numel() for p in policy.parameters() if p.requires_grad),
+        "pairs": pairs,
+        "seq_len": seq_len,
+        "step_s": seconds,
+        "flops_per_step": flops,
+        "achieved_flops": flops / seconds,
+        "matmul_peak_flops": peak,
+        "mfu": flops / seconds / peak,
+        "peak_memory_mib": peak_memory_mib(),
+    }
 
 
 def dpo_step_profile(work, precision, warmup, model, pairs, seq_len, top=15, **_):
@@ -390,13 +447,29 @@ def dpo_step_profile(work, precision, warmup, model, pairs, seq_len, top=15, **_
     events = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in events)
     ops = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
-    return {"precision": precision, "step_s": total / 1e6,
-            "ops": [{"op": e.key, "calls": e.count, "self_s": e.self_cpu_time_total / 1e6,
-                     "share": e.self_cpu_time_total / total} for e in ops]}
+    return {
+        "precision": precision,
+        "step_s": total / 1e6,
+        "ops": [
+            {
+                "op": e.key,
+                "calls": e.count,
+                "self_s": e.self_cpu_time_total / 1e6,
+                "share": e.self_cpu_time_total / total,
+            }
+            for e in ops
+        ],
+    }
 
 
-SECTIONS = {"reward": reward, "dpo": dpo, "ppo": ppo, "generation": generation, "dpo_step_at_scale": dpo_step_at_scale,
-            "dpo_step_profile": dpo_step_profile}
+SECTIONS = {
+    "reward": reward,
+    "dpo": dpo,
+    "ppo": ppo,
+    "generation": generation,
+    "dpo_step_at_scale": dpo_step_at_scale,
+    "dpo_step_profile": dpo_step_profile,
+}
 
 
 def run_section(name, work, **kwargs):

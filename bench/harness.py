@@ -62,8 +62,18 @@ def ratio_row(path, unit, ours, theirs, goal, ours_label, theirs_label, ratio=No
     """One comparison: throughputs (higher is better) and ours / theirs in this run (ratio: given where it
     is the median of per-step ratios on the same batches)."""
     ratio = ours / theirs if ratio is None else ratio
-    return {"path": path, "unit": unit, "ours": ours, "theirs": theirs, "ratio": ratio, "goal": goal,
-            "met": ratio >= goal, "ours_is": ours_label, "theirs_is": theirs_label, **extra}
+    return {
+        "path": path,
+        "unit": unit,
+        "ours": ours,
+        "theirs": theirs,
+        "ratio": ratio,
+        "goal": goal,
+        "met": ratio >= goal,
+        "ours_is": ours_label,
+        "theirs_is": theirs_label,
+        **extra,
+    }
 
 
 def run_measured(cmd, cwd, env=None):
@@ -72,8 +82,9 @@ def run_measured(cmd, cwd, env=None):
     os.wait4 gives the child's own resource usage, so each stage's peak is its own.
     """
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, shell=isinstance(cmd, str), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, env=env, shell=isinstance(cmd, str), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)

@@ -74,24 +74,50 @@ def reward_trainer(reward_model, tokenizer, batch_size, cfg, precision, out_dir)
     from datasets import Dataset
     from trl import RewardConfig, RewardTrainer
 
-    args = RewardConfig(output_dir=str(out_dir), per_device_train_batch_size=batch_size, learning_rate=cfg.lr,
-                        weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
-                        warmup_ratio=cfg.warmup_ratio, max_length=cfg.max_length, bf16=precision == "bf16",
-                        fp16=precision == "fp16", report_to=[], remove_unused_columns=False, seed=0,
-                        use_cpu=not torch.cuda.is_available())
-    dummy = Dataset.from_dict({k: [[0]] for k in ("input_ids_chosen", "attention_mask_chosen",
-                                                 "input_ids_rejected", "attention_mask_rejected")})
+    args = RewardConfig(
+        output_dir=str(out_dir),
+        per_device_train_batch_size=batch_size,
+        learning_rate=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        warmup_ratio=cfg.warmup_ratio,
+        max_length=cfg.max_length,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        report_to=[],
+        remove_unused_columns=False,
+        seed=0,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    dummy = Dataset.from_dict(
+        {
+            k: [[0]]
+            for k in ("input_ids_chosen", "attention_mask_chosen", "input_ids_rejected", "attention_mask_rejected")
+        }
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return RewardTrainer(model=SequenceClassifier(reward_model, tokenizer.sep_token_id), args=args,
-                             tokenizer=tokenizer, train_dataset=dummy)
+        return RewardTrainer(
+            model=SequenceClassifier(reward_model, tokenizer.sep_token_id),
+            args=args,
+            tokenizer=tokenizer,
+            train_dataset=dummy,
+        )
 
 
 def reward_batch(trainer, pairs):
     """RewardTrainer's own collator over our encoded pairs [(chosen, rejected)]: each side padded separately."""
-    return trainer.data_collator([{"input_ids_chosen": c["input_ids"], "attention_mask_chosen": c["attention_mask"],
-                                   "input_ids_rejected": r["input_ids"], "attention_mask_rejected": r["attention_mask"]}
-                                  for c, r in pairs])
+    return trainer.data_collator(
+        [
+            {
+                "input_ids_chosen": c["input_ids"],
+                "attention_mask_chosen": c["attention_mask"],
+                "input_ids_rejected": r["input_ids"],
+                "attention_mask_rejected": r["attention_mask"],
+            }
+            for c, r in pairs
+        ]
+    )
 
 
 # ---------------------------------------------------------------- DPO
@@ -113,12 +139,24 @@ def dpo_trainer(policy, reference, tokenizer, batch_size, cfg, precision, out_di
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    args = DPOConfig(output_dir=str(out_dir), per_device_train_batch_size=batch_size, learning_rate=cfg.lr,
-                     weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, warmup_ratio=cfg.warmup_ratio,
-                     beta=cfg.beta, max_length=cfg.max_length, max_prompt_length=cfg.max_length // 2,
-                     bf16=precision == "bf16", fp16=precision == "fp16", report_to=[], seed=0,
-                     precompute_ref_log_probs=precompute, gradient_checkpointing=cfg.gradient_checkpointing,
-                     use_cpu=not torch.cuda.is_available())
+    args = DPOConfig(
+        output_dir=str(out_dir),
+        per_device_train_batch_size=batch_size,
+        learning_rate=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        warmup_ratio=cfg.warmup_ratio,
+        beta=cfg.beta,
+        max_length=cfg.max_length,
+        max_prompt_length=cfg.max_length // 2,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        report_to=[],
+        seed=0,
+        precompute_ref_log_probs=precompute,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        use_cpu=not torch.cuda.is_available(),
+    )
     dummy = Dataset.from_dict({"prompt": ["Question: ?\nAnswer:"], "chosen": [" yes"], "rejected": [" no"]})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -137,9 +175,14 @@ def dpo_batch(examples, pad_id, device):
         for i, (seq, prompt_len) in enumerate(part):
             ids[i, : len(seq)] = torch.tensor(seq)
             mask[i, : len(seq)] = 1
-            labels[i, prompt_len: len(seq)] = torch.tensor(seq[prompt_len:])
-        batch.update({f"{side}_input_ids": ids.to(device), f"{side}_attention_mask": mask.to(device),
-                      f"{side}_labels": labels.to(device)})
+            labels[i, prompt_len : len(seq)] = torch.tensor(seq[prompt_len:])
+        batch.update(
+            {
+                f"{side}_input_ids": ids.to(device),
+                f"{side}_attention_mask": mask.to(device),
+                f"{side}_labels": labels.to(device),
+            }
+        )
     return batch
 
 
@@ -175,8 +218,9 @@ def _score_one(reward_model, tokenizer, question, answer, max_length):
 
 def score_one_at_a_time(reward_model, tokenizer, questions, answers, max_length):
     with torch.no_grad():
-        return torch.stack([_score_one(reward_model, tokenizer, as_text(q), a, max_length)
-                            for q, a in zip(questions, answers)])
+        return torch.stack(
+            [_score_one(reward_model, tokenizer, as_text(q), a, max_length) for q, a in zip(questions, answers)]
+        )
 
 
 # ---------------------------------------------------------------- generation
@@ -189,8 +233,12 @@ def generate_one_at_a_time(model, tokenizer, questions, gen, max_prompt):
     texts = []
     for q in questions:
         ids = tokenizer(plain_prompt(q), return_tensors="pt", add_special_tokens=False)["input_ids"][:, -max_prompt:]
-        out = model.generate(ids.to(model.device), attention_mask=torch.ones_like(ids).to(model.device),
-                             pad_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
-                             **{"do_sample": True, **gen})
-        texts.append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip())
+        out = model.generate(
+            ids.to(model.device),
+            attention_mask=torch.ones_like(ids).to(model.device),
+            pad_token_id=tokenizer.eos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            **{"do_sample": True, **gen},
+        )
+        texts.append(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip())
     return texts

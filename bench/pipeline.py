@@ -13,17 +13,21 @@ import sys
 from pathlib import Path
 
 import yaml
-
 from harness import run_measured
 
-GIT_ENV = {"GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@localhost", "GIT_COMMITTER_NAME": "bench",
-           "GIT_COMMITTER_EMAIL": "bench@localhost"}
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "bench",
+    "GIT_AUTHOR_EMAIL": "bench@localhost",
+    "GIT_COMMITTER_NAME": "bench",
+    "GIT_COMMITTER_EMAIL": "bench@localhost",
+}
 
 
 def copy_repo(repo, dest):
     """The repository's tracked files (as they are in the working tree) in a new git repo at dest."""
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=repo, check=True, capture_output=True,
-                           text=True).stdout.split("\0")
+    files = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=repo, check=True, capture_output=True, text=True
+    ).stdout.split("\0")
     for name in filter(None, files):
         if (repo / name).is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
@@ -81,7 +85,7 @@ def run_pipeline(repo, work, settings, log):
             raise ValueError(f"stage {name}: expected a `python SCRIPT ...` command, got {cmd!r}")
         gpu_file = work / f".bench-{name}.json"
         wrapped = shlex.join([sys.executable, str(Path(__file__).with_name("stage_memory.py")), str(gpu_file)])
-        seconds, rss, _ = run_measured(wrapped + cmd[len("python"):], work, env)
+        seconds, rss, _ = run_measured(wrapped + cmd[len("python") :], work, env)
         gpu = json.loads(gpu_file.read_text())["gpu_peak_mib"]
         gpu_file.unlink()
         stages[name] = {"seconds": seconds, "peak_rss_mib": rss, "peak_gpu_mib": gpu}

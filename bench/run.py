@@ -24,8 +24,15 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 
 # ours / peer (or, for hardware efficiency, the share of the same-dtype matmul peak) each path should reach.
-GOALS = {"reward": 1.3, "dpo_default": 2.0, "dpo_precompute": 1.3, "ppo": 3.0, "generation": 7.0,
-         "mfu_fp32": 0.4, "mfu_bf16": 0.25}
+GOALS = {
+    "reward": 1.3,
+    "dpo_default": 2.0,
+    "dpo_precompute": 1.3,
+    "ppo": 3.0,
+    "generation": 7.0,
+    "mfu_fp32": 0.4,
+    "mfu_bf16": 0.25,
+}
 
 
 def load_settings(path, profile, gpu):
@@ -46,21 +53,32 @@ def merge(base, over):
 def worker(section, work, **kwargs):
     """Run one section of compare.py in a fresh process; its result dict."""
     with tempfile.NamedTemporaryFile(suffix=".json") as result:
-        cmd = [sys.executable, str(BENCH / "run.py"), "--worker", section, "--work", str(work),
-               "--kwargs", json.dumps(kwargs), "--result", result.name]
+        cmd = [
+            sys.executable,
+            str(BENCH / "run.py"),
+            "--worker",
+            section,
+            "--work",
+            str(work),
+            "--kwargs",
+            json.dumps(kwargs),
+            "--result",
+            result.name,
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
-            raise SystemExit(f"error: benchmark section {section} {kwargs} failed:\n{proc.stdout[-2000:]}"
-                             f"{proc.stderr[-4000:]}")
+            raise SystemExit(
+                f"error: benchmark section {section} {kwargs} failed:\n{proc.stdout[-2000:]}{proc.stderr[-4000:]}"
+            )
         return json.loads(Path(result.name).read_text())
 
 
 def run(settings, out_path, keep):
     import torch
-
-    from alignkit.training import cpu_has_native_bf16
     from harness import machine
     from pipeline import run_pipeline
+
+    from alignkit.training import cpu_has_native_bf16
 
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     started = time.perf_counter()
@@ -75,8 +93,14 @@ def run(settings, out_path, keep):
     # Emulated bf16 (a CPU without AVX-512 BF16 or AMX) runs slower than fp32, and at GPT-2-Medium size for
     # tens of minutes: its rows are skipped, and the results say so.
     native = torch.cuda.is_available() or cpu_has_native_bf16()
-    skipped = [] if native else [f"{reduced}: this CPU has no native bf16 (no AVX-512 BF16, no AMX); emulated "
-                                 f"{reduced} runs slower than fp32, so its rows are skipped"]
+    skipped = (
+        []
+        if native
+        else [
+            f"{reduced}: this CPU has no native bf16 (no AVX-512 BF16, no AMX); emulated "
+            f"{reduced} runs slower than fp32, so its rows are skipped"
+        ]
+    )
     for note in skipped:
         log(f"skipped: {note}")
     log("reward model: ours vs trl RewardTrainer")
@@ -88,8 +112,14 @@ def run(settings, out_path, keep):
     log("PPO: ours vs the notebook loop")
     ppo = worker("ppo", work, precision=precision, warmup=settings["ppo_warmup"], repeats=settings["ppo_repeats"])
     log("generation: batched vs one prompt at a time")
-    gen = worker("generation", work, precision=precision, warmup=1, repeats=settings["generation_repeats"],
-                 prompts=settings["generation_prompts"])
+    gen = worker(
+        "generation",
+        work,
+        precision=precision,
+        warmup=1,
+        repeats=settings["generation_repeats"],
+        prompts=settings["generation_prompts"],
+    )
     scale = settings["at_scale"]
     at_scale = []
     shared = {k: v for k, v in scale.items() if k not in ("precisions", "lora")}
@@ -101,10 +131,13 @@ def run(settings, out_path, keep):
     at_scale.append(worker("dpo_step_at_scale", work, precision=precisions[-1], checkpointing=True, **shared))
     # LoRA in the settings of two of the whole-model runs above: the first precision, and with checkpointing.
     for p, checkpointing in ((precisions[0], False), (precisions[-1], True)):
-        log(f"DPO step at scale, {p}, LoRA r={scale['lora']['r']} on every linear layer"
-            f"{', gradient checkpointing' if checkpointing else ''}")
-        at_scale.append(worker("dpo_step_at_scale", work, precision=p, checkpointing=checkpointing,
-                               lora=scale["lora"], **shared))
+        log(
+            f"DPO step at scale, {p}, LoRA r={scale['lora']['r']} on every linear layer"
+            f"{', gradient checkpointing' if checkpointing else ''}"
+        )
+        at_scale.append(
+            worker("dpo_step_at_scale", work, precision=p, checkpointing=checkpointing, lora=scale["lora"], **shared)
+        )
 
     log(f"DPO step at scale, {precisions[-1]}, under torch.profiler")
     profile = worker("dpo_step_profile", work, precision=precisions[-1], **shared)
@@ -113,18 +146,37 @@ def run(settings, out_path, keep):
         "machine": machine(),
         "settings": settings,
         "skipped": skipped,
-        "padding": {"reward": reward["padding"], "dpo": dpo["padding"],
-                    "dpo_lm_head_positions_share": dpo["lm_head_positions_share"]},
+        "padding": {
+            "reward": reward["padding"],
+            "dpo": dpo["padding"],
+            "dpo_lm_head_positions_share": dpo["lm_head_positions_share"],
+        },
         "comparisons": comparisons(reward, dpo, ppo, gen, at_scale),
         "precision": precision_rows(reward, reward_bf16, dpo, dpo_bf16, at_scale),
         "lora": lora_rows(at_scale),
-        "memory": {"stages": stages, "dpo_step_at_scale": [
-            {"precision": a["precision"], "checkpointing": a["checkpointing"], "lora": a["lora"],
-             "peak_mib": a["peak_memory_mib"]} for a in at_scale]},
+        "memory": {
+            "stages": stages,
+            "dpo_step_at_scale": [
+                {
+                    "precision": a["precision"],
+                    "checkpointing": a["checkpointing"],
+                    "lora": a["lora"],
+                    "peak_mib": a["peak_memory_mib"],
+                }
+                for a in at_scale
+            ],
+        },
         "profile": profile,
         "dvc": dvc,
-        "details": {"reward": reward, "reward_bf16": reward_bf16, "dpo": dpo, "dpo_bf16": dpo_bf16, "ppo": ppo,
-                    "generation": gen, "dpo_step_at_scale": at_scale},
+        "details": {
+            "reward": reward,
+            "reward_bf16": reward_bf16,
+            "dpo": dpo,
+            "dpo_bf16": dpo_bf16,
+            "ppo": ppo,
+            "generation": gen,
+            "dpo_step_at_scale": at_scale,
+        },
         "seconds": time.perf_counter() - started,
     }
     Path(out_path).write_text(json.dumps(results, indent=2) + "\n")
@@ -137,40 +189,90 @@ def comparisons(reward, dpo, ppo, gen, at_scale):
     from harness import ratio_row
 
     rows = [
-        ratio_row("reward-model training", "pairs/s", reward["batch_size"] / reward["ours_step_s"],
-                  reward["batch_size"] / reward["theirs_step_s"], GOALS["reward"], "reward stage step",
-                  "trl RewardTrainer", ratio=reward["ratio_theirs"], agreement=reward["agreement"]),
-        *(ratio_row("DPO training", "pairs/s", dpo["batch_size"] / dpo["ours_step_s"],
-                    dpo["batch_size"] / dpo[f"theirs_{peer}_step_s"], GOALS[f"dpo_{peer}"], "dpo stage step",
-                    f"trl DPOTrainer ({label})", ratio=dpo[f"ratio_theirs_{peer}"], agreement=dpo[f"agreement_{peer}"])
-          for peer, label in (("default", "default"), ("precompute", "precompute_ref_log_probs"))),
-        ratio_row("PPO iteration", "samples/s", ppo["batch_size"] / ppo["ours_step_s"],
-                  ppo["batch_size"] / ppo["theirs_step_s"], GOALS["ppo"], "ppo stage loop",
-                  "notebook loop (one at a time, caches emptied)", agreement=ppo["agreement"]),
-        ratio_row("evaluation generation", "answers/s", gen["prompts"] / gen["ours_s"],
-                  gen["prompts"] / gen["theirs_s"], GOALS["generation"], "batched, left-padded",
-                  "one prompt at a time", agreement=gen["agreement"]),
+        ratio_row(
+            "reward-model training",
+            "pairs/s",
+            reward["batch_size"] / reward["ours_step_s"],
+            reward["batch_size"] / reward["theirs_step_s"],
+            GOALS["reward"],
+            "reward stage step",
+            "trl RewardTrainer",
+            ratio=reward["ratio_theirs"],
+            agreement=reward["agreement"],
+        ),
+        *(
+            ratio_row(
+                "DPO training",
+                "pairs/s",
+                dpo["batch_size"] / dpo["ours_step_s"],
+                dpo["batch_size"] / dpo[f"theirs_{peer}_step_s"],
+                GOALS[f"dpo_{peer}"],
+                "dpo stage step",
+                f"trl DPOTrainer ({label})",
+                ratio=dpo[f"ratio_theirs_{peer}"],
+                agreement=dpo[f"agreement_{peer}"],
+            )
+            for peer, label in (("default", "default"), ("precompute", "precompute_ref_log_probs"))
+        ),
+        ratio_row(
+            "PPO iteration",
+            "samples/s",
+            ppo["batch_size"] / ppo["ours_step_s"],
+            ppo["batch_size"] / ppo["theirs_step_s"],
+            GOALS["ppo"],
+            "ppo stage loop",
+            "notebook loop (one at a time, caches emptied)",
+            agreement=ppo["agreement"],
+        ),
+        ratio_row(
+            "evaluation generation",
+            "answers/s",
+            gen["prompts"] / gen["ours_s"],
+            gen["prompts"] / gen["theirs_s"],
+            GOALS["generation"],
+            "batched, left-padded",
+            "one prompt at a time",
+            agreement=gen["agreement"],
+        ),
     ]
     for a in at_scale:
         if not a["checkpointing"] and not a["lora"]:
             goal = GOALS[f"mfu_{a['precision']}"]
-            rows.append({"path": f"hardware efficiency ({a['precision']})", "unit": "FLOP/s",
-                         "ours": a["achieved_flops"], "theirs": a["matmul_peak_flops"], "ratio": a["mfu"],
-                         "goal": goal, "met": a["mfu"] >= goal,
-                         "ours_is": f"DPO step, {a['params'] / 1e6:.0f}M-parameter GPT-2",
-                         "theirs_is": f"{a['precision']} matmul peak"})
+            rows.append(
+                {
+                    "path": f"hardware efficiency ({a['precision']})",
+                    "unit": "FLOP/s",
+                    "ours": a["achieved_flops"],
+                    "theirs": a["matmul_peak_flops"],
+                    "ratio": a["mfu"],
+                    "goal": goal,
+                    "met": a["mfu"] >= goal,
+                    "ours_is": f"DPO step, {a['params'] / 1e6:.0f}M-parameter GPT-2",
+                    "theirs_is": f"{a['precision']} matmul peak",
+                }
+            )
     return rows
 
 
 def precision_rows(reward, reward_bf16, dpo, dpo_bf16, at_scale):
     """fp32 against bf16 step times, where bf16 ran (the _bf16 sections are None where it was skipped)."""
-    rows = [{"path": path, "fp32_s": fp32["ours_step_s"], "bf16_s": bf16["ours_step_s"]}
-            for path, fp32, bf16 in (("reward step (tiny-bert)", reward, reward_bf16),
-                                     ("DPO step (tiny-gpt2)", dpo, dpo_bf16)) if bf16 is not None]
+    rows = [
+        {"path": path, "fp32_s": fp32["ours_step_s"], "bf16_s": bf16["ours_step_s"]}
+        for path, fp32, bf16 in (
+            ("reward step (tiny-bert)", reward, reward_bf16),
+            ("DPO step (tiny-gpt2)", dpo, dpo_bf16),
+        )
+        if bf16 is not None
+    ]
     by = {a["precision"]: a for a in at_scale if not a["checkpointing"] and not a["lora"]}
     if "fp32" in by and "bf16" in by:
-        rows.append({"path": f"DPO step ({by['fp32']['params'] / 1e6:.0f}M-parameter GPT-2)", "fp32_s": by["fp32"]["step_s"],
-                     "bf16_s": by["bf16"]["step_s"]})
+        rows.append(
+            {
+                "path": f"DPO step ({by['fp32']['params'] / 1e6:.0f}M-parameter GPT-2)",
+                "fp32_s": by["fp32"]["step_s"],
+                "bf16_s": by["bf16"]["step_s"],
+            }
+        )
     for row in rows:
         row["speedup"] = row["fp32_s"] / row["bf16_s"]
     return rows
@@ -180,14 +282,27 @@ def lora_rows(at_scale):
     """The DPO step at scale, whole model vs LoRA adapter in the same settings: time and peak memory."""
     rows = []
     for lora in (a for a in at_scale if a["lora"]):
-        full = next(a for a in at_scale if not a["lora"] and a["checkpointing"] == lora["checkpointing"]
-                    and a["precision"] == lora["precision"])
+        full = next(
+            a
+            for a in at_scale
+            if not a["lora"] and a["checkpointing"] == lora["checkpointing"] and a["precision"] == lora["precision"]
+        )
         ratio = lora["peak_memory_mib"] / full["peak_memory_mib"]
-        rows.append({"path": f"DPO step ({full['params'] / 1e6:.0f}M-parameter GPT-2, {full['precision']}, "
-                             f"checkpointing {'on' if full['checkpointing'] else 'off'})",
-                     "full_s": full["step_s"], "lora_s": lora["step_s"], "full_peak_mib": full["peak_memory_mib"],
-                     "lora_peak_mib": lora["peak_memory_mib"], "trainable": lora["trainable"], "r": lora["lora"]["r"],
-                     "memory_ratio": ratio, "goal": 0.5, "met": ratio <= 0.5})
+        rows.append(
+            {
+                "path": f"DPO step ({full['params'] / 1e6:.0f}M-parameter GPT-2, {full['precision']}, "
+                f"checkpointing {'on' if full['checkpointing'] else 'off'})",
+                "full_s": full["step_s"],
+                "lora_s": lora["step_s"],
+                "full_peak_mib": full["peak_memory_mib"],
+                "lora_peak_mib": lora["peak_memory_mib"],
+                "trainable": lora["trainable"],
+                "r": lora["lora"]["r"],
+                "memory_ratio": ratio,
+                "goal": 0.5,
+                "met": ratio <= 0.5,
+            }
+        )
     return rows
 
 
@@ -198,40 +313,62 @@ def _num(x):
 def table(results):
     m = results["machine"]
     bf16 = "AMX" if m["amx_bf16"] else "AVX-512 BF16" if m["avx512_bf16"] else "none native"
-    lines = [f"machine: {m['gpu'] or m['cpu']}, {m['cores']} cores, torch {m['torch']}, trl {m['trl']}"
-             f"{'' if m['gpu'] else f', CPU bf16: {bf16}'}", "",
-             "| path | unit | ours | peer | peer is | ours / peer | goal | met |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"machine: {m['gpu'] or m['cpu']}, {m['cores']} cores, torch {m['torch']}, trl {m['trl']}"
+        f"{'' if m['gpu'] else f', CPU bf16: {bf16}'}",
+        "",
+        "| path | unit | ours | peer | peer is | ours / peer | goal | met |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for c in results["comparisons"]:
-        lines.append(f"| {c['path']} | {c['unit']} | {_num(c['ours'])} | {_num(c['theirs'])} | {c['theirs_is']} | "
-                     f"{c['ratio']:.2f} | ≥ {c['goal']} | {'yes' if c['met'] else 'no'} |")
+        lines.append(
+            f"| {c['path']} | {c['unit']} | {_num(c['ours'])} | {_num(c['theirs'])} | {c['theirs_is']} | "
+            f"{c['ratio']:.2f} | ≥ {c['goal']} | {'yes' if c['met'] else 'no'} |"
+        )
     pad = results["padding"]
-    lines += ["", "| padding: share of computed positions that are padding | random batches (before) | "
-              "length-grouped batches | timed batches, ours | timed batches, peer |", "|---|---|---|---|---|",
-              f"| reward training | {pad['reward']['random']:.1%} | {pad['reward']['grouped']:.1%} | "
-              f"{pad['reward']['ours_timed']:.1%} | {pad['reward']['peer_timed']:.1%} (each side padded apart) |",
-              f"| DPO training | {pad['dpo']['random']:.1%} | {pad['dpo']['grouped']:.1%} | {pad['dpo']['timed']:.1%} "
-              f"(the LM head runs on {pad['dpo_lm_head_positions_share']:.1%} of positions) | {pad['dpo']['timed']:.1%} |"]
+    lines += [
+        "",
+        "| padding: share of computed positions that are padding | random batches (before) | "
+        "length-grouped batches | timed batches, ours | timed batches, peer |",
+        "|---|---|---|---|---|",
+        f"| reward training | {pad['reward']['random']:.1%} | {pad['reward']['grouped']:.1%} | "
+        f"{pad['reward']['ours_timed']:.1%} | {pad['reward']['peer_timed']:.1%} (each side padded apart) |",
+        f"| DPO training | {pad['dpo']['random']:.1%} | {pad['dpo']['grouped']:.1%} | {pad['dpo']['timed']:.1%} "
+        f"(the LM head runs on {pad['dpo_lm_head_positions_share']:.1%} of positions) | {pad['dpo']['timed']:.1%} |",
+    ]
     lines += ["", "| step | fp32 s | bf16 s | bf16 speed-up |", "|---|---|---|---|"]
     for p in results["precision"]:
         lines.append(f"| {p['path']} | {p['fp32_s']:.4g} | {p['bf16_s']:.4g} | {p['speedup']:.2f}x |")
     lines += [f"skipped: {note}" for note in results["skipped"]]
-    lines += ["", "| step | trains | seconds | peak MiB | LoRA / full memory | goal | met |", "|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| step | trains | seconds | peak MiB | LoRA / full memory | goal | met |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in results["lora"]:
         lines.append(f"| {r['path']} | whole model | {r['full_s']:.4g} | {r['full_peak_mib']:.0f} | | | |")
-        lines.append(f"| {r['path']} | LoRA r={r['r']}, all linear layers ({r['trainable'] / 1e6:.1f}M parameters) | "
-                     f"{r['lora_s']:.4g} | {r['lora_peak_mib']:.0f} | {r['memory_ratio']:.2f} | ≤ {r['goal']} | "
-                     f"{'yes' if r['met'] else 'no'} |")
+        lines.append(
+            f"| {r['path']} | LoRA r={r['r']}, all linear layers ({r['trainable'] / 1e6:.1f}M parameters) | "
+            f"{r['lora_s']:.4g} | {r['lora_peak_mib']:.0f} | {r['memory_ratio']:.2f} | ≤ {r['goal']} | "
+            f"{'yes' if r['met'] else 'no'} |"
+        )
     prof = results["profile"]
-    lines += ["", f"| where one DPO step at scale ({prof['precision']}, {prof['step_s']:.3g} s profiled) spends its "
-              f"time: op | calls | self s | share |", "|---|---|---|---|"]
+    lines += [
+        "",
+        f"| where one DPO step at scale ({prof['precision']}, {prof['step_s']:.3g} s profiled) spends its "
+        f"time: op | calls | self s | share |",
+        "|---|---|---|---|",
+    ]
     lines += [f"| `{o['op']}` | {o['calls']} | {o['self_s']:.3g} | {o['share']:.1%} |" for o in prof["ops"][:10]]
     gpu = m["gpu"] is not None
     lines += ["", f"| stage | seconds | peak {'GPU memory (torch)' if gpu else 'RSS'} MiB |", "|---|---|---|"]
     for name, s in results["memory"]["stages"].items():
         lines.append(f"| {name} | {s['seconds']:.1f} | {s['peak_gpu_mib' if gpu else 'peak_rss_mib']:.0f} |")
     for a in results["memory"]["dpo_step_at_scale"]:
-        lines.append(f"| one DPO step at scale, {a['precision']}, gradient checkpointing "
-                     f"{'on' if a['checkpointing'] else 'off'}{', LoRA' if a['lora'] else ''} | | {a['peak_mib']:.0f} |")
+        lines.append(
+            f"| one DPO step at scale, {a['precision']}, gradient checkpointing "
+            f"{'on' if a['checkpointing'] else 'off'}{', LoRA' if a['lora'] else ''} | | {a['peak_mib']:.0f} |"
+        )
     d = results["dvc"]
     lines += ["", f"dvc status: {d['status_s']:.2f}s; no-op dvc repro: {d['repro_noop_s']:.2f}s"]
     return "\n".join(lines)
@@ -243,8 +380,12 @@ def main(argv=None):
     ap.add_argument("--profile", default="default", help="a profile of --config: default or tiny")
     ap.add_argument("--out", default=str(BENCH / "results.json"))
     ap.add_argument("--keep", help="run the pipeline in this directory and keep it (default: a temporary one)")
-    ap.add_argument("--readme", action="store_true",
-                    help="only rewrite README.md's results block from --out (bench/results.json), and exit")
+    ap.add_argument(
+        "--readme",
+        action="store_true",
+        help="only rewrite the results block of the benchmark page (docs/benchmark.md) from --out "
+        "(bench/results.json), and exit",
+    )
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     ap.add_argument("--kwargs", help=argparse.SUPPRESS)
@@ -257,28 +398,30 @@ def main(argv=None):
         Path(args.result).write_text(json.dumps(result))
         return
     if args.readme:
-        update_readme(REPO / "README.md", json.loads(Path(args.out).read_text()))
+        update_page(PAGE, json.loads(Path(args.out).read_text()))
         return
     import torch
 
     run(load_settings(args.config, args.profile, torch.cuda.is_available()), args.out, args.keep)
 
 
-README_BEGIN = "<!-- bench results: written by `python bench/run.py --readme` from bench/results.json -->"
-README_END = "<!-- end of bench results -->"
+# The benchmark page of the docs site, whose results block --readme rewrites.
+PAGE = REPO / "docs" / "benchmark.md"
+BEGIN = "<!-- bench results: written by `python bench/run.py --readme` from bench/results.json -->"
+END = "<!-- end of bench results -->"
 
 
-def readme_block(results):
-    """The README's results block: the table of a results.json, with its machine and run time."""
-    return f"{README_BEGIN}\n\n{table(results)}\n\nThat run took {results['seconds']:.0f} s.\n\n{README_END}"
+def results_block(results):
+    """The benchmark page's results block: the table of a results.json, with its machine and run time."""
+    return f"{BEGIN}\n\n{table(results)}\n\nThat run took {results['seconds']:.0f} s.\n\n{END}"
 
 
-def update_readme(path, results):
+def update_page(path, results):
     text = Path(path).read_text()
-    if README_BEGIN not in text or README_END not in text:
-        raise SystemExit(f"error: {path}: no results block ({README_BEGIN!r} ... {README_END!r})")
-    head, rest = text.split(README_BEGIN, 1)
-    Path(path).write_text(head + readme_block(results) + rest.split(README_END, 1)[1])
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"error: {path}: no results block ({BEGIN!r} ... {END!r})")
+    head, rest = text.split(BEGIN, 1)
+    Path(path).write_text(head + results_block(results) + rest.split(END, 1)[1])
 
 
 if __name__ == "__main__":

@@ -14,8 +14,10 @@ from alignkit.stage import run_stage, stage_args
 def main(argv=None):
     args = stage_args(__doc__, ("--params",), argv)
     params = load_params(args.params)
-    print(f"check_params: {args.params} is valid ({len(params.data)} data set(s), "
-          f"{len(params.reward_models)} reward model(s))")
+    print(
+        f"check_params: {args.params} is valid ({len(params.data)} data set(s), "
+        f"{len(params.reward_models)} reward model(s))"
+    )
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@
         --out models/dpo --metrics metrics/dpo.json --live dvclive/dpo --checkpoints checkpoints/dpo
 
 Reads params: seed, dpo.* (dpo.data: which data sets under --data, as one). The
-policy starts from --sft (an SFT adapter merged into its base); the reference is the same weights, frozen (a copy in eval mode,
-or with dpo.lora the policy with its adapter switched off), and its log-probs are
+policy starts from --sft (an SFT adapter merged into its base); the reference is the same weights, frozen (a copy
+in eval mode, or with dpo.lora the policy with its adapter switched off), and its log-probs are
 computed once before training. Writes --out (save_pretrained, safetensors,
 tokenizer included; with dpo.lora the adapter, on --sft), validation loss, reward accuracy and implicit rewards to
 --metrics, curves under --live, and every dpo.checkpoint_every steps a checkpoint to
@@ -40,15 +40,20 @@ def main(argv=None):
     policy = disable_dropout(prepare(policy, cfg, "dpo", accelerator.device))
     reference = frozen_reference(policy, lambda: load_policy(args.sft, args.sft)[0], accelerator.device)
 
-    checkpoint = stage_checkpointer(args.checkpoints, "dpo", params, accelerator, inputs=[__file__, args.data, args.sft])
+    checkpoint = stage_checkpointer(
+        args.checkpoints, "dpo", params, accelerator, inputs=[__file__, args.data, args.sft]
+    )
     start = time.perf_counter()
-    metrics, policy = train_dpo(policy, reference, tokenizer, train, val, cfg, params.seed, accelerator, args.live,
-                                checkpoint)
+    metrics, policy = train_dpo(
+        policy, reference, tokenizer, train, val, cfg, params.seed, accelerator, args.live, checkpoint
+    )
     if accelerator.is_main_process:
         save_policy(policy, tokenizer, args.out)
         write_json(args.metrics, metrics)
-        print(f"dpo: val reward accuracy {metrics['val_reward_accuracy']:.4f}, val loss "
-              f"{metrics['val_loss_before']:.4f} -> {metrics['val_loss']:.4f} ({time.perf_counter() - start:.0f}s)")
+        print(
+            f"dpo: val reward accuracy {metrics['val_reward_accuracy']:.4f}, val loss "
+            f"{metrics['val_loss_before']:.4f} -> {metrics['val_loss']:.4f} ({time.perf_counter() - start:.0f}s)"
+        )
     checkpoint.complete()  # only now: until the outputs are written, a kill or a full disk loses nothing
 
 

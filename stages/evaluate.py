@@ -28,8 +28,11 @@ PLOTTED = ("reward_mean", "win_rate_vs_sft", "win_rate_vs_reference", "preferenc
 
 
 def main(argv=None):
-    args = stage_args(__doc__, ("--params", "--name", "--model", "--sft", "--data", "--rewards", "--metrics",
-                                "--generations", "--plot"), argv)
+    args = stage_args(
+        __doc__,
+        ("--params", "--name", "--model", "--sft", "--data", "--rewards", "--metrics", "--generations", "--plot"),
+        argv,
+    )
     params = load_params(args.params)
     seed_everything(params.seed)
 
@@ -39,14 +42,17 @@ def main(argv=None):
     sft = policy if same else load_policy(args.sft, args.sft)[0]
     prepare_tokenizer(tokenizer)
     scorer = RewardModels(args.rewards, params.reward_models, params.ppo.reward, params.eval.batch_size)
-    metrics, generations = evaluate_policy(args.name, policy, sft, tokenizer, scorer, test, params.eval,
-                                           params.eval.generation(params.ppo), params.seed)
+    metrics, generations = evaluate_policy(
+        args.name, policy, sft, tokenizer, scorer, test, params.eval, params.eval.generation(params.ppo), params.seed
+    )
 
     with atomic_file(args.generations) as tmp:
         tmp.write_text("".join(json.dumps(g, ensure_ascii=False) + "\n" for g in generations), encoding="utf-8")
-    plotted = {**{k: metrics[k] for k in PLOTTED},
-               **{f"reward_{m}": s["mean"] for m, s in metrics["reward_models"].items()},
-               **{k: metrics[k] for k in ("safety_violation_rate",) if k in metrics}}
+    plotted = {
+        **{k: metrics[k] for k in PLOTTED},
+        **{f"reward_{m}": s["mean"] for m, s in metrics["reward_models"].items()},
+        **{k: metrics[k] for k in ("safety_violation_rate",) if k in metrics},
+    }
     write_json(args.plot, [{"model": args.name, "metric": k, "value": v} for k, v in plotted.items()])
     write_json(args.metrics, metrics)
     flat = {**metrics, **{f"{m}.{k}": v for m, scores in metrics["reward_models"].items() for k, v in scores.items()}}

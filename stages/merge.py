@@ -20,8 +20,10 @@ def main(argv=None):
     args = stage_args(__doc__, ("--model", "--out"), argv)
     model, tokenizer = load_policy(args.model, args.model)
     save_policy(model, prepare_tokenizer(tokenizer), args.out)
-    print(f"merge: {args.model} -> {args.out} ({type(model).__name__}, "
-          f"{sum(p.numel() for p in model.parameters()):,} parameters)")
+    print(
+        f"merge: {args.model} -> {args.out} ({type(model).__name__}, "
+        f"{sum(p.numel() for p in model.parameters()):,} parameters)"
+    )
 
 
 if __name__ == "__main__":

@@ -29,8 +29,9 @@ from alignkit.training import default_device, seed_everything
 
 
 def main(argv=None, step_hook=None):
-    args = stage_args(__doc__, ("--params", "--data", "--sft", "--rewards", "--out", "--metrics", "--live",
-                                "--checkpoints"), argv)
+    args = stage_args(
+        __doc__, ("--params", "--data", "--sft", "--rewards", "--out", "--metrics", "--live", "--checkpoints"), argv
+    )
     params = load_params(args.params)
     cfg = params.ppo
     seed_everything(params.seed)
@@ -44,20 +45,31 @@ def main(argv=None, step_hook=None):
     trainer = make_trainer(cfg, params.seed, policy, reference, tokenizer, steps)
     device = "cpu" if cfg.reward_device == "cpu" else trainer.accelerator.device
     scorer = RewardModels(args.rewards, params.reward_models, cfg.reward, cfg.reward_batch_size, device)
-    checkpoint = stage_checkpointer(args.checkpoints, "ppo", params, trainer.accelerator,
-                                    inputs=[__file__, args.data, args.sft, args.rewards], extra=scorer.names)
+    checkpoint = stage_checkpointer(
+        args.checkpoints,
+        "ppo",
+        params,
+        trainer.accelerator,
+        inputs=[__file__, args.data, args.sft, args.rewards],
+        extra=scorer.names,
+    )
 
     start = time.perf_counter()
     baseline = reward_baselines(scorer, train, cfg)
-    metrics = train_ppo(trainer, scorer, tokenizer, plan, baseline, val, cfg, params.seed, args.live, checkpoint,
-                        step_hook)
+    metrics = train_ppo(
+        trainer, scorer, tokenizer, plan, baseline, val, cfg, params.seed, args.live, checkpoint, step_hook
+    )
     if trainer.accelerator.is_main_process:
         save_policy(trainer.accelerator.unwrap_model(trainer.model), tokenizer, args.out)
         write_json(args.metrics, metrics)
-        each = ", ".join(f"{name} {metrics['val_model_scores_before'][name]:.3f} -> {after:.3f}"
-                         for name, after in metrics["val_model_scores_after"].items())
-        print(f"ppo: held-out combined reward {metrics['val_score_before']:.4f} -> {metrics['val_score_after']:.4f} "
-              f"({each}), KL {metrics['kl']:.4f} ({steps} steps, {time.perf_counter() - start:.0f}s)")
+        each = ", ".join(
+            f"{name} {metrics['val_model_scores_before'][name]:.3f} -> {after:.3f}"
+            for name, after in metrics["val_model_scores_after"].items()
+        )
+        print(
+            f"ppo: held-out combined reward {metrics['val_score_before']:.4f} -> {metrics['val_score_after']:.4f} "
+            f"({each}), KL {metrics['kl']:.4f} ({steps} steps, {time.perf_counter() - start:.0f}s)"
+        )
     checkpoint.complete()  # only now: until the outputs are written, a kill or a full disk loses nothing
 
 

@@ -10,7 +10,6 @@ dropped per reason, split sizes, lengths). Everything is validated before anythi
 is written, and each output appears whole or not at all.
 """
 
-
 from pathlib import Path
 
 from alignkit import data
@@ -42,11 +41,17 @@ def main(argv=None):
         for name, rows in splits.items():
             data.write_split(tmp / f"{name}.jsonl", rows)
     write_json(args.metrics, summary)
+
     def counts(counter):
         return f"{sum(counter.values())}" + (f" {dict(counter)}" if sum(counter.values()) else "")
 
-    print(f"prepare@{args.name}: {args.input} ({schema} schema): {len(records)} rows in, {counts(filtered)} filtered out, "
-          f"{counts(dropped)} dropped, {len(sampled)} kept" + (f" (a sample of {len(pairs)})" if len(sampled) < len(pairs) else "") + f"; splits {summary['splits']}")
+    print(
+        f"prepare@{args.name}: {args.input} ({schema} schema): {len(records)} rows in, "
+        f"{counts(filtered)} filtered out, "
+        f"{counts(dropped)} dropped, {len(sampled)} kept"
+        + (f" (a sample of {len(pairs)})" if len(sampled) < len(pairs) else "")
+        + f"; splits {summary['splits']}"
+    )
 
 
 if __name__ == "__main__":

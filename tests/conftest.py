@@ -55,14 +55,53 @@ class PrepareRun:
         params_path = self.tmp / "params.yaml"
         params_path.write_text(yaml.safe_dump(params))
         return subprocess.run(
-            [sys.executable, str(REPO / "stages" / "prepare.py"), "--params", str(params_path), "--name", "helpful",
-             "--input", str(input_path), "--out-dir", str(self.out_dir), "--metrics", str(self.metrics)],
-            capture_output=True, text=True, env=stage_env(), cwd=self.tmp,
+            [
+                sys.executable,
+                str(REPO / "stages" / "prepare.py"),
+                "--params",
+                str(params_path),
+                "--name",
+                "helpful",
+                "--input",
+                str(input_path),
+                "--out-dir",
+                str(self.out_dir),
+                "--metrics",
+                str(self.metrics),
+            ],
+            capture_output=True,
+            text=True,
+            env=stage_env(),
+            cwd=self.tmp,
         )
 
     def wrote_nothing(self):
         out = self.tmp / "out"
         return not out.exists() or not any(out.rglob("*"))
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--full",
+        action="store_true",
+        help="the full suite: the tests marked slow as well as the fast tier (see docs/development.md)",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    """Without --full, the tests marked slow are deselected (and counted as such in the summary)."""
+    if config.getoption("--full"):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
+
+
+def pytest_report_header(config):
+    if not config.getoption("--full"):
+        return "the fast tier: tests marked slow are deselected; `python -m pytest --full` runs every test"
+    return "the full suite (--full): every test"
 
 
 @pytest.fixture
@@ -138,8 +177,9 @@ def one_reward_model(params):
     """Params of the one-data-set, one-reward-model setup the stage tests run (on prepared_root):
     helpful alone, its raw score as the reward (no whitening), as before there were several."""
     params["reward_models"] = {"helpful": {"data": "helpful", "encoder": None}}
-    params["ppo"]["reward"].update(combine="weighted_sum", weights={"helpful": 1.0}, helpfulness=None, safety=None,
-                                   whiten=False)
+    params["ppo"]["reward"].update(
+        combine="weighted_sum", weights={"helpful": 1.0}, helpfulness=None, safety=None, whiten=False
+    )
     for section in ("sft", "dpo", "ppo", "eval"):
         params[section]["data"] = ["helpful"]
     return params
@@ -171,10 +211,24 @@ def reward_model(prepared_sample, tmp_path_factory):
     tokenizer, config, statistics; models/ is what --rewards takes), reward.json and the curves."""
     out = tmp_path_factory.mktemp("reward")
     params = write_params(out / "params.yaml", reward={"epochs": 1})
-    stage_main("reward")(["--params", str(params), "--name", "helpful", "--data", str(prepared_sample),
-                          "--out", str(out / "models" / "helpful"),
-                          "--metrics", str(out / "reward.json"), "--live", str(out / "live"),
-                          "--checkpoints", str(out / "checkpoints")])
+    stage_main("reward")(
+        [
+            "--params",
+            str(params),
+            "--name",
+            "helpful",
+            "--data",
+            str(prepared_sample),
+            "--out",
+            str(out / "models" / "helpful"),
+            "--metrics",
+            str(out / "reward.json"),
+            "--live",
+            str(out / "live"),
+            "--checkpoints",
+            str(out / "checkpoints"),
+        ]
+    )
     return out
 
 
@@ -183,16 +237,34 @@ def sft_model(prepared_root, tmp_path_factory):
     """The sft stage on the sample, shortened to three epochs: a dir with sft/ and sft.json."""
     out = tmp_path_factory.mktemp("sft")
     params = write_params(out / "params.yaml", sft={"epochs": 3})
-    stage_main("sft")(["--params", str(params), "--data", str(prepared_root), "--out", str(out / "sft"),
-                       "--metrics", str(out / "sft.json"), "--live", str(out / "live"),
-                          "--checkpoints", str(out / "checkpoints")])
+    stage_main("sft")(
+        [
+            "--params",
+            str(params),
+            "--data",
+            str(prepared_root),
+            "--out",
+            str(out / "sft"),
+            "--metrics",
+            str(out / "sft.json"),
+            "--live",
+            str(out / "live"),
+            "--checkpoints",
+            str(out / "checkpoints"),
+        ]
+    )
     return out
 
 
 def dvc(repo, *args, env=None):
     """Run a DVC command in `repo`; fail the test with its output if it fails."""
-    result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, capture_output=True, text=True,
-                            env=stage_env(repo) | (env or {}))
+    result = subprocess.run(
+        [sys.executable, "-m", "dvc", *args],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        env=stage_env(repo) | (env or {}),
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 
@@ -200,8 +272,66 @@ def dvc(repo, *args, env=None):
 def git_commit(repo, message):
     """Commit everything in `repo` (a test's copy), as a user would after `dvc repro`."""
     subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
-    subprocess.run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-q",
-                    "--allow-empty", "-m", message], cwd=repo, check=True)  # empty where this CPU made the same bytes
+    subprocess.run(
+        [
+            "git",
+            "-c",
+            "user.name=test",
+            "-c",
+            "user.email=test@example.com",
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            message,
+        ],
+        cwd=repo,
+        check=True,
+    )  # empty where this CPU made the same bytes
+
+
+# The reduced run of the fast tier: the shipped sample cut to a few hundred rows (seeded, before the split) and
+# every training stage to its shortest run that still passes every step: prepare, train with checkpoints, resume
+# bookkeeping, merge, evaluate, report. Quality is the full tier's (built_repo); this one proves the structure.
+SMALL = {
+    "data": {"helpful": {"max_rows": 240}, "safety": {"max_rows": 120}},
+    "reward": {"epochs": 1},
+    "sft": {"epochs": 2},
+    "dpo": {"epochs": 1},
+    "ppo": {"max_steps_per_epoch": 4, "ppo_epochs": 2, "checkpoint_every": 2},
+    "eval": {"batch_size": 16},
+}
+
+
+def merge_into(target, changes):
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            merge_into(target[key], value)
+        else:
+            target[key] = value
+    return target
+
+
+@pytest.fixture(scope="session")
+def small_repo(tmp_path_factory):
+    """A copy of the repository with SMALL applied to params.yaml (committed), after one `dvc repro`, and what
+    that run printed; the rebuilt outputs are committed on top (HEAD). Shared by the fast tier's tests of the
+    pipeline's structure: stages, plots, the report, outputs as safetensors, push and pull, rerun sets."""
+    repo = copy_repo(tmp_path_factory.mktemp("small") / "repo")
+    params = merge_into(yaml.safe_load((repo / "params.yaml").read_text()), SMALL)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git_commit(repo, "small sample")
+    printed = dvc(repo, "repro")
+    git_commit(repo, "small run")
+    return repo, printed
+
+
+@pytest.fixture
+def small_copy(small_repo, tmp_path):
+    """A private copy of the small built repository, for a test that changes it."""
+    dest = tmp_path / "repo"
+    shutil.copytree(small_repo[0], dest, symlinks=True)
+    return dest
 
 
 @pytest.fixture(scope="session")

@@ -108,8 +108,9 @@ def test_the_two_step_merge_gives_the_adapter_models_logits(tmp_path):
     dpo_logits = logits(dpo, b)
     assert (dpo_logits - sft_logits).abs().max() > 1e-2  # the second adapter changes the model
     save_policy(dpo, tokenizer, tmp_path / "dpo")
-    assert json.loads((tmp_path / "dpo" / "adapter_config.json").read_text())["base_model_name_or_path"] == \
-        str(tmp_path / "sft")
+    assert json.loads((tmp_path / "dpo" / "adapter_config.json").read_text())["base_model_name_or_path"] == str(
+        tmp_path / "sft"
+    )
 
     merged, merged_tokenizer = load_policy(str(tmp_path / "dpo"))
     assert (logits(merged, b) - dpo_logits).abs().max() < 1e-4
@@ -195,14 +196,23 @@ def test_bitsandbytes_optimizers_step_here(name):
 def test_an_optimizer_that_cannot_load_is_a_one_line_params_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as where it is not installed
     with pytest.raises(ParamsError, match=r"^sft.optimizer: needs bitsandbytes, which cannot load here \(") as err:
-        choose_optimizer([torch.nn.Parameter(torch.ones(2))], SimpleNamespace(optimizer="adamw_8bit", lr=0.1,
-                                                                                    weight_decay=0.0), "sft.optimizer")
+        choose_optimizer(
+            [torch.nn.Parameter(torch.ones(2))],
+            SimpleNamespace(optimizer="adamw_8bit", lr=0.1, weight_decay=0.0),
+            "sft.optimizer",
+        )
     assert "\n" not in str(err.value)
 
 
 def run_dpo(args, **kwargs):
-    return subprocess.Popen([sys.executable, str(REPO / "stages" / "dpo.py"), *args], env=stage_env(), cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "stages" / "dpo.py"), *args],
+        env=stage_env(),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        **kwargs,
+    )
 
 
 @pytest.mark.same_run_only
@@ -215,9 +225,22 @@ def test_a_killed_lora_stage_resumes_to_the_same_adapter_bytes(prepared_root, sf
 
     def args(name):
         out = tmp_path / name
-        return ["--params", str(params), "--data", str(prepared_root), "--sft", str(sft_model / "sft"),
-                "--out", str(out / "dpo"), "--metrics", str(out / "dpo.json"), "--live", str(out / "live"),
-                "--checkpoints", str(out / "checkpoints")]
+        return [
+            "--params",
+            str(params),
+            "--data",
+            str(prepared_root),
+            "--sft",
+            str(sft_model / "sft"),
+            "--out",
+            str(out / "dpo"),
+            "--metrics",
+            str(out / "dpo.json"),
+            "--live",
+            str(out / "live"),
+            "--checkpoints",
+            str(out / "checkpoints"),
+        ]
 
     whole = run_dpo(args("whole"))
     assert whole.wait() == 0, whole.stdout.read().decode()

@@ -9,57 +9,167 @@ import pytest
 from tests.conftest import REPO, repo_params, stage_env, write_params
 
 TWO_MODELS = {"helpful": {"data": "helpful", "encoder": None}, "safety": {"data": "helpful", "encoder": None}}
-LLAMA2 = {"combine": "llama2", "weights": {"helpful": 1.0, "safety": 1.0}, "helpfulness": "helpful",
-          "safety": "safety", "safety_threshold": 0.15, "whiten": True}
+LLAMA2 = {
+    "combine": "llama2",
+    "weights": {"helpful": 1.0, "safety": 1.0},
+    "helpfulness": "helpful",
+    "safety": "safety",
+    "safety_threshold": 0.15,
+    "whiten": True,
+}
 
 CASES = {  # id: (section changes, stage, the start of the error after "error: "; params.yaml: is added)
-    "unknown key": ({"reward": {"learning_rate": 1e-3}}, "reward",
-                    "reward.learning_rate: unknown key"),
+    "unknown key": ({"reward": {"learning_rate": 1e-3}}, "reward", "reward.learning_rate: unknown key"),
     "wrong type": ({"dpo": {"lr": "fast"}}, "dpo", "dpo.lr: expected a positive float, got 'fast'"),
-    "negative batch size": ({"reward": {"batch_size": -4}}, "reward",
-                            "reward.batch_size: expected a positive integer, got -4"),
-    "mini-batch larger than batch": ({"ppo": {"mini_batch_size": 32}}, "ppo",
-                                     "ppo.mini_batch_size (32) is larger than ppo.batch_size (16)"),
-    "batch not a multiple": ({"ppo": {"gradient_accumulation_steps": 3}}, "ppo",
-                             "ppo.batch_size (16) must be a multiple of ppo.mini_batch_size x "
-                             "ppo.gradient_accumulation_steps"),
-    "negative checkpoint interval": ({"sft": {"checkpoint_every": -1}}, "sft",
-                                     "sft.checkpoint_every: expected a non-negative integer, got -1"),
-    "unknown precision": ({"reward": {"precision": "fp8"}}, "reward",
-                          "reward.precision: expected one of 'fp32', 'bf16', 'fp16', got 'fp8'"),
+    "negative batch size": (
+        {"reward": {"batch_size": -4}},
+        "reward",
+        "reward.batch_size: expected a positive integer, got -4",
+    ),
+    "mini-batch larger than batch": (
+        {"ppo": {"mini_batch_size": 32}},
+        "ppo",
+        "ppo.mini_batch_size (32) is larger than ppo.batch_size (16)",
+    ),
+    "batch not a multiple": (
+        {"ppo": {"gradient_accumulation_steps": 3}},
+        "ppo",
+        "ppo.batch_size (16) must be a multiple of ppo.mini_batch_size x ppo.gradient_accumulation_steps",
+    ),
+    "negative checkpoint interval": (
+        {"sft": {"checkpoint_every": -1}},
+        "sft",
+        "sft.checkpoint_every: expected a non-negative integer, got -1",
+    ),
+    "unknown precision": (
+        {"reward": {"precision": "fp8"}},
+        "reward",
+        "reward.precision: expected one of 'fp32', 'bf16', 'fp16', got 'fp8'",
+    ),
     "fp16 without a GPU": ({"dpo": {"precision": "fp16"}}, "dpo", "!dpo.precision: fp16 needs a CUDA GPU"),
     "top_p above 1": ({"ppo": {"top_p": 1.5}}, "ppo", "ppo.top_p: "),
-    "unknown model preset": ({"models": {"policy": "tiny-gpt3"}}, "sft",
-                             "!models.policy: unknown preset 'tiny-gpt3' (did you mean 'tiny-gpt2'?)"),
-    "missing data file": ({"data": {"helpful": {**repo_params()["data"]["helpful"], "path": "data/missing.csv"}}},
-                          "prepare", "data.helpful.path: file not found: 'data/missing.csv'"),
+    "unknown model preset": (
+        {"models": {"policy": "tiny-gpt3"}},
+        "sft",
+        "!models.policy: unknown preset 'tiny-gpt3' (did you mean 'tiny-gpt2'?)",
+    ),
+    "missing data file": (
+        {"data": {"helpful": {**repo_params()["data"]["helpful"], "path": "data/missing.csv"}}},
+        "prepare",
+        "data.helpful.path: file not found: 'data/missing.csv'",
+    ),
     # Several reward models: the combination must name them, weigh them all, and threshold on (0, 1).
     "combination names an unknown reward model": (
-        {"reward_models": TWO_MODELS, "ppo": {"reward": {**LLAMA2, "safety": "safty"}}}, "ppo",
-        "ppo.reward.safety: unknown reward model 'safty' (did you mean 'safety'?)"),
+        {"reward_models": TWO_MODELS, "ppo": {"reward": {**LLAMA2, "safety": "safty"}}},
+        "ppo",
+        "ppo.reward.safety: unknown reward model 'safty' (did you mean 'safety'?)",
+    ),
     "weights leave a reward model out": (
-        {"reward_models": TWO_MODELS, "ppo": {"reward": {**LLAMA2, "combine": "weighted_sum",
-                                                              "weights": {"helpful": 1.0}}}}, "ppo",
-        "ppo.reward.weights: no weight for reward model 'safety'"),
-    "threshold outside (0, 1)": ({"reward_models": TWO_MODELS, "ppo": {"reward": {**LLAMA2, "safety_threshold": 1.0}}},
-                                 "evaluate", "ppo.reward.safety_threshold: expected a float in (0, 1), got 1.0"),
+        {
+            "reward_models": TWO_MODELS,
+            "ppo": {"reward": {**LLAMA2, "combine": "weighted_sum", "weights": {"helpful": 1.0}}},
+        },
+        "ppo",
+        "ppo.reward.weights: no weight for reward model 'safety'",
+    ),
+    "threshold outside (0, 1)": (
+        {"reward_models": TWO_MODELS, "ppo": {"reward": {**LLAMA2, "safety_threshold": 1.0}}},
+        "evaluate",
+        "ppo.reward.safety_threshold: expected a float in (0, 1), got 1.0",
+    ),
     "missing section key": (None, "reward", "reward.epochs: missing key"),
-    "bad reward baseline": ({"ppo": {"reward_baseline": "median"}}, "ppo",
-                            "ppo.reward_baseline: expected one of 'reference', 'none', got 'median'"),
+    "bad reward baseline": (
+        {"ppo": {"reward_baseline": "median"}},
+        "ppo",
+        "ppo.reward_baseline: expected one of 'reference', 'none', got 'median'",
+    ),
 }
 
 ARGS = {
-    "prepare": ["--name", "helpful", "--input", "data/missing.csv", "--out-dir", "out/prepared", "--metrics", "out/data.json"],
-    "reward": ["--name", "helpful", "--data", "nowhere", "--out", "out/rm", "--metrics", "out/m.json",
-               "--live", "out/live", "--checkpoints", "out/ck"],
-    "sft": ["--data", "prepared", "--out", "out/sft", "--metrics", "out/m.json", "--live", "out/live",
-            "--checkpoints", "out/ck"],
-    "dpo": ["--data", "nowhere", "--sft", "nowhere", "--out", "out/dpo", "--metrics", "out/m.json",
-            "--live", "out/live", "--checkpoints", "out/ck"],
-    "evaluate": ["--name", "sft", "--model", "nowhere", "--sft", "nowhere", "--data", "nowhere", "--rewards", "x",
-                 "--metrics", "out/m.json", "--generations", "out/g.jsonl", "--plot", "out/p.json"],
-    "ppo": ["--data", "nowhere", "--sft", "nowhere", "--rewards", "x", "--out", "out/ppo",
-            "--metrics", "out/m.json", "--live", "out/live", "--checkpoints", "out/ck"],
+    "prepare": [
+        "--name",
+        "helpful",
+        "--input",
+        "data/missing.csv",
+        "--out-dir",
+        "out/prepared",
+        "--metrics",
+        "out/data.json",
+    ],
+    "reward": [
+        "--name",
+        "helpful",
+        "--data",
+        "nowhere",
+        "--out",
+        "out/rm",
+        "--metrics",
+        "out/m.json",
+        "--live",
+        "out/live",
+        "--checkpoints",
+        "out/ck",
+    ],
+    "sft": [
+        "--data",
+        "prepared",
+        "--out",
+        "out/sft",
+        "--metrics",
+        "out/m.json",
+        "--live",
+        "out/live",
+        "--checkpoints",
+        "out/ck",
+    ],
+    "dpo": [
+        "--data",
+        "nowhere",
+        "--sft",
+        "nowhere",
+        "--out",
+        "out/dpo",
+        "--metrics",
+        "out/m.json",
+        "--live",
+        "out/live",
+        "--checkpoints",
+        "out/ck",
+    ],
+    "evaluate": [
+        "--name",
+        "sft",
+        "--model",
+        "nowhere",
+        "--sft",
+        "nowhere",
+        "--data",
+        "nowhere",
+        "--rewards",
+        "x",
+        "--metrics",
+        "out/m.json",
+        "--generations",
+        "out/g.jsonl",
+        "--plot",
+        "out/p.json",
+    ],
+    "ppo": [
+        "--data",
+        "nowhere",
+        "--sft",
+        "nowhere",
+        "--rewards",
+        "x",
+        "--out",
+        "out/ppo",
+        "--metrics",
+        "out/m.json",
+        "--live",
+        "out/live",
+        "--checkpoints",
+        "out/ck",
+    ],
 }
 
 
@@ -73,8 +183,13 @@ def test_bad_params_fail_in_one_line_naming_the_key(case, tmp_path, prepared_roo
     else:
         write_params(params, **{k: v for k, v in changes.items()})
     (tmp_path / "prepared").symlink_to(prepared_root)
-    result = subprocess.run([sys.executable, str(REPO / "stages" / f"{stage}.py"), "--params", "params.yaml",
-                             *ARGS[stage]], capture_output=True, text=True, env=stage_env(), cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "stages" / f"{stage}.py"), "--params", "params.yaml", *ARGS[stage]],
+        capture_output=True,
+        text=True,
+        env=stage_env(),
+        cwd=tmp_path,
+    )
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
     # "!": an error found after loading (by the model loader, the accelerator), naming the key alone.

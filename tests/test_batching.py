@@ -42,7 +42,7 @@ def test_two_processes_get_the_global_batches_of_one():
     out in turn) together make the global batches that one process of batch P x B gets."""
     one = epoch(LENGTHS, 16, seed=3)
     two = list(LengthGroupedBatches(LENGTHS, 8, torch.Generator().manual_seed(3), processes=2))
-    assert [sum(two[i: i + 2], []) for i in range(0, len(two), 2)] == one
+    assert [sum(two[i : i + 2], []) for i in range(0, len(two), 2)] == one
     assert len(LengthGroupedBatches(LENGTHS, 8, processes=2)) == len(two) == 125  # 62 global batches of 2 x 8, one of 8
 
 
@@ -51,7 +51,7 @@ def test_length_grouped_batches_pad_less_than_random_ones_and_stay_shuffled():
     grouped = list(LengthGroupedBatches(LENGTHS, 16, generator))
     second = list(LengthGroupedBatches(LENGTHS, 16, generator))  # the generator moves on: a new epoch's order
     shuffled = torch.randperm(len(LENGTHS), generator=torch.Generator().manual_seed(3)).tolist()
-    random = [shuffled[i: i + 16] for i in range(0, len(shuffled), 16)]
+    random = [shuffled[i : i + 16] for i in range(0, len(shuffled), 16)]
     real = sum(LENGTHS)
     # Random batches of 16 lengths spread over 1..101 pad most of the way to ~95; grouped ones hardly at all.
     assert padded_positions(LENGTHS, random) > 1.6 * real
@@ -69,8 +69,7 @@ def test_seeded_loader_groups_by_length_and_replays_an_epoch_from_the_generator_
     loader.generator.set_state(state)
     assert list(loader) == first  # how fit resumes an epoch part-way
     assert sorted(n for b in first for n in b) == sorted(LENGTHS[:200])
-    val = seeded_loader(data, 8, seed=1, collate_fn=lambda b: [len(x) for x in b], shuffle=False,
-                        lengths=LENGTHS[:200])
+    val = seeded_loader(data, 8, seed=1, collate_fn=lambda b: [len(x) for x in b], shuffle=False, lengths=LENGTHS[:200])
     assert [n for b in val for n in b] == sorted(LENGTHS[:200], reverse=True)
 
 
@@ -90,9 +89,11 @@ TOKENIZER = train_bert_tokenizer([" ".join(WORDS)] * 2, 200)
 
 
 def reward_batch():
-    pairs = [Pair(single_turn("what is the capital of france"), "paris", "a b c d e f g h i j k", 1),
-             Pair(single_turn("what"), "paris is the capital of france", "f", 2),
-             Pair(single_turn("a b"), "c", "d e f", 3)]
+    pairs = [
+        Pair(single_turn("what is the capital of france"), "paris", "a b c d e f g h i j k", 1),
+        Pair(single_turn("what"), "paris is the capital of france", "f", 2),
+        Pair(single_turn("a b"), "c", "d e f", 3),
+    ]
     dataset = PairDataset(TOKENIZER, pairs, max_length=32)
     return PairCollator(TOKENIZER)([dataset[i] for i in range(len(dataset))])  # padded: lengths differ
 
@@ -108,13 +109,25 @@ def test_cls_only_last_layer_gives_the_full_layers_scores_and_gradients():
     for config, encoder in ((BertConfig, BertModel), (RobertaConfig, RobertaModel)):
         torch.manual_seed(0)
         kwargs = {"pad_token_id": TOKENIZER.pad_token_id} if encoder is RobertaModel else {}
-        model = RewardModel(encoder(config(vocab_size=len(TOKENIZER), hidden_size=16, num_hidden_layers=2,
-                                           num_attention_heads=2, intermediate_size=32, max_position_embeddings=70,
-                                           hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **kwargs)))
+        model = RewardModel(
+            encoder(
+                config(
+                    vocab_size=len(TOKENIZER),
+                    hidden_size=16,
+                    num_hidden_layers=2,
+                    num_attention_heads=2,
+                    intermediate_size=32,
+                    max_position_embeddings=70,
+                    hidden_dropout_prob=0.0,
+                    attention_probs_dropout_prob=0.0,
+                    **kwargs,
+                )
+            )
+        )
         assert model.cls_only
         last = model.encoder.encoder.layer[-1]
         shapes = []
-        last.register_forward_hook(lambda module, args, out: shapes.append(tuple(out[0].shape)))
+        last.register_forward_hook(lambda module, args, out: shapes.append(tuple(out[0].shape)))  # noqa: B023
         batch = reward_batch()
         scores, grads = scores_and_grads(model, batch)
         assert shapes == [(6, 1, 16)]  # the last layer's output: [CLS] of each of the 6 inputs alone
@@ -129,16 +142,25 @@ def test_cls_only_last_layer_gives_the_full_layers_scores_and_gradients():
 def test_an_encoder_of_another_shape_keeps_its_full_forward():
     from transformers import DistilBertConfig, DistilBertModel
 
-    distil = RewardModel(DistilBertModel(DistilBertConfig(vocab_size=len(TOKENIZER), dim=16, n_layers=1, n_heads=2,
-                                                          hidden_dim=32, max_position_embeddings=64)))
+    distil = RewardModel(
+        DistilBertModel(
+            DistilBertConfig(
+                vocab_size=len(TOKENIZER), dim=16, n_layers=1, n_heads=2, hidden_dim=32, max_position_embeddings=64
+            )
+        )
+    )
     assert not distil.cls_only
     assert distil(**{k: v for k, v in reward_batch().items() if k != "token_type_ids"}).shape == (6,)
 
 
 # ---------------------------------------------------------------- the LM head on answer positions only
 
-TEXTS = [plain_prompt(single_turn("What is the capital of Italy?")), " The capital of Italy is Rome.",
-         plain_prompt(single_turn("What is 2 plus 2?")), " 2 plus 2 equals 4."] * 10
+TEXTS = [
+    plain_prompt(single_turn("What is the capital of Italy?")),
+    " The capital of Italy is Rome.",
+    plain_prompt(single_turn("What is 2 plus 2?")),
+    " 2 plus 2 equals 4.",
+] * 10
 
 
 def policy_batch(tokenizer):
@@ -177,7 +199,7 @@ def test_answer_only_head_matches_full_logits_gpt2_llama_and_lora():
         check_same_as_full_logits(lora, batch)
         calls = []
         head = lora.get_output_embeddings()
-        head.register_forward_hook(lambda module, args, out: calls.append(out.shape))
+        head.register_forward_hook(lambda module, args, out: calls.append(out.shape))  # noqa: B023
         with torch.no_grad():
             forward_logps(lora, batch)
         assert calls == [(int(batch["loss_mask"][:, 1:].sum()), head.out_features)]  # answer positions only

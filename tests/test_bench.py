@@ -16,7 +16,8 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import compare  # noqa: E402
 import peers  # noqa: E402
-from run import README_BEGIN, merge, readme_block  # noqa: E402
+from run import BEGIN, PAGE, merge, results_block  # noqa: E402
+
 from alignkit.training import cpu_has_native_bf16  # noqa: E402
 
 
@@ -58,20 +59,39 @@ def test_settings_merge_overrides_nested_keys_only():
     assert merge(base, {"at_scale": {"pairs": 8}}) == {"warmup": 2, "at_scale": {"pairs": 8, "seq_len": 256}}
 
 
+@pytest.mark.slow
 @pytest.mark.same_run_only
 def test_tiny_benchmark_writes_results_and_table(tmp_path):
     out = tmp_path / "results.json"
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--profile", "tiny", "--out", str(out),
-                           "--keep", str(tmp_path / "work")], capture_output=True, text=True, env=stage_env(),
-                          cwd=tmp_path)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "run.py"),
+            "--profile",
+            "tiny",
+            "--out",
+            str(out),
+            "--keep",
+            str(tmp_path / "work"),
+        ],
+        capture_output=True,
+        text=True,
+        env=stage_env(),
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads(out.read_text())
 
     native = cpu_has_native_bf16()  # without it, the bf16 rows are skipped, and the results say so
     assert bool(results["skipped"]) is not native
     paths = [c["path"] for c in results["comparisons"]]
-    assert paths[:5] == ["reward-model training", "DPO training", "DPO training", "PPO iteration",
-                         "evaluation generation"]
+    assert paths[:5] == [
+        "reward-model training",
+        "DPO training",
+        "DPO training",
+        "PPO iteration",
+        "evaluation generation",
+    ]
     assert {"hardware efficiency (fp32)", *(["hardware efficiency (bf16)"] if native else [])} == set(paths[5:])
     for c in results["comparisons"]:
         assert c["ours"] > 0 and c["theirs"] > 0
@@ -80,7 +100,10 @@ def test_tiny_benchmark_writes_results_and_table(tmp_path):
     # Reward and DPO: the median over steps of the per-step ratio on the same batch.
     reward, dpo = results["details"]["reward"], results["details"]["dpo"]
     assert results["comparisons"][0]["ratio"] == reward["ratio_theirs"] > 0
-    assert [c["ratio"] for c in results["comparisons"][1:3]] == [dpo["ratio_theirs_default"], dpo["ratio_theirs_precompute"]]
+    assert [c["ratio"] for c in results["comparisons"][1:3]] == [
+        dpo["ratio_theirs_default"],
+        dpo["ratio_theirs_precompute"],
+    ]
     # Less padded work: length-grouped batches pad less than random ones.
     pad = results["padding"]
     assert pad["reward"]["grouped"] < pad["reward"]["random"] and pad["dpo"]["grouped"] < pad["dpo"]["random"]
@@ -97,17 +120,39 @@ def test_tiny_benchmark_writes_results_and_table(tmp_path):
 
     stages = results["memory"]["stages"]
     assert list(stages)[0].startswith(("check_params", "prepare@", "pretrained"))  # stages without inputs from another
-    assert set(stages) == {"check_params", "pretrained", "prepare@helpful", "prepare@safety", "reward@helpful", "reward@safety", "sft", "dpo", "ppo",
-                           "merge@sft", "merge@ppo", "merge@dpo", "evaluate@sft", "evaluate@ppo", "evaluate@dpo", "report"}
+    assert set(stages) == {
+        "check_params",
+        "pretrained",
+        "prepare@helpful",
+        "prepare@safety",
+        "reward@helpful",
+        "reward@safety",
+        "sft",
+        "dpo",
+        "ppo",
+        "merge@sft",
+        "merge@ppo",
+        "merge@dpo",
+        "evaluate@sft",
+        "evaluate@ppo",
+        "evaluate@dpo",
+        "report",
+    }
     assert all(s["peak_rss_mib"] > 0 for s in stages.values())
     last = "bf16" if native else "fp32"
     assert [(a["precision"], a["checkpointing"], bool(a["lora"])) for a in results["memory"]["dpo_step_at_scale"]] == [
-        ("fp32", False, False), *([("bf16", False, False)] if native else []), (last, True, False),
-        ("fp32", False, True), (last, True, True)]
+        ("fp32", False, False),
+        *([("bf16", False, False)] if native else []),
+        (last, True, False),
+        ("fp32", False, True),
+        (last, True, True),
+    ]
     # Full vs LoRA in the same run and settings: the adapter is a small share of the model, both timed and measured.
     at_scale = results["details"]["dpo_step_at_scale"]
-    assert [r["path"].rsplit(", ", 2)[1:] for r in results["lora"]] == [["fp32", "checkpointing off)"],
-                                                                        [last, "checkpointing on)"]]
+    assert [r["path"].rsplit(", ", 2)[1:] for r in results["lora"]] == [
+        ["fp32", "checkpointing off)"],
+        [last, "checkpointing on)"],
+    ]
     for lora in results["lora"]:
         assert lora["trainable"] < 0.5 * at_scale[0]["params"] and lora["full_s"] > 0 and lora["lora_s"] > 0
         assert lora["memory_ratio"] == pytest.approx(lora["lora_peak_mib"] / lora["full_peak_mib"])
@@ -122,8 +167,9 @@ def test_tiny_benchmark_writes_results_and_table(tmp_path):
     assert "no-op dvc repro" in proc.stdout
 
 
-def test_readme_shows_the_committed_results():
-    """The README's results block is the table of the committed bench/results.json (`bench/run.py --readme`)."""
+def test_the_benchmark_page_shows_the_committed_results():
+    """The benchmark page's results block is the table of the committed bench/results.json
+    (`bench/run.py --readme`)."""
     results = json.loads((REPO / "bench" / "results.json").read_text())
-    readme = (REPO / "README.md").read_text()
-    assert README_BEGIN in readme and readme_block(results) in readme
+    page = PAGE.read_text()
+    assert BEGIN in page and results_block(results) in page

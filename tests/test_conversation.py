@@ -2,54 +2,84 @@
 
 import pytest
 
-from alignkit.conversation import (Message, Renderer, as_text, drop_oldest_turn, parse_hh, plain_prompt,
-                                   single_turn, to_json)
+from alignkit.conversation import (
+    Message,
+    Renderer,
+    as_text,
+    drop_oldest_turn,
+    parse_hh,
+    plain_prompt,
+    single_turn,
+    to_json,
+)
 from alignkit.models import train_gpt2_tokenizer, train_llama_tokenizer
 from alignkit.policy import collate, prepare_tokenizer
 
-TEXTS = ["Question: What is the capital of Italy?\nAnswer: The capital of Italy is Rome.",
-         "You are a helpful assistant. What is 2 plus 2? 2 plus 2 equals 4. And 3 plus 3? It is 6."] * 20
+TEXTS = [
+    "Question: What is the capital of Italy?\nAnswer: The capital of Italy is Rome.",
+    "You are a helpful assistant. What is 2 plus 2? 2 plus 2 equals 4. And 3 plus 3? It is 6.",
+] * 20
 LLAMA = prepare_tokenizer(train_llama_tokenizer(TEXTS, 500))
 GPT2 = prepare_tokenizer(train_gpt2_tokenizer(TEXTS, 500))
-CHAT = (Message("system", "You are a helpful assistant."), Message("user", "What is 2 plus 2?"),
-        Message("assistant", "2 plus 2 equals 4."), Message("user", "And 3 plus 3?"))
+CHAT = (
+    Message("system", "You are a helpful assistant."),
+    Message("user", "What is 2 plus 2?"),
+    Message("assistant", "2 plus 2 equals 4."),
+    Message("user", "And 3 plus 3?"),
+)
 
 
 def test_an_hh_dialogue_of_three_turns_becomes_its_messages():
-    dialogue = ("\n\nHuman: What is 2 plus 2?\n\nAssistant: 2 plus 2 equals 4.\n\nHuman: And 3 plus 3?"
-                "\n\nAssistant:")
-    assert parse_hh(dialogue) == (Message("user", "What is 2 plus 2?"), Message("assistant", "2 plus 2 equals 4."),
-                                  Message("user", "And 3 plus 3?"))
+    dialogue = "\n\nHuman: What is 2 plus 2?\n\nAssistant: 2 plus 2 equals 4.\n\nHuman: And 3 plus 3?\n\nAssistant:"
+    assert parse_hh(dialogue) == (
+        Message("user", "What is 2 plus 2?"),
+        Message("assistant", "2 plus 2 equals 4."),
+        Message("user", "And 3 plus 3?"),
+    )
     # Earlier assistant turns are kept, and the text of a turn may hold single newlines.
     assert parse_hh("Human: a\nb\n\nAssistant: c\n\nHuman: d\n\nAssistant:")[0] == Message("user", "a\nb")
 
 
-@pytest.mark.parametrize("dialogue", ["\n\nAssistant: hi\n\nHuman: q\n\nAssistant:",  # no Human: first
-                                      "\n\nHuman: \n\nAssistant:",  # empty turn
-                                      "preamble\n\nHuman: q\n\nAssistant:"])
+@pytest.mark.parametrize(
+    "dialogue",
+    [
+        "\n\nAssistant: hi\n\nHuman: q\n\nAssistant:",  # no Human: first
+        "\n\nHuman: \n\nAssistant:",  # empty turn
+        "preamble\n\nHuman: q\n\nAssistant:",
+    ],
+)
 def test_malformed_hh_dialogues_are_refused(dialogue):
     assert parse_hh(dialogue) is None
 
 
 def test_readable_text_for_the_reward_model():
     assert as_text(single_turn("What is 2 plus 2?")) == "What is 2 plus 2?"  # one turn: the question itself
-    assert as_text(CHAT) == ("System: You are a helpful assistant.\n\nHuman: What is 2 plus 2?\n\n"
-                             "Assistant: 2 plus 2 equals 4.\n\nHuman: And 3 plus 3?")
+    assert as_text(CHAT) == (
+        "System: You are a helpful assistant.\n\nHuman: What is 2 plus 2?\n\n"
+        "Assistant: 2 plus 2 equals 4.\n\nHuman: And 3 plus 3?"
+    )
 
 
 def test_the_plain_format_is_the_coursework_one():
     assert plain_prompt(single_turn("What is 2 plus 2?")) == "Question: What is 2 plus 2?\nAnswer:"
-    assert plain_prompt(CHAT) == ("You are a helpful assistant.\nQuestion: What is 2 plus 2?\n"
-                                  "Answer: 2 plus 2 equals 4.\nQuestion: And 3 plus 3?\nAnswer:")
+    assert plain_prompt(CHAT) == (
+        "You are a helpful assistant.\nQuestion: What is 2 plus 2?\n"
+        "Answer: 2 plus 2 equals 4.\nQuestion: And 3 plus 3?\nAnswer:"
+    )
 
 
 def test_the_tiny_llama_prompt_is_its_chat_template():
     renderer = Renderer(LLAMA)
     assert renderer.chat and renderer.end_of_turn == "</s>" and renderer.stop_ids == [LLAMA.eos_token_id]
     text = LLAMA.apply_chat_template(to_json(CHAT), tokenize=False, add_generation_prompt=True)
-    assert renderer.prompt_text(CHAT) == text == (
-        "<|system|>\nYou are a helpful assistant.</s>\n<|user|>\nWhat is 2 plus 2?</s>\n<|assistant|>\n"
-        "2 plus 2 equals 4.</s>\n<|user|>\nAnd 3 plus 3?</s>\n<|assistant|>\n")
+    assert (
+        renderer.prompt_text(CHAT)
+        == text
+        == (
+            "<|system|>\nYou are a helpful assistant.</s>\n<|user|>\nWhat is 2 plus 2?</s>\n<|assistant|>\n"
+            "2 plus 2 equals 4.</s>\n<|user|>\nAnd 3 plus 3?</s>\n<|assistant|>\n"
+        )
+    )
     # The template writes no BOS (TinyLlama-Chat's does not); the tokenizer adds one to text, and so do we, once.
     templated = LLAMA.apply_chat_template(to_json(CHAT), tokenize=True, add_generation_prompt=True)
     assert renderer.prompt_ids(CHAT) == [LLAMA.bos_token_id] + templated
@@ -101,8 +131,13 @@ def test_truncation_drops_the_oldest_turns_first():
 
 
 def test_drop_oldest_turn_keeps_exchanges_whole():
-    chat = (Message("user", "a"), Message("assistant", "b"), Message("user", "c"), Message("assistant", "d"),
-            Message("user", "e"))
+    chat = (
+        Message("user", "a"),
+        Message("assistant", "b"),
+        Message("user", "c"),
+        Message("assistant", "d"),
+        Message("user", "e"),
+    )
     assert drop_oldest_turn(chat) == chat[2:]
     assert drop_oldest_turn(chat[2:]) == chat[4:]
 

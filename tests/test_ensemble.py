@@ -15,8 +15,14 @@ def t(*values):
 
 
 def cfg(**overrides):
-    base = {"combine": "llama2", "weights": {"helpful": 1.0, "safety": 0.5}, "helpfulness": "helpful",
-            "safety": "safety", "safety_threshold": 0.15, "whiten": True}
+    base = {
+        "combine": "llama2",
+        "weights": {"helpful": 1.0, "safety": 0.5},
+        "helpfulness": "helpful",
+        "safety": "safety",
+        "safety_threshold": 0.15,
+        "whiten": True,
+    }
     return CombineParams(**{**base, **overrides})
 
 
@@ -74,8 +80,12 @@ def test_one_reward_model_with_weight_one_and_no_whitening_is_its_raw_score():
 
 
 def test_baseline_and_clamp_apply_to_the_combined_reward():
-    combined = combine({"helpful": t(2, 6), "safety": t(0, -4)}, {"helpful": (4.0, 2.0), "safety": (1.0, 0.5)},
-                       torch.tensor([False, False]), cfg())  # [-1, -10], as above
+    combined = combine(
+        {"helpful": t(2, 6), "safety": t(0, -4)},
+        {"helpful": (4.0, 2.0), "safety": (1.0, 0.5)},
+        torch.tensor([False, False]),
+        cfg(),
+    )  # [-1, -10], as above
     # minus the preferred answers' combined rewards [0.5, -9.5]: [-1.5, -0.5], clamped to +-1: [-1, -0.5]
     assert shaped_rewards(combined, t(0.5, -9.5), 1.0).tolist() == [-1.0, -0.5]
 

@@ -8,9 +8,23 @@ import pytest
 from alignkit.conversation import as_text, from_json
 from tests.conftest import stage_main, write_params
 
-SCHEMA = {"bleu", "rouge1", "rouge2", "rougeL", "reward_mean", "reward_std", "win_rate_vs_sft",
-          "win_rate_vs_reference", "preference_accuracy", "preference_accuracy_normalized", "kl_to_reference",
-          "mean_length", "distinct_1", "distinct_2", "reward_models"}
+SCHEMA = {
+    "bleu",
+    "rouge1",
+    "rouge2",
+    "rougeL",
+    "reward_mean",
+    "reward_std",
+    "win_rate_vs_sft",
+    "win_rate_vs_reference",
+    "preference_accuracy",
+    "preference_accuracy_normalized",
+    "kl_to_reference",
+    "mean_length",
+    "distinct_1",
+    "distinct_2",
+    "reward_models",
+}
 PER_MODEL = {"mean", "win_rate_vs_sft", "win_rate_vs_reference"}  # metrics["reward_models"][name]
 
 
@@ -28,10 +42,28 @@ def evaluated(sft_model, reward_model, prepared_root, tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setattr(socket.socket, "connect", lambda *a: (_ for _ in ()).throw(AssertionError("network access")))
     try:
-        stage_main("evaluate")([
-            "--params", str(write_params(out / "params.yaml")), "--name", "sft", "--model", str(sft_model / "sft"),
-            "--sft", str(copy), "--data", str(prepared_root), "--rewards", str(reward_model / "models"),
-            "--metrics", str(out / "sft.json"), "--generations", str(out / "sft.jsonl"), "--plot", str(out / "plot.json")])
+        stage_main("evaluate")(
+            [
+                "--params",
+                str(write_params(out / "params.yaml")),
+                "--name",
+                "sft",
+                "--model",
+                str(sft_model / "sft"),
+                "--sft",
+                str(copy),
+                "--data",
+                str(prepared_root),
+                "--rewards",
+                str(reward_model / "models"),
+                "--metrics",
+                str(out / "sft.json"),
+                "--generations",
+                str(out / "sft.jsonl"),
+                "--plot",
+                str(out / "plot.json"),
+            ]
+        )
     finally:
         mp.undo()
     return out

@@ -3,7 +3,6 @@ and one line on Ctrl-C or SIGTERM that says where `dvc repro` picks up."""
 
 import io
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -26,38 +25,66 @@ class Terminal(io.StringIO):
         return True
 
 
-def reward_stage(params, data, out, env=None):
+def reward_stage(params, data, out, env=None, sigint_ignored=False):
+    """The reward stage in a subprocess; sigint_ignored: started as a shell's `cmd &` without job control starts
+    it (a script, a job runner, a test suite run in the background), with SIGINT ignored."""
+    argv = [sys.executable, str(REPO / "stages" / "reward.py"), "--params", str(params), "--name", "helpful"]
+    argv += ["--data", str(data), "--out", str(out / "model"), "--metrics", str(out / "reward.json")]
+    argv += ["--live", str(out / "live"), "--checkpoints", str(out / "checkpoints")]
+    if sigint_ignored:
+        argv = ["sh", "-c", 'trap "" INT; exec "$@"', "sh", *argv]
     return subprocess.Popen(
-        [sys.executable, str(REPO / "stages" / "reward.py"), "--params", str(params), "--name", "helpful",
-         "--data", str(data), "--out", str(out / "model"), "--metrics", str(out / "reward.json"),
-         "--live", str(out / "live"), "--checkpoints", str(out / "checkpoints")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=stage_env() | (env or {}))
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=stage_env() | (env or {})
+    )
 
 
-@pytest.mark.parametrize("sig, code, why", [(signal.SIGINT, 130, "interrupted (Ctrl-C)"),
-                                             (signal.SIGTERM, 143, "stopped (SIGTERM)")], ids=["ctrl-c", "sigterm"])
+def wait_for(path, proc, seconds):
+    """Wait until `path` exists while `proc` runs; fail, with what it printed, if it ends or the time runs out
+    first (a loaded machine may need minutes)."""
+    deadline = time.monotonic() + seconds
+    while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if proc.poll() is not None or not path.exists():
+        proc.kill()
+        pytest.fail(f"{path} not written within {seconds}s (exit code {proc.poll()}): {proc.communicate()}")
+
+
+def stopped(proc, seconds):
+    """(stdout, stderr) of `proc` once it exits; fail if it is still running after `seconds`."""
+    try:
+        return proc.communicate(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"still running {seconds}s after the signal: {proc.communicate()}")
+
+
+@pytest.mark.parametrize(
+    "sig, code, why",
+    [(signal.SIGINT, 130, "interrupted (Ctrl-C)"), (signal.SIGTERM, 143, "stopped (SIGTERM)")],
+    ids=["ctrl-c", "sigterm"],
+)
 def test_ctrl_c_or_sigterm_prints_one_line_naming_the_checkpoint_that_dvc_repro_resumes_from(
-        prepared_sample, tmp_path, sig, code, why):
+    prepared_sample, tmp_path, sig, code, why
+):
     """SIGTERM (`kill`, a scheduler's notice before SIGKILL) stops a stage as Ctrl-C does; both remove its lock
-    files on the way out."""
+    files on the way out. The Ctrl-C case starts the stage with SIGINT ignored, as a shell's `&` without job
+    control leaves it: even so it stops (it once trained on to the end), and from a terminal, where SIGINT
+    is not ignored, it stops the same way."""
     params = write_params(tmp_path / "params.yaml", reward={"epochs": 2, "batch_size": 4, "checkpoint_every": 5})
     out = tmp_path / "out"
-    proc = reward_stage(params, prepared_sample, out, {"DVC_STAGE": "reward@helpful"})
+    proc = reward_stage(params, prepared_sample, out, {"DVC_STAGE": "reward@helpful"}, sig == signal.SIGINT)
     info = out / "checkpoints" / "checkpoint.json"
-    deadline = time.monotonic() + 300
-    while not info.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, proc.communicate()
-    assert sorted(p.name for p in out.glob(".*.lock")) == [".checkpoints.lock", ".live.lock", ".model.lock",
-                                                           ".reward.json.lock"]
+    wait_for(info, proc, 900)
+    locks = [".checkpoints.lock", ".live.lock", ".model.lock", ".reward.json.lock"]
+    assert sorted(p.name for p in out.glob(".*.lock")) == locks
     proc.send_signal(sig)  # SIGINT: what Ctrl-C sends, to the stage DVC runs
-    stdout, stderr = proc.communicate(timeout=120)
+    stdout, stderr = stopped(proc, 600)  # seconds where nothing is loaded; the limit is for a loaded machine
     step = json.loads(info.read_text())["step"]  # the last checkpoint written, perhaps after the one first seen
     assert proc.returncode == code
     assert "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1] == (
-        f"reward@helpful: {why}; `dvc repro` resumes it from the checkpoint at step {step} "
-        f"in {out / 'checkpoints'}")
+        f"reward@helpful: {why}; `dvc repro` resumes it from the checkpoint at step {step} in {out / 'checkpoints'}"
+    )
     assert not (out / "model").exists() and not (out / "reward.json").exists()  # nothing half-written
     assert list(out.glob(".*.lock")) == []
 
@@ -67,9 +94,11 @@ def test_the_interrupt_line_says_when_nothing_can_be_resumed():
         step, dir = None, Path("checkpoints/sft")
 
     assert interrupted_message("evaluate@dpo", None) == (
-        "evaluate@dpo: interrupted (Ctrl-C); none of its outputs was written, `dvc repro` runs it again")
+        "evaluate@dpo: interrupted (Ctrl-C); none of its outputs was written, `dvc repro` runs it again"
+    )
     assert interrupted_message("sft", Checkpointer) == (
-        "sft: interrupted (Ctrl-C) before its first checkpoint; `dvc repro` runs it again from step 0")
+        "sft: interrupted (Ctrl-C) before its first checkpoint; `dvc repro` runs it again from step 0"
+    )
 
 
 def test_a_pretrained_encoder_with_a_maximum_length_gets_no_tokenizer_warning(prepared_sample, tmp_path):
@@ -86,8 +115,11 @@ def test_a_pretrained_encoder_with_a_maximum_length_gets_no_tokenizer_warning(pr
     tokenizer.save_pretrained(tmp_path / "encoder")
     assert sum(len(tokenizer(t)["input_ids"]) > 24 for t in texts[:200]) > 50  # the case the warning is about
 
-    params = write_params(tmp_path / "params.yaml", models={"policy": "tiny-gpt2", "reward": str(tmp_path / "encoder")},
-                          reward={"max_steps": 5, "max_length": 24})  # every pair is tokenised before step 1
+    params = write_params(
+        tmp_path / "params.yaml",
+        models={"policy": "tiny-gpt2", "reward": str(tmp_path / "encoder")},
+        reward={"max_steps": 5, "max_length": 24},
+    )  # every pair is tokenised before step 1
     proc = reward_stage(params, prepared_sample, tmp_path / "out")
     stdout, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr
@@ -107,13 +139,20 @@ def test_long_loops_draw_progress_bars_on_a_terminal(reward_model, sft_model, pr
     pairs = read_split(prepared_sample / "test.jsonl")[:20]
     policy, tokenizer = load_policy(str(sft_model / "sft"))
     prepare_tokenizer(tokenizer)
-    scorer = RewardScorer(reward_model / "models" / "helpful" / "reward_model.pth", reward_model / "models" / "helpful",
-                          batch_size=8)
+    scorer = RewardScorer(
+        reward_model / "models" / "helpful" / "reward_model.pth", reward_model / "models" / "helpful", batch_size=8
+    )
     terminal = Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
     encoded = encode_pairs(tokenizer, pairs, 64, 48)
-    reference_logps(policy, encoded, tokenizer.pad_token_id, 8, make_accelerator("fp32", "dpo.precision"),
-                    "dpo: reference log-probs (train)")
+    reference_logps(
+        policy,
+        encoded,
+        tokenizer.pad_token_id,
+        8,
+        make_accelerator("fp32", "dpo.precision"),
+        "dpo: reference log-probs (train)",
+    )
     gen = {"temperature": 0.7, "top_p": 0.95, "top_k": 0, "max_new_tokens": 8}
     _, ids = generate(policy, tokenizer, [p.prompt for p in pairs], gen, 8, 0, "generate sft", 48)
     answer_logps(policy, tokenizer, [p.prompt for p in pairs], ids, 8, 48, "log-probs sft")

@@ -48,8 +48,9 @@ def test_dpo_loss_hand_values():
     chosen log-ratio  = -1 - (-2) =  1 -> chosen reward   = 0.5 * 1  =  0.5
     rejected log-ratio = -3 - (-2) = -1 -> rejected reward = 0.5 * -1 = -0.5
     loss = -log sigmoid(0.5 * (1 - (-1))) = log(1 + e^-1) = 0.3132617"""
-    losses, chosen, rejected = dpo_loss(torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]),
-                                        torch.tensor([-2.0]), beta=0.5)
+    losses, chosen, rejected = dpo_loss(
+        torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.0]), beta=0.5
+    )
     assert math.isclose(losses.item(), 0.3132617, abs_tol=1e-6)
     assert chosen.item() == 0.5 and rejected.item() == -0.5
 
@@ -87,14 +88,22 @@ def trl_dpo_loss(loss_type, beta, label_smoothing, *logps):
 
     from trl import DPOTrainer
 
-    trainer = SimpleNamespace(accelerator=SimpleNamespace(device=torch.device("cpu")), reference_free=False,
-                              f_divergence_type="reverse_kl", f_divergence_params=None, loss_type=loss_type,
-                              beta=beta, label_smoothing=label_smoothing)
+    trainer = SimpleNamespace(
+        accelerator=SimpleNamespace(device=torch.device("cpu")),
+        reference_free=False,
+        f_divergence_type="reverse_kl",
+        f_divergence_params=None,
+        loss_type=loss_type,
+        beta=beta,
+        label_smoothing=label_smoothing,
+    )
     return DPOTrainer.dpo_loss(trainer, *logps)
 
 
-@pytest.mark.parametrize("loss_type, label_smoothing", [("sigmoid", 0.0), ("sigmoid", 0.1), ("hinge", 0.0),
-                                                        ("ipo", 0.0), ("robust", 0.1), ("robust", 0.3)])
+@pytest.mark.parametrize(
+    "loss_type, label_smoothing",
+    [("sigmoid", 0.0), ("sigmoid", 0.1), ("hinge", 0.0), ("ipo", 0.0), ("robust", 0.1), ("robust", 0.3)],
+)
 def test_dpo_loss_types_equal_trl_0_11(loss_type, label_smoothing):
     torch.manual_seed(0)
     logps = [-torch.rand(16) * 20 for _ in range(4)]  # policy chosen/rejected, reference chosen/rejected

@@ -12,8 +12,12 @@ from alignkit.models import load_encoder, source_kind
 from tests.conftest import stage_env
 
 TEXTS = [
-    "What is the capital of France?", "The capital of France is Paris.", "What is 2 plus 2?",
-    "2 plus 2 equals 4.", "A baby cat is called a kitten.", "I would rather not say.",
+    "What is the capital of France?",
+    "The capital of France is Paris.",
+    "What is 2 plus 2?",
+    "2 plus 2 equals 4.",
+    "A baby cat is called a kitten.",
+    "I would rather not say.",
 ] * 20
 
 
@@ -24,13 +28,19 @@ def test_source_kind(tmp_path):
     assert source_kind("bert-base-uncased", "k") == "hub"
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("tiny-gtp2", "models.policy: unknown preset 'tiny-gtp2' (did you mean 'tiny-gpt2'?)"),
-    ("tiny-lama", "models.policy: unknown preset 'tiny-lama' (did you mean 'tiny-llama'?)"),
-    ("tiny-bret", "models.policy: unknown preset 'tiny-bret' (presets: tiny-gpt2, tiny-llama)"),
-    ("./no/such/dir", "models.policy: './no/such/dir' is not a built-in preset (tiny-gpt2, tiny-llama), an existing directory"),
-    ("a/b/c", "models.policy: 'a/b/c' is not a built-in preset"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("tiny-gtp2", "models.policy: unknown preset 'tiny-gtp2' (did you mean 'tiny-gpt2'?)"),
+        ("tiny-lama", "models.policy: unknown preset 'tiny-lama' (did you mean 'tiny-llama'?)"),
+        ("tiny-bret", "models.policy: unknown preset 'tiny-bret' (presets: tiny-gpt2, tiny-llama)"),
+        (
+            "./no/such/dir",
+            "models.policy: './no/such/dir' is not a built-in preset (tiny-gpt2, tiny-llama), an existing directory",
+        ),
+        ("a/b/c", "models.policy: 'a/b/c' is not a built-in preset"),
+    ],
+)
 def test_bad_model_spec_names_the_key(spec, message):
     with pytest.raises(ModelError) as err:
         load_policy(spec, texts=TEXTS)
@@ -38,7 +48,9 @@ def test_bad_model_spec_names_the_key(spec, message):
 
 
 def test_presets_have_the_right_family():
-    with pytest.raises(ModelError, match="models.policy: preset 'tiny-bert' is of the bert family; .* needs tiny-gpt2 or tiny-llama"):
+    with pytest.raises(
+        ModelError, match="models.policy: preset 'tiny-bert' is of the bert family; .* needs tiny-gpt2 or tiny-llama"
+    ):
         load_policy("tiny-bert", texts=TEXTS)
     with pytest.raises(ModelError, match="models.reward: preset 'tiny-gpt2' is of the gpt2 family; .* needs tiny-bert"):
         load_encoder("tiny-gpt2", texts=TEXTS)
@@ -70,7 +82,9 @@ def test_tiny_llama_preset_is_a_llama_chat_model(tmp_path, no_network):
     assert (tok.bos_token, tok.eos_token) == ("<s>", "</s>") and tok("a")["input_ids"][0] == tok.bos_token_id
     assert all(len(tok.tokenize(tag)) == 1 for tag in ("<|system|>", "<|user|>", "<|assistant|>"))
     chat = [{"role": "user", "content": "Hi"}]
-    assert tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) == "<|user|>\nHi</s>\n<|assistant|>\n"
+    assert (
+        tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) == "<|user|>\nHi</s>\n<|assistant|>\n"
+    )
     # The template travels with the tokenizer: a saved model loads back as the same chat model, offline.
     model.save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
@@ -121,16 +135,21 @@ def test_local_directory_without_a_model(tmp_path):
 
 def test_hub_id_goes_to_from_pretrained_and_fails_clearly_offline():
     """With HF_HUB_OFFLINE=1 and an empty cache, a hub id cannot load, and says so in one line."""
-    code = ("from alignkit.modeldir import load_policy\n"
-            "load_policy('openai-community/gpt2-medium')\n")
+    code = "from alignkit.modeldir import load_policy\nload_policy('openai-community/gpt2-medium')\n"
     env = stage_env() | {"HF_HUB_OFFLINE": "1", "HF_HOME": "/nonexistent-hf-home"}
-    result = subprocess.run([sys.executable, "-c", f"from alignkit.stage import run_stage\n"
-                             f"run_stage(lambda argv: exec({code!r}))"], capture_output=True, text=True, env=env)
+    result = subprocess.run(
+        [sys.executable, "-c", f"from alignkit.stage import run_stage\nrun_stage(lambda argv: exec({code!r}))"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert result.returncode == 2
     line = result.stderr.strip()
     assert "\n" not in line
-    assert line == ("error: models.policy: cannot load 'openai-community/gpt2-medium' as a hub id: it is not in "
-                    "the Hugging Face cache and HF_HUB_OFFLINE is set")
+    assert line == (
+        "error: models.policy: cannot load 'openai-community/gpt2-medium' as a hub id: it is not in "
+        "the Hugging Face cache and HF_HUB_OFFLINE is set"
+    )
 
 
 def test_a_hub_id_fails_at_once_when_the_hub_cannot_be_reached(tmp_path, monkeypatch, no_network):
@@ -152,8 +171,10 @@ def test_a_hub_id_fails_at_once_when_the_hub_cannot_be_reached(tmp_path, monkeyp
     monkeypatch.setattr(models, "_hub_unreachable", lambda: "huggingface.co cannot be reached (no route)")
     with pytest.raises(ModelError) as err:
         models.load_encoder("bert-base-uncased")
-    assert str(err.value) == ("models.reward: cannot load 'bert-base-uncased' as a hub id: it is not in the "
-                              "Hugging Face cache and huggingface.co cannot be reached (no route)")
+    assert str(err.value) == (
+        "models.reward: cannot load 'bert-base-uncased' as a hub id: it is not in the "
+        "Hugging Face cache and huggingface.co cannot be reached (no route)"
+    )
     assert calls == [True]  # the cache only: the download, with its retries, never started
 
 

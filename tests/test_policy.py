@@ -9,8 +9,12 @@ from alignkit.conversation import Renderer, plain_prompt, single_turn
 from alignkit.modeldir import load_policy
 from alignkit.policy import collate, prepare_tokenizer, sequence_logps, token_logps
 
-TEXTS = [plain_prompt(single_turn("What is the capital of Italy?")), " The capital of Italy is Rome.",
-         plain_prompt(single_turn("What is 2 plus 2?")), " 2 plus 2 equals 4."] * 10
+TEXTS = [
+    plain_prompt(single_turn("What is the capital of Italy?")),
+    " The capital of Italy is Rome.",
+    plain_prompt(single_turn("What is 2 plus 2?")),
+    " 2 plus 2 equals 4.",
+] * 10
 MODEL, TOKENIZER = load_policy("tiny-gpt2", texts=TEXTS, seed=0)
 prepare_tokenizer(TOKENIZER)
 MODEL.eval()
@@ -33,9 +37,9 @@ def test_over_long_examples_lose_prompt_tokens_from_the_left():
     ((ids, prompt_len),) = encode_examples(["What is the capital of Italy?"], ["Rome."], 6)
     answer = full[full_prompt:]
     assert len(ids) == 6 and ids[prompt_len:] == answer  # the whole answer and its EOS survive
-    assert ids[:prompt_len] == full[full_prompt - prompt_len: full_prompt]  # the end of the prompt
+    assert ids[:prompt_len] == full[full_prompt - prompt_len : full_prompt]  # the end of the prompt
     ((short, short_prompt),) = encode_examples(["What is the capital of Italy?"], ["Rome."], 64, max_prompt_length=3)
-    assert short_prompt == 3 and short == full[full_prompt - 3:]  # max_prompt_length cuts the same way
+    assert short_prompt == 3 and short == full[full_prompt - 3 :]  # max_prompt_length cuts the same way
 
 
 def test_loss_mask_keeps_the_eos_although_it_is_also_the_pad_token():
@@ -64,17 +68,26 @@ def test_token_and_sequence_logps_by_hand():
 
 
 def test_padding_leaves_sequence_logps_unchanged():
-    examples = encode_examples(["What is 2 plus 2?", "What is the capital of Italy?"],
-                               ["2 plus 2 equals 4.", "Rome."], 64)
+    examples = encode_examples(
+        ["What is 2 plus 2?", "What is the capital of Italy?"], ["2 plus 2 equals 4.", "Rome."], 64
+    )
     with torch.no_grad():
         batch = collate(examples, TOKENIZER.pad_token_id)
-        tight = sequence_logps(MODEL(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
-                               batch["input_ids"], batch["loss_mask"])
+        tight = sequence_logps(
+            MODEL(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+            batch["input_ids"],
+            batch["loss_mask"],
+        )
         padded = collate(examples + [([TOKENIZER.eos_token_id] * 40, 1)], TOKENIZER.pad_token_id)
-        loose = sequence_logps(MODEL(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits,
-                               padded["input_ids"], padded["loss_mask"])[:2]
-        alone = [sequence_logps(MODEL(input_ids=b["input_ids"]).logits, b["input_ids"], b["loss_mask"])
-                 for b in (collate([e], TOKENIZER.pad_token_id) for e in examples)]
+        loose = sequence_logps(
+            MODEL(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits,
+            padded["input_ids"],
+            padded["loss_mask"],
+        )[:2]
+        alone = [
+            sequence_logps(MODEL(input_ids=b["input_ids"]).logits, b["input_ids"], b["loss_mask"])
+            for b in (collate([e], TOKENIZER.pad_token_id) for e in examples)
+        ]
     assert torch.allclose(tight, loose, atol=1e-5)
     assert torch.allclose(tight, torch.cat(alone), atol=1e-5)
 
@@ -101,6 +114,9 @@ def test_new_tokens_that_leave_no_room_for_a_prompt_are_one_line_naming_the_key(
     config = SimpleNamespace(max_position_embeddings=256)
     assert max_prompt_tokens(config, 20, 512) == 236 and max_prompt_tokens(config, 255, 512) == 1
     for new in (256, 300, 100000):
-        with pytest.raises(ParamsError, match=rf"^ppo\.max_new_tokens: {new} new tokens leave no room for a prompt in "
-                                              r"the model's context of 256 tokens; at most 255$"):
+        with pytest.raises(
+            ParamsError,
+            match=rf"^ppo\.max_new_tokens: {new} new tokens leave no room for a prompt in "
+            r"the model's context of 256 tokens; at most 255$",
+        ):
             max_prompt_tokens(config, new, 512, "ppo.max_new_tokens")

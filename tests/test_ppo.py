@@ -31,17 +31,25 @@ def test_shaped_rewards_hand_values():
 
 
 def test_batch_that_trl_cannot_split_is_a_params_error(tmp_path):
-    path = write_params(tmp_path / "params.yaml", ppo={"batch_size": 16, "mini_batch_size": 8,
-                                                      "gradient_accumulation_steps": 4})
-    with pytest.raises(ParamsError, match=r"ppo.batch_size \(16\) must be a multiple of ppo.mini_batch_size x "
-                                          r"ppo.gradient_accumulation_steps \(8 x 4 = 32\)"):
+    path = write_params(
+        tmp_path / "params.yaml", ppo={"batch_size": 16, "mini_batch_size": 8, "gradient_accumulation_steps": 4}
+    )
+    with pytest.raises(
+        ParamsError,
+        match=r"ppo.batch_size \(16\) must be a multiple of ppo.mini_batch_size x "
+        r"ppo.gradient_accumulation_steps \(8 x 4 = 32\)",
+    ):
         load_params(path)
 
 
 def test_kl_params_reach_the_controller_and_early_stopping(sft_model, tmp_path):
     """kl_target/kl_horizon drive trl's adaptive controller; target_kl only feeds early stopping."""
-    cfg = load_params(write_params(tmp_path / "params.yaml", ppo={"kl_target": 3.0, "kl_horizon": 500,
-                                                                  "target_kl": 0.05, "early_stopping": True})).ppo
+    cfg = load_params(
+        write_params(
+            tmp_path / "params.yaml",
+            ppo={"kl_target": 3.0, "kl_horizon": 500, "target_kl": 0.05, "early_stopping": True},
+        )
+    ).ppo
     tokenizer = prepare_tokenizer(load_policy(str(sft_model / "sft"))[1])
     policy = value_head_model(load_policy(str(sft_model / "sft"))[0])
     reference = value_head_model(load_policy(str(sft_model / "sft"))[0], frozen=True)
@@ -65,11 +73,12 @@ def test_gpt2_answers_are_scored_as_text_retokenized_by_the_bert_tokenizer(sft_m
     assert gpt2_tokenizer.get_vocab() != scorer.tokenizer.get_vocab()
     prompt = gpt2_tokenizer("Question: What is the capital of Italy?\nAnswer:", return_tensors="pt")
     out = policy.generate(**prompt, max_new_tokens=12, do_sample=False, pad_token_id=gpt2_tokenizer.eos_token_id)
-    answer = gpt2_tokenizer.decode(out[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    answer = gpt2_tokenizer.decode(out[0, prompt["input_ids"].shape[1] :], skip_special_tokens=True).strip()
 
     seen = []
-    scorer.model.encoder.register_forward_hook(lambda module, args, kwargs, output: seen.append(kwargs["input_ids"]),
-                                               with_kwargs=True)
+    scorer.model.encoder.register_forward_hook(
+        lambda module, args, kwargs, output: seen.append(kwargs["input_ids"]), with_kwargs=True
+    )
     score = scorer.score([single_turn("What is the capital of Italy?")], [answer])
     (expected,) = encode_pairs(scorer.tokenizer, ["What is the capital of Italy?"], [answer], scorer.max_length)
     assert seen[0][0].tolist() == expected["input_ids"]  # BERT's own ids for the (question, answer) text pair
@@ -83,11 +92,27 @@ def ppo_run(sft_model, reward_model, prepared_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("ppo")
     params = write_params(out / "params.yaml", ppo={"max_steps_per_epoch": 12})
     received = []
-    stage_main("ppo")(["--params", str(params), "--data", str(prepared_root), "--sft", str(sft_model / "sft"),
-                       "--rewards", str(reward_model / "models"), "--out", str(out / "ppo"),
-                       "--metrics", str(out / "ppo.json"), "--live", str(out / "live"),
-                       "--checkpoints", str(out / "checkpoints")],
-                      step_hook=lambda q, r, s: received.append((len(q), len(r), len(s))))
+    stage_main("ppo")(
+        [
+            "--params",
+            str(params),
+            "--data",
+            str(prepared_root),
+            "--sft",
+            str(sft_model / "sft"),
+            "--rewards",
+            str(reward_model / "models"),
+            "--out",
+            str(out / "ppo"),
+            "--metrics",
+            str(out / "ppo.json"),
+            "--live",
+            str(out / "live"),
+            "--checkpoints",
+            str(out / "checkpoints"),
+        ],
+        step_hook=lambda q, r, s: received.append((len(q), len(r), len(s))),
+    )
     return out, received
 
 
@@ -102,9 +127,19 @@ def test_ppo_raises_the_reward_model_score_on_held_out_prompts(ppo_run, prepared
     assert sum(1 for _ in open(prepared_sample / "validation.jsonl")) >= 128
     assert metrics["val_score_after"] > metrics["val_score_before"]
     assert math.isfinite(metrics["kl"]) and math.isfinite(metrics["kl_coef"])
-    assert set(metrics) == {"score_per_epoch", "val_score_before", "val_score_after", "kl", "kl_coef", "entropy",
-                            "clipfrac", "response_length", "val_model_scores_before", "val_model_scores_after",
-                            "train_model_scores"}
+    assert set(metrics) == {
+        "score_per_epoch",
+        "val_score_before",
+        "val_score_after",
+        "kl",
+        "kl_coef",
+        "entropy",
+        "clipfrac",
+        "response_length",
+        "val_model_scores_before",
+        "val_model_scores_after",
+        "train_model_scores",
+    }
     # one reward model, its raw score: the combined score is its own
     assert metrics["val_model_scores_after"] == {"helpful": pytest.approx(metrics["val_score_after"], abs=1e-6)}
     curves = {p.stem for p in (out / "live" / "plots" / "metrics" / "train").iterdir()}
@@ -134,6 +169,9 @@ def test_the_step_plan_is_worked_out_once_and_refuses_a_batch_larger_than_the_sp
     plan = plan_epochs(list(range(23)), cfg, seed=1)
     assert [len(epoch) for epoch in plan] == [2, 2] and plan[0] == batches(range(23), 8, 1)[:2]
     assert plan[1] == batches(range(23), 8, 2)[:2]  # each epoch its own seeded order
-    with pytest.raises(ParamsError, match=r"^ppo\.batch_size: 24 is more than the 23 prompts of the training split; "
-                                          r"at most 23$"):
+    with pytest.raises(
+        ParamsError,
+        match=r"^ppo\.batch_size: 24 is more than the 23 prompts of the training split; "
+        r"at most 23$",
+    ):
         plan_epochs(list(range(23)), SimpleNamespace(batch_size=24, epochs=1, max_steps_per_epoch=None), seed=1)

@@ -88,7 +88,9 @@ def test_null_and_nan_in_jsonl(prepare, tmp_path, value):
 
 def test_null_in_parquet(prepare, tmp_path):
     path = tmp_path / "prefs.parquet"
-    pq.write_table(pa.table({"prompt": ["a?", "b?", "c?"], "chosen": ["A.", None, "C."], "rejected": ["x", "y", "z"]}), path)
+    pq.write_table(
+        pa.table({"prompt": ["a?", "b?", "c?"], "chosen": ["A.", None, "C."], "rejected": ["x", "y", "z"]}), path
+    )
     assert_error(prepare(path), path, "row 2", "column 'chosen'", "missing value")
     assert prepare.wrote_nothing()
 
@@ -123,8 +125,12 @@ def test_row_with_too_many_fields(prepare, tmp_path):
 
 def test_text_longer_than_max_chars_stops_with_on_bad_row_error(prepare, tmp_path):
     path = csv_file(tmp_path, *GOOD[:2], "What is long?,Long answer " + "x" * 300 + ".,Short.\n", *GOOD[2:])
-    msg = assert_error(prepare(path, prepare={"max_chars": 100, "on_bad_row": "error"}), path, "row 3 (line 4)",
-                       "column 'More_Prefered'")
+    msg = assert_error(
+        prepare(path, prepare={"max_chars": 100, "on_bad_row": "error"}),
+        path,
+        "row 3 (line 4)",
+        "column 'More_Prefered'",
+    )
     assert "prepare.max_chars=100" in msg and "prepare.on_bad_row: drop would drop and count it" in msg
     assert prepare.wrote_nothing()
 
@@ -146,14 +152,21 @@ def test_identical_pairs_and_duplicates_are_dropped_and_counted(prepare, tmp_pat
     metrics = json.loads(prepare.metrics.read_text())
     assert metrics["rows_in"] == 7 and metrics["rows_kept"] == 4
     assert metrics["rows_dropped"] == dropped(duplicate=2, identical_pair=1)
-    kept = [json.loads(l) for s in ("train", "validation", "test") for l in (prepare.out_dir / f"{s}.jsonl").open()]
+    kept = [
+        json.loads(line) for s in ("train", "validation", "test") for line in (prepare.out_dir / f"{s}.jsonl").open()
+    ]
     assert sorted(r["row"] for r in kept) == [1, 2, 3, 4]
 
 
 def test_zero_rows_left_after_cleaning(prepare, tmp_path):
     path = csv_file(tmp_path, "Same?,Yes.,Yes.\n", "Again?,No.,No.\n")
-    assert_error(prepare(path, prepare={"max_drop_fraction": 1.0}), path, "no rows left after cleaning", "2 read",
-                 "identical_pair=2")
+    assert_error(
+        prepare(path, prepare={"max_drop_fraction": 1.0}),
+        path,
+        "no rows left after cleaning",
+        "2 read",
+        "identical_pair=2",
+    )
     assert prepare.wrote_nothing()
 
 
@@ -180,7 +193,10 @@ def test_unsupported_extension(prepare, tmp_path):
 
 
 def read_outputs(prepare):
-    rows = {s: [json.loads(l) for l in (prepare.out_dir / f"{s}.jsonl").open()] for s in ("train", "validation", "test")}
+    rows = {
+        s: [json.loads(line) for line in (prepare.out_dir / f"{s}.jsonl").open()]
+        for s in ("train", "validation", "test")
+    }
     return rows, json.loads(prepare.metrics.read_text())
 
 
@@ -192,14 +208,27 @@ def test_prompt_chosen_rejected_jsonl_gz(prepare, tmp_path):
     assert result.returncode == 0, result.stderr
     rows, metrics = read_outputs(prepare)
     assert metrics["splits"] == {"train": 4, "validation": 2, "test": 2}
-    assert {"prompt": [{"role": "user", "content": "Q3?"}], "chosen": "Good 3.", "rejected": "Bad 3.",
-            "row": 4, "unsafe": False} in sum(rows.values(), [])
+    assert {
+        "prompt": [{"role": "user", "content": "Q3?"}],
+        "chosen": "Good 3.",
+        "rejected": "Bad 3.",
+        "row": 4,
+        "unsafe": False,
+    } in sum(rows.values(), [])
 
 
 def test_reference_schema_parquet(prepare, tmp_path):
     path = tmp_path / "prefs.parquet"
-    pq.write_table(pa.table({"Question": ["a?", "b?", "c?", "d?"], "More_Prefered": ["A", "B", "C", "D"],
-                             "Less_Prefered": ["x", "y", "z", "w"]}), path)
+    pq.write_table(
+        pa.table(
+            {
+                "Question": ["a?", "b?", "c?", "d?"],
+                "More_Prefered": ["A", "B", "C", "D"],
+                "Less_Prefered": ["x", "y", "z", "w"],
+            }
+        ),
+        path,
+    )
     result = prepare(path, prepare=TINY_SPLITS)
     assert result.returncode == 0, result.stderr
     rows, metrics = read_outputs(prepare)
@@ -210,9 +239,18 @@ def test_anthropic_hh_dialogues(prepare, tmp_path):
     dialogue = "\n\nHuman: Hi there\n\nAssistant: Hello!\n\nHuman: What is 2+2?\n\nAssistant:"
     records = [
         {"chosen": dialogue + " It is 4.", "rejected": dialogue + " I don't know."},
-        {"chosen": "\n\nHuman: Name a color.\n\nAssistant: Blue.", "rejected": "\n\nHuman: Name a color.\n\nAssistant: No."},
-        {"chosen": "\n\nHuman: Bye\n\nAssistant: Goodbye, take care!", "rejected": "\n\nHuman: Bye\n\nAssistant: Whatever."},
-        {"chosen": "\n\nHuman: Thanks\n\nAssistant: You're welcome.", "rejected": "\n\nHuman: Thanks\n\nAssistant: Sure"},
+        {
+            "chosen": "\n\nHuman: Name a color.\n\nAssistant: Blue.",
+            "rejected": "\n\nHuman: Name a color.\n\nAssistant: No.",
+        },
+        {
+            "chosen": "\n\nHuman: Bye\n\nAssistant: Goodbye, take care!",
+            "rejected": "\n\nHuman: Bye\n\nAssistant: Whatever.",
+        },
+        {
+            "chosen": "\n\nHuman: Thanks\n\nAssistant: You're welcome.",
+            "rejected": "\n\nHuman: Thanks\n\nAssistant: Sure",
+        },
     ]
     path = tmp_path / "hh.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -221,16 +259,25 @@ def test_anthropic_hh_dialogues(prepare, tmp_path):
     assert "hh schema" in result.stdout
     rows, _ = read_outputs(prepare)
     first = next(r for r in sum(rows.values(), []) if r["row"] == 1)
-    assert first == {"prompt": [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello!"},
-                                {"role": "user", "content": "What is 2+2?"}],
-                     "chosen": "It is 4.", "rejected": "I don't know.", "row": 1, "unsafe": False}
+    assert first == {
+        "prompt": [
+            {"role": "user", "content": "Hi there"},
+            {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "What is 2+2?"},
+        ],
+        "chosen": "It is 4.",
+        "rejected": "I don't know.",
+        "row": 1,
+        "unsafe": False,
+    }
 
 
 def test_hh_dialogues_without_shared_assistant_turn(prepare, tmp_path):
     path = tmp_path / "hh.jsonl"
     path.write_text(json.dumps({"chosen": "\n\nHuman: A\n\nAssistant: B", "rejected": "Something else"}) + "\n")
-    assert_error(prepare(path), path, "1 of 1 rows are bad", "no_shared_prompt=1", "row 1", "column 'chosen'",
-                 "Assistant:")
+    assert_error(
+        prepare(path), path, "1 of 1 rows are bad", "no_shared_prompt=1", "row 1", "column 'chosen'", "Assistant:"
+    )
     assert prepare.wrote_nothing()
 
 
@@ -247,8 +294,11 @@ def test_too_few_rows_to_split(prepare, tmp_path):
 
 # ------------------------------------------------------------ real data: mapping, filters, bad rows
 
-BOOK_FILTER = [{"column": "status", "op": "==", "value": "tie"}, {"column": "chosen_score", "op": ">=", "value": 8},
-               {"column": "in_gsm8k_train", "op": "==", "value": False}]
+BOOK_FILTER = [
+    {"column": "status", "op": "==", "value": "tie"},
+    {"column": "chosen_score", "op": ">=", "value": 8},
+    {"column": "in_gsm8k_train", "op": "==", "value": False},
+]
 
 
 def orca_rows():
@@ -258,9 +308,18 @@ def orca_rows():
     rows = []
     for i in range(20):
         status = "unchanged" if i % 4 == 3 else "tie"
-        rows.append({"system": "You are an AI assistant.", "input": f"Question {i}?", "chosen": f"Good answer {i}.",
-                     "rejected": f"Bad answer {i}.", "status": status, "chosen_score": [9, 8, 7.5][i % 3],
-                     "in_gsm8k_train": i % 2 == 1, "question": f"extra {i}"})
+        rows.append(
+            {
+                "system": "You are an AI assistant.",
+                "input": f"Question {i}?",
+                "chosen": f"Good answer {i}.",
+                "rejected": f"Bad answer {i}.",
+                "status": status,
+                "chosen_score": [9, 8, 7.5][i % 3],
+                "in_gsm8k_train": i % 2 == 1,
+                "question": f"extra {i}",
+            }
+        )
     return rows
 
 
@@ -268,24 +327,36 @@ def test_orca_style_table_with_the_book_filters(prepare, tmp_path):
     rows = orca_rows()
     path = tmp_path / "orca.parquet"
     pq.write_table(pa.Table.from_pylist(rows), path)
-    result = prepare(path, data={"columns": {"prompt": "input", "chosen": None, "rejected": None, "system": "system"},
-                                 "filter": BOOK_FILTER}, prepare={"val_fraction": 0.2, "test_fraction": 0.2})
+    result = prepare(
+        path,
+        data={
+            "columns": {"prompt": "input", "chosen": None, "rejected": None, "system": "system"},
+            "filter": BOOK_FILTER,
+        },
+        prepare={"val_fraction": 0.2, "test_fraction": 0.2},
+    )
     assert result.returncode == 0, result.stderr
     out, metrics = read_outputs(prepare)
     # By hand: the first failing condition counts each removed row.
-    passing = [i for i, r in enumerate(rows) if r["status"] == "tie" and r["chosen_score"] >= 8
-               and not r["in_gsm8k_train"]]
+    passing = [
+        i for i, r in enumerate(rows) if r["status"] == "tie" and r["chosen_score"] >= 8 and not r["in_gsm8k_train"]
+    ]
     not_tie = sum(r["status"] != "tie" for r in rows)
     low = sum(r["status"] == "tie" and r["chosen_score"] < 8 for r in rows)
-    assert metrics["rows_filtered"] == {'status == "tie"': not_tie, "chosen_score >= 8": low,
-                                        "in_gsm8k_train == false": 20 - not_tie - low - len(passing)}
+    assert metrics["rows_filtered"] == {
+        'status == "tie"': not_tie,
+        "chosen_score >= 8": low,
+        "in_gsm8k_train == false": 20 - not_tie - low - len(passing),
+    }
     assert metrics["rows_filtered"] == {'status == "tie"': 5, "chosen_score >= 8": 5, "in_gsm8k_train == false": 3}
     assert metrics["rows_in"] == 20 and metrics["rows_kept"] == len(passing) == 7
     assert metrics["rows_dropped"] == dropped()
     kept = sorted(sum(out.values(), []), key=lambda r: r["row"])
     assert [r["row"] - 1 for r in kept] == passing
-    assert kept[0]["prompt"] == [{"role": "system", "content": "You are an AI assistant."},
-                                 {"role": "user", "content": f"Question {passing[0]}?"}]
+    assert kept[0]["prompt"] == [
+        {"role": "system", "content": "You are an AI assistant."},
+        {"role": "user", "content": f"Question {passing[0]}?"},
+    ]
 
 
 def test_the_same_filters_on_csv_text_cells(prepare, tmp_path):
@@ -294,8 +365,11 @@ def test_the_same_filters_on_csv_text_cells(prepare, tmp_path):
     lines = [",".join(header)] + [",".join(str(r[c]) for c in header) for r in rows]  # True/False, 7.5 as text
     path = tmp_path / "orca.csv"
     path.write_text("\n".join(lines) + "\n")
-    result = prepare(path, data={"columns": {"prompt": "input", "chosen": None, "rejected": None, "system": None},
-                                 "filter": BOOK_FILTER}, prepare={"val_fraction": 0.2, "test_fraction": 0.2})
+    result = prepare(
+        path,
+        data={"columns": {"prompt": "input", "chosen": None, "rejected": None, "system": None}, "filter": BOOK_FILTER},
+        prepare={"val_fraction": 0.2, "test_fraction": 0.2},
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(prepare.metrics.read_text())["rows_kept"] == 7
 
@@ -303,10 +377,16 @@ def test_the_same_filters_on_csv_text_cells(prepare, tmp_path):
 def test_a_filter_on_an_unknown_column_names_the_params_key(prepare, tmp_path):
     path = tmp_path / "orca.parquet"
     pq.write_table(pa.Table.from_pylist(orca_rows()), path)
-    result = prepare(path, data={"columns": {"prompt": "input", "chosen": None, "rejected": None, "system": None},
-                                 "filter": [{"column": "chosen_scores", "op": ">=", "value": 8}]})
+    result = prepare(
+        path,
+        data={
+            "columns": {"prompt": "input", "chosen": None, "rejected": None, "system": None},
+            "filter": [{"column": "chosen_scores", "op": ">=", "value": 8}],
+        },
+    )
     assert result.returncode == 2 and result.stderr.strip() == (
-        f"error: data.helpful.filter[0].column: no column 'chosen_scores' in {path} (did you mean 'chosen_score'?)")
+        f"error: data.helpful.filter[0].column: no column 'chosen_scores' in {path} (did you mean 'chosen_score'?)"
+    )
     assert prepare.wrote_nothing()
 
 
@@ -315,8 +395,9 @@ def hh_rows(n, empty):
     rows = []
     for i in range(n):
         prompt = f"\n\nHuman: Hello {i}\n\nAssistant: Hi!\n\nHuman: What is {i} plus {i}?\n\nAssistant:"
-        rows.append({"chosen": prompt + ("" if i < empty else f" {i} plus {i} is {2 * i}."),
-                     "rejected": prompt + " No idea."})
+        rows.append(
+            {"chosen": prompt + ("" if i < empty else f" {i} plus {i} is {2 * i}."), "rejected": prompt + " No idea."}
+        )
     return rows
 
 
@@ -337,15 +418,27 @@ def test_hh_rows_with_an_empty_last_answer_are_dropped_and_counted(prepare, tmp_
 
 def test_more_bad_rows_than_max_drop_fraction_stops_with_one_line(prepare, tmp_path):
     path = write_jsonl(tmp_path / "hh.jsonl", hh_rows(100, empty=6))
-    msg = assert_error(prepare(path), path, "6 of 100 rows are bad (6.0%, more than prepare.max_drop_fraction=0.05)",
-                       "empty_answer=6", "row 1", "column 'chosen'", "empty answer")
+    msg = assert_error(
+        prepare(path),
+        path,
+        "6 of 100 rows are bad (6.0%, more than prepare.max_drop_fraction=0.05)",
+        "empty_answer=6",
+        "row 1",
+        "column 'chosen'",
+        "empty answer",
+    )
     assert prepare.wrote_nothing() and len(msg) < 400
 
 
 def test_on_bad_row_error_stops_at_the_first_bad_row(prepare, tmp_path):
     path = write_jsonl(tmp_path / "hh.jsonl", hh_rows(100, empty=0) + hh_rows(3, empty=1)[:1])
-    assert_error(prepare(path, prepare={"on_bad_row": "error"}), path, "row 101", "column 'chosen'",
-                 "empty answer after the last 'Assistant:' turn")
+    assert_error(
+        prepare(path, prepare={"on_bad_row": "error"}),
+        path,
+        "row 101",
+        "column 'chosen'",
+        "empty answer after the last 'Assistant:' turn",
+    )
     assert prepare.wrote_nothing()
 
 
@@ -374,30 +467,47 @@ def test_the_unsafe_column_marks_prompts_and_a_bad_mark_is_dropped_and_counted(p
     """data.<set>.columns.unsafe: true/false/yes/no/1/0 cells become each pair's unsafe mark; anything else
     is a bad row (bad_flag), dropped and counted."""
     rows = [row.rstrip("\n") + f",{mark}\n" for row, mark in zip(GOOD, ["false", "TRUE", "0", "yes"])]
-    path = csv_file(tmp_path, *rows, "How do I pick a lock?,I can't help with that.,Sure! First...,maybe\n",
-                    header="Question,More_Prefered,Less_Prefered,harmful\n")
-    result = prepare(path, data={"columns": {"prompt": None, "chosen": None, "rejected": None, "system": None,
-                                             "unsafe": "harmful"}},
-                     prepare={"max_drop_fraction": 0.25, **TINY_SPLITS})
+    path = csv_file(
+        tmp_path,
+        *rows,
+        "How do I pick a lock?,I can't help with that.,Sure! First...,maybe\n",
+        header="Question,More_Prefered,Less_Prefered,harmful\n",
+    )
+    result = prepare(
+        path,
+        data={"columns": {"prompt": None, "chosen": None, "rejected": None, "system": None, "unsafe": "harmful"}},
+        prepare={"max_drop_fraction": 0.25, **TINY_SPLITS},
+    )
     assert result.returncode == 0, result.stderr
     metrics = json.loads(prepare.metrics.read_text())
     assert metrics["rows_dropped"] == dropped(bad_flag=1) and metrics["unsafe_prompts"] == 2
-    kept = {l["row"]: l["unsafe"] for s in ("train", "validation", "test")
-            for l in map(json.loads, (prepare.out_dir / f"{s}.jsonl").open())}
+    kept = {
+        line["row"]: line["unsafe"]
+        for s in ("train", "validation", "test")
+        for line in map(json.loads, (prepare.out_dir / f"{s}.jsonl").open())
+    }
     assert kept == {1: False, 2: True, 3: False, 4: True}
 
 
 def test_a_bad_unsafe_mark_with_on_bad_row_error_names_row_and_column(prepare, tmp_path):
-    path = csv_file(tmp_path, GOOD[0].rstrip("\n") + ",perhaps\n", header="Question,More_Prefered,Less_Prefered,harmful\n")
-    result = prepare(path, data={"columns": {"prompt": None, "chosen": None, "rejected": None, "system": None,
-                                             "unsafe": "harmful"}}, prepare={"on_bad_row": "error"})
+    path = csv_file(
+        tmp_path, GOOD[0].rstrip("\n") + ",perhaps\n", header="Question,More_Prefered,Less_Prefered,harmful\n"
+    )
+    result = prepare(
+        path,
+        data={"columns": {"prompt": None, "chosen": None, "rejected": None, "system": None, "unsafe": "harmful"}},
+        prepare={"on_bad_row": "error"},
+    )
     assert_error(result, path, "row 1 (line 2), column 'harmful': expected true or false, got 'perhaps'")
 
 
 def test_an_unsafe_column_that_is_not_there_names_the_key(prepare, tmp_path):
     path = csv_file(tmp_path, *GOOD)
-    result = prepare(path, data={"columns": {"prompt": None, "chosen": None, "rejected": None, "system": None,
-                                             "unsafe": "harmfull"}})
+    result = prepare(
+        path, data={"columns": {"prompt": None, "chosen": None, "rejected": None, "system": None, "unsafe": "harmfull"}}
+    )
     assert result.returncode == 2
-    assert result.stderr.strip() == f"error: data.helpful.columns.unsafe: no column 'harmfull' in {path} " \
-                                    f"(found columns: 'Question', 'More_Prefered', 'Less_Prefered')"
+    assert (
+        result.stderr.strip() == f"error: data.helpful.columns.unsafe: no column 'harmfull' in {path} "
+        f"(found columns: 'Question', 'More_Prefered', 'Less_Prefered')"
+    )

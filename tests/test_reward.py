@@ -19,8 +19,16 @@ TOKENIZER = train_bert_tokenizer([" ".join(WORDS)] * 2, 200)
 
 
 def tiny_bert():
-    return BertModel(BertConfig(vocab_size=len(TOKENIZER), hidden_size=16, num_hidden_layers=1,
-                                num_attention_heads=2, intermediate_size=32, max_position_embeddings=64))
+    return BertModel(
+        BertConfig(
+            vocab_size=len(TOKENIZER),
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=64,
+        )
+    )
 
 
 def test_long_question_is_cut_from_its_start_and_the_answer_survives():
@@ -44,22 +52,31 @@ def test_answer_longer_than_the_budget_keeps_one_question_token_and_its_own_star
 def test_pooled_output_with_a_pooler_and_cls_state_without_one():
     torch.manual_seed(0)
     bert = RewardModel(tiny_bert()).eval()
-    distil = RewardModel(DistilBertModel(DistilBertConfig(vocab_size=len(TOKENIZER), dim=16, n_layers=1, n_heads=2,
-                                                          hidden_dim=32, max_position_embeddings=64))).eval()
+    distil = RewardModel(
+        DistilBertModel(
+            DistilBertConfig(
+                vocab_size=len(TOKENIZER), dim=16, n_layers=1, n_heads=2, hidden_dim=32, max_position_embeddings=64
+            )
+        )
+    ).eval()
     batch = TOKENIZER(["what is the capital"], ["paris"], return_tensors="pt")
     assert bert.use_pooler and not distil.use_pooler
     with torch.no_grad():
         pooled = bert.encoder(**batch).pooler_output
         assert torch.allclose(bert(**batch), bert.score_head(pooled).squeeze(-1))
-        cls = distil.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state[:, 0]
+        cls = distil.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state[
+            :, 0
+        ]
         assert torch.allclose(distil(**batch), distil.score_head(cls).squeeze(-1))  # token_type_ids ignored
 
 
 def test_one_concatenated_forward_gives_the_scores_of_separate_ones():
     torch.manual_seed(0)
     model = RewardModel(tiny_bert()).eval()
-    pairs = [Pair(single_turn("what is the capital of france"), "paris", "a b c d e", 1),
-             Pair(single_turn("what"), "paris is the capital of france", "f", 2)]
+    pairs = [
+        Pair(single_turn("what is the capital of france"), "paris", "a b c d e", 1),
+        Pair(single_turn("what"), "paris is the capital of france", "f", 2),
+    ]
     dataset = PairDataset(TOKENIZER, pairs, max_length=32)
     batch = PairCollator(TOKENIZER)([dataset[0], dataset[1]])
     assert batch["input_ids"].shape[0] == 4  # chosen and rejected of both pairs in one batch
@@ -93,7 +110,15 @@ def test_bf16_on_a_cpu_without_native_bf16_warns_and_runs(monkeypatch):
 
 def test_reduced_training_is_well_above_chance(reward_model):
     metrics = json.loads((reward_model / "reward.json").read_text())
-    assert set(metrics) == {"train_loss", "val_loss", "val_accuracy", "val_margin", "kept_epoch", "score_mean", "score_std"}
+    assert set(metrics) == {
+        "train_loss",
+        "val_loss",
+        "val_accuracy",
+        "val_margin",
+        "kept_epoch",
+        "score_mean",
+        "score_std",
+    }
     assert metrics["kept_epoch"] == 1  # one epoch, keep: last
     assert metrics["val_accuracy"] >= 0.8
     assert metrics["val_margin"] > 0
@@ -125,17 +150,34 @@ def test_stage_trains_from_a_local_distilbert_directory_offline(prepared_sample,
     """A local BERT-family directory without a pooler (DistilBERT), saved with save_pretrained."""
     train = read_split(prepared_sample / "train.jsonl")
     tokenizer = train_bert_tokenizer([t for p in train for t in (as_text(p.prompt), p.chosen, p.rejected)], 2000)
-    encoder = DistilBertModel(DistilBertConfig(vocab_size=len(tokenizer), dim=64, n_layers=2, n_heads=2,
-                                               hidden_dim=128, max_position_embeddings=128))
+    encoder = DistilBertModel(
+        DistilBertConfig(
+            vocab_size=len(tokenizer), dim=64, n_layers=2, n_heads=2, hidden_dim=128, max_position_embeddings=128
+        )
+    )
     local = tmp_path / "my-distilbert"
     encoder.save_pretrained(local)
     tokenizer.save_pretrained(local)
 
     params = write_params(tmp_path / "params.yaml", models={"reward": str(local)}, reward={"epochs": 1})
-    stage_main("reward")(["--params", str(params), "--name", "helpful", "--data", str(prepared_sample),
-                          "--out", str(tmp_path / "rm"),
-                          "--metrics", str(tmp_path / "rm.json"), "--live", str(tmp_path / "live"),
-                          "--checkpoints", str(tmp_path / "checkpoints")])
+    stage_main("reward")(
+        [
+            "--params",
+            str(params),
+            "--name",
+            "helpful",
+            "--data",
+            str(prepared_sample),
+            "--out",
+            str(tmp_path / "rm"),
+            "--metrics",
+            str(tmp_path / "rm.json"),
+            "--live",
+            str(tmp_path / "live"),
+            "--checkpoints",
+            str(tmp_path / "checkpoints"),
+        ]
+    )
     metrics = json.loads((tmp_path / "rm.json").read_text())
     assert metrics["val_accuracy"] >= 0.8
     scorer = RewardScorer(tmp_path / "rm" / "reward_model.pth", tmp_path / "rm", batch_size=8)

@@ -20,8 +20,14 @@ TEXTS = ["what is the capital of france", "paris is the capital", "the sky is bl
 def saved(tmp_path):
     """A tiny saved reward model: (weights path, model dir, its state dict)."""
     tokenizer = train_bert_tokenizer(TEXTS, 200)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=64)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+    )
     torch.manual_seed(0)
     model = RewardModel(BertModel(config))
     weights, model_dir = tmp_path / "reward_model.pth", tmp_path / "reward"
@@ -58,12 +64,17 @@ def test_the_saved_model_loads(saved):
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda s: s.pop("score_head.bias"), "missing keys score_head.bias"),
-    (lambda s: s.update({"value_head.weight": torch.zeros(1)}), "unexpected keys value_head.weight"),
-    (lambda s: s.update({"score_head.weight": torch.zeros(1, 8)}),
-     "wrong shapes: score_head.weight is (1, 8), expected (1, 16)"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda s: s.pop("score_head.bias"), "missing keys score_head.bias"),
+        (lambda s: s.update({"value_head.weight": torch.zeros(1)}), "unexpected keys value_head.weight"),
+        (
+            lambda s: s.update({"score_head.weight": torch.zeros(1, 8)}),
+            "wrong shapes: score_head.weight is (1, 8), expected (1, 16)",
+        ),
+    ],
+)
 def test_mismatching_weights_fail_with_one_line_naming_them(saved, change, message):
     weights, model_dir, state = saved
     state = dict(state)
@@ -100,8 +111,8 @@ def test_every_torch_load_is_weights_only_and_no_remote_code():
     assert loads >= 2  # the reward model and the checkpoint state
 
 
-def test_pipeline_policies_are_safetensors(built_repo):
-    repo, _ = built_repo
+def test_pipeline_policies_are_safetensors(small_repo):
+    repo, _ = small_repo
     for name in ("sft", "dpo", "ppo"):
         files = {p.name for p in (repo / "models" / name).iterdir()}
         assert "model.safetensors" in files, (name, files)
@@ -129,6 +140,8 @@ def test_a_checkpoint_whose_state_would_run_code_is_refused_with_our_advice_not_
     (tmp_path / "ckpt" / INFO).write_text(json.dumps(sealed({k: v for k, v in info.items() if k != "sha256"})))
     with pytest.raises(TrainingError) as err:
         Checkpointer(tmp_path / "ckpt", 1, "same run", accelerator).load(model)
-    assert str(err.value) == (f"{tmp_path / 'ckpt' / STATE}: refused to load: it holds more than tensors and plain "
-                              f"containers, and unpickling it would call types.SimpleNamespace; not resumed: "
-                              f"delete {tmp_path / 'ckpt'} to start afresh")
+    assert str(err.value) == (
+        f"{tmp_path / 'ckpt' / STATE}: refused to load: it holds more than tensors and plain "
+        f"containers, and unpickling it would call types.SimpleNamespace; not resumed: "
+        f"delete {tmp_path / 'ckpt'} to start afresh"
+    )

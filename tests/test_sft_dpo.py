@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from alignkit.adapters import frozen_reference
 from alignkit.conversation import plain_answer, plain_prompt, single_turn
 from alignkit.data import read_split
-from alignkit.dpo import make_step, reference_logps, encode_pairs, PairCollator, train_dpo
+from alignkit.dpo import PairCollator, encode_pairs, make_step, reference_logps, train_dpo
 from alignkit.modeldir import load_policy
 from alignkit.policy import disable_dropout, prepare_tokenizer
 from alignkit.training import make_accelerator
@@ -22,9 +22,24 @@ def trained(sft_model, prepared_root, tmp_path_factory):
     """The shortened SFT run, and DPO from it with the default params."""
     out = tmp_path_factory.mktemp("dpo")
     params = write_params(out / "params.yaml")
-    stage_main("dpo")(["--params", str(params), "--data", str(prepared_root), "--sft", str(sft_model / "sft"),
-                       "--out", str(out / "dpo"), "--metrics", str(out / "dpo.json"), "--live", str(out / "live-dpo"),
-                       "--checkpoints", str(out / "checkpoints-dpo")])
+    stage_main("dpo")(
+        [
+            "--params",
+            str(params),
+            "--data",
+            str(prepared_root),
+            "--sft",
+            str(sft_model / "sft"),
+            "--out",
+            str(out / "dpo"),
+            "--metrics",
+            str(out / "dpo.json"),
+            "--live",
+            str(out / "live-dpo"),
+            "--checkpoints",
+            str(out / "checkpoints-dpo"),
+        ]
+    )
     for name in ("sft", "sft.json"):
         (out / name).symlink_to(sft_model / name)
     return out
@@ -41,7 +56,7 @@ def test_sft_model_writes_answers_in_the_sample_style(trained):
     model, tokenizer = load_policy(str(trained / "sft"))
     ids = tokenizer(plain_prompt(single_turn("What is the chemical symbol for gold?")), return_tensors="pt")
     out = model.generate(**ids, max_new_tokens=20, do_sample=False, pad_token_id=tokenizer.eos_token_id)
-    answer = tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    answer = tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "chemical symbol for" in answer and answer.strip().endswith((".", "!")), answer
 
 
@@ -64,9 +79,22 @@ def test_dpo_moves_the_policy_and_keeps_its_tokenizer(trained):
 
 def test_sft_with_zero_epochs_saves_the_base_model_unchanged(prepared_root, prepared_sample, tmp_path):
     params = write_params(tmp_path / "params.yaml", sft={"epochs": 0})
-    stage_main("sft")(["--params", str(params), "--data", str(prepared_root), "--out", str(tmp_path / "sft"),
-                       "--metrics", str(tmp_path / "sft.json"), "--live", str(tmp_path / "live"),
-                       "--checkpoints", str(tmp_path / "checkpoints")])
+    stage_main("sft")(
+        [
+            "--params",
+            str(params),
+            "--data",
+            str(prepared_root),
+            "--out",
+            str(tmp_path / "sft"),
+            "--metrics",
+            str(tmp_path / "sft.json"),
+            "--live",
+            str(tmp_path / "live"),
+            "--checkpoints",
+            str(tmp_path / "checkpoints"),
+        ]
+    )
     train = read_split(prepared_sample / "train.jsonl")
     texts = [t for p in train for t in (plain_prompt(p.prompt), plain_answer(p.chosen), plain_answer(p.rejected))]
     base, _ = load_policy("tiny-gpt2", texts=texts, seed=repo_params()["seed"])
@@ -92,7 +120,9 @@ def test_reference_runs_once_before_training_and_step_zero_loss_is_log2(trained,
     # Step 0: policy == reference, so the loss of any batch is log 2.
     encoded = encode_pairs(tokenizer, pairs[:8], cfg.max_length, cfg.max_prompt_length)
     ref = reference_logps(reference, encoded, tokenizer.pad_token_id, 3, accelerator)  # other batching
-    batch = PairCollator(tokenizer.pad_token_id)([(c, r, rc.item(), rr.item()) for (c, r), rc, rr in zip(encoded, *ref)])
+    batch = PairCollator(tokenizer.pad_token_id)(
+        [(c, r, rc.item(), rr.item()) for (c, r), rc, rr in zip(encoded, *ref)]
+    )
     with torch.no_grad():
         loss, logs = make_step(cfg.beta, cfg.loss_type, cfg.label_smoothing)(policy, batch)
     assert math.isclose(loss.item(), math.log(2), abs_tol=1e-5)
@@ -100,8 +130,17 @@ def test_reference_runs_once_before_training_and_step_zero_loss_is_log2(trained,
     calls = {"reference": 0, "policy": 0}
     reference.register_forward_hook(lambda *a: calls.__setitem__("reference", calls["reference"] + 1))
     policy.register_forward_hook(lambda *a: calls.__setitem__("policy", calls["policy"] + 1))
-    train_dpo(policy, frozen_reference(policy, lambda: reference, accelerator.device), tokenizer, pairs[:16],
-              pairs[16:], cfg, 0, accelerator, tmp_path / "live")
+    train_dpo(
+        policy,
+        frozen_reference(policy, lambda: reference, accelerator.device),
+        tokenizer,
+        pairs[:16],
+        pairs[16:],
+        cfg,
+        0,
+        accelerator,
+        tmp_path / "live",
+    )
     # Reference: one pass over train (16 pairs -> 1 batch of 16) and validation (8 -> 1): 2 forwards, then never.
     assert calls["reference"] == 2
     # Policy: 2 training steps of one concatenated forward each, plus validation before and after (1 batch each).

@@ -24,7 +24,9 @@ def imports_of(path, package="alignkit"):
 
 def import_graph(root=PACKAGE):
     """{module: the alignkit modules it imports} for every module under `root`."""
-    return {f"{root.name}.{p.stem}": imports_of(p, root.name) - {f"{root.name}.{p.stem}"} for p in sorted(root.glob("*.py"))}
+    return {
+        f"{root.name}.{p.stem}": imports_of(p, root.name) - {f"{root.name}.{p.stem}"} for p in sorted(root.glob("*.py"))
+    }
 
 
 def circles(graph):
@@ -32,10 +34,10 @@ def circles(graph):
     found, state, path = [], {}, []
 
     def visit(module):
-        state[module], path[len(path):] = "open", [module]
+        state[module], path[len(path) :] = "open", [module]
         for target in sorted(graph.get(module, ())):
             if state.get(target) == "open":
-                found.append(path[path.index(target):] + [target])
+                found.append(path[path.index(target) :] + [target])
             elif target not in state:
                 visit(target)
         state[module] = "done"
@@ -70,11 +72,15 @@ def test_errors_is_a_leaf():
     """alignkit.errors defines every exception and imports nothing of alignkit; what turns them into exit
     codes is alignkit.stage."""
     assert import_graph()["alignkit.errors"] == set()
-    defined = {f"alignkit.{path.stem}": [node.name for node in ast.parse(path.read_text()).body
-                                          if isinstance(node, ast.ClassDef) and any(
-                                              getattr(b, "id", "").endswith(("Error", "Interrupt", "Exception"))
-                                              for b in node.bases)]
-               for path in PACKAGE.glob("*.py")}
+    defined = {
+        f"alignkit.{path.stem}": [
+            node.name
+            for node in ast.parse(path.read_text()).body
+            if isinstance(node, ast.ClassDef)
+            and any(getattr(b, "id", "").endswith(("Error", "Interrupt", "Exception")) for b in node.bases)
+        ]
+        for path in PACKAGE.glob("*.py")
+    }
     assert {module for module, names in defined.items() if names} == {"alignkit.errors"}, defined
     assert {"BadRow", "BusyError", "Orphaned", "TrainingError", "Terminated"} <= set(defined["alignkit.errors"])
 

@@ -13,8 +13,20 @@ LR = 0.1
 
 
 def config(**overrides):
-    return SimpleNamespace(**{"lr": LR, "weight_decay": 0.0, "warmup_ratio": 0.1, "lr_scheduler": "linear", "optimizer": "adamw",
-                              "max_steps": None, "epochs": 1, "max_grad_norm": 1.0, "keep": "last", **overrides})
+    return SimpleNamespace(
+        **{
+            "lr": LR,
+            "weight_decay": 0.0,
+            "warmup_ratio": 0.1,
+            "lr_scheduler": "linear",
+            "optimizer": "adamw",
+            "max_steps": None,
+            "epochs": 1,
+            "max_grad_norm": 1.0,
+            "keep": "last",
+            **overrides,
+        }
+    )
 
 
 def lrs(schedule, total=100):
@@ -29,11 +41,17 @@ def lrs(schedule, total=100):
     return out
 
 
-@pytest.mark.parametrize("schedule, at_55, at_99", [
-    # 10 warmup steps, then 90 to decay over. Step 55 is 45 of 90 into the decay: linear 0.1 x 45/90 = 0.05;
-    # cosine 0.1 x 0.5 (1 + cos(pi x 45/90)) = 0.05 as well; at step 99 (89 of 90): linear 0.1 x 1/90 = 0.001111,
-    # cosine 0.1 x 0.5 (1 + cos(pi x 89/90)) = 0.1 x 0.5 x (1 - 0.9993908) = 0.00003046; constant stays 0.1.
-    ("linear", 0.05, 0.0011111), ("cosine", 0.05, 0.00003046), ("constant_with_warmup", 0.1, 0.1)])
+@pytest.mark.parametrize(
+    "schedule, at_55, at_99",
+    [
+        # 10 warmup steps, then 90 to decay over. Step 55 is 45 of 90 into the decay: linear 0.1 x 45/90 = 0.05;
+        # cosine 0.1 x 0.5 (1 + cos(pi x 45/90)) = 0.05 as well; at step 99 (89 of 90): linear 0.1 x 1/90 = 0.001111,
+        # cosine 0.1 x 0.5 (1 + cos(pi x 89/90)) = 0.1 x 0.5 x (1 - 0.9993908) = 0.00003046; constant stays 0.1.
+        ("linear", 0.05, 0.0011111),
+        ("cosine", 0.05, 0.00003046),
+        ("constant_with_warmup", 0.1, 0.1),
+    ],
+)
 def test_schedules_at_known_steps(schedule, at_55, at_99):
     got = lrs(schedule)
     assert got[0] == 0.0 and math.isclose(got[5], 0.05, rel_tol=1e-9)  # warmup: 0.1 x 5/10
@@ -62,11 +80,22 @@ def test_max_steps_overrides_epochs_and_stops_part_way(tmp_path):
         return {"loss": 0.0}
 
     cfg = config(max_steps=7, epochs=1, warmup_ratio=0.0)
-    fit(model, loader, loader, cfg, make_accelerator("fp32", "x"), tmp_path / "live", desc="test", step=step,
-        evaluate=evaluate)
+    fit(
+        model,
+        loader,
+        loader,
+        cfg,
+        make_accelerator("fp32", "x"),
+        tmp_path / "live",
+        desc="test",
+        step=step,
+        evaluate=evaluate,
+    )
     assert calls == {"step": 7, "evaluate": 4}
     logged = (tmp_path / "live" / "plots" / "metrics" / "train" / "lr.tsv").read_text().splitlines()[1:]
-    assert [round(float(line.split("\t")[-1]), 6) for line in logged] == [round(LR * (7 - k) / 7, 6) for k in range(1, 8)]
+    assert [round(float(line.split("\t")[-1]), 6) for line in logged] == [
+        round(LR * (7 - k) / 7, 6) for k in range(1, 8)
+    ]
 
 
 def tiny_run(tmp_path, cfg, val_losses, checkpoint=None, stop_after=None):
@@ -91,8 +120,18 @@ def tiny_run(tmp_path, cfg, val_losses, checkpoint=None, stop_after=None):
         seen.append(model.weight.detach().clone())
         return {"loss": val_losses[len(seen) - 1]}
 
-    before, after, model = fit(model, loader, loader, cfg, make_accelerator("fp32", "x"), tmp_path / "live",
-                               desc="test", step=step, evaluate=evaluate, checkpoint=checkpoint)
+    before, after, model = fit(
+        model,
+        loader,
+        loader,
+        cfg,
+        make_accelerator("fp32", "x"),
+        tmp_path / "live",
+        desc="test",
+        step=step,
+        evaluate=evaluate,
+        checkpoint=checkpoint,
+    )
     return after, model, seen
 
 
@@ -118,14 +157,18 @@ def test_keep_best_survives_a_resume_from_a_checkpoint(tmp_path):
     ckpt = Checkpointer(tmp_path / "ckpt", 3, "fp", accelerator)
     with pytest.raises(KeyboardInterrupt):
         tiny_run(tmp_path / "run", cfg, losses, checkpoint=ckpt, stop_after=7)
-    after, resumed, _ = tiny_run(tmp_path / "run", cfg, [0.3, 0.4], checkpoint=Checkpointer(tmp_path / "ckpt", 3, "fp", accelerator))
+    after, resumed, _ = tiny_run(
+        tmp_path / "run", cfg, [0.3, 0.4], checkpoint=Checkpointer(tmp_path / "ckpt", 3, "fp", accelerator)
+    )
     assert after["kept_epoch"] == 1 and after["loss"] == 0.2 and torch.equal(resumed.weight, whole.weight)
 
 
 def curves(live):
     """Every dvclive curve under `live`: {metric path: its TSV rows (step, value) split}."""
-    return {str(p.relative_to(live / "plots" / "metrics")): [row.split("\t") for row in p.read_text().splitlines()]
-            for p in sorted((live / "plots" / "metrics").rglob("*.tsv"))}
+    return {
+        str(p.relative_to(live / "plots" / "metrics")): [row.split("\t") for row in p.read_text().splitlines()]
+        for p in sorted((live / "plots" / "metrics").rglob("*.tsv"))
+    }
 
 
 @pytest.mark.parametrize("stop_after, evaluated", [(1, 1), (2, 1), (4, 2)])
@@ -139,10 +182,16 @@ def test_a_resume_from_any_checkpoint_step_gives_the_uninterrupted_curves(tmp_pa
     tiny_run(tmp_path / "whole", cfg, losses)
     accelerator = make_accelerator("fp32", "x")
     with pytest.raises(KeyboardInterrupt):
-        tiny_run(tmp_path / "run", cfg, losses, checkpoint=Checkpointer(tmp_path / "ckpt", 1, "fp", accelerator),
-                 stop_after=stop_after)
-    tiny_run(tmp_path / "run", cfg, losses[evaluated:],
-             checkpoint=Checkpointer(tmp_path / "ckpt", 1, "fp", accelerator))
+        tiny_run(
+            tmp_path / "run",
+            cfg,
+            losses,
+            checkpoint=Checkpointer(tmp_path / "ckpt", 1, "fp", accelerator),
+            stop_after=stop_after,
+        )
+    tiny_run(
+        tmp_path / "run", cfg, losses[evaluated:], checkpoint=Checkpointer(tmp_path / "ckpt", 1, "fp", accelerator)
+    )
     whole, resumed = curves(tmp_path / "whole" / "live"), curves(tmp_path / "run" / "live")
     assert len(whole["train/loss.tsv"]) == 1 + 6 and [r[0] for r in whole["val/loss.tsv"]] == ["step", "0", "3", "6"]
     assert resumed == whole
@@ -154,10 +203,22 @@ def test_a_batch_larger_than_the_training_split_is_one_line_naming_the_key(tmp_p
 
     data = [(torch.randn(2), torch.randn(1)) for _ in range(12)]
     loader = seeded_loader(data, 13, 0, lambda items: tuple(torch.stack(x) for x in zip(*items)))
-    with pytest.raises(ParamsError, match=r"^dpo\.batch_size: 13 is more than the 12 examples of the training "
-                                          r"split; at most 12$"):
-        fit(torch.nn.Linear(2, 1), loader, loader, config(epochs=1), make_accelerator("fp32", "x"), tmp_path / "live",
-            desc="dpo", step=None, evaluate=None)
+    with pytest.raises(
+        ParamsError,
+        match=r"^dpo\.batch_size: 13 is more than the 12 examples of the training "
+        r"split; at most 12$",
+    ):
+        fit(
+            torch.nn.Linear(2, 1),
+            loader,
+            loader,
+            config(epochs=1),
+            make_accelerator("fp32", "x"),
+            tmp_path / "live",
+            desc="dpo",
+            step=None,
+            evaluate=None,
+        )
     assert not (tmp_path / "live").exists()
 
 
@@ -169,7 +230,7 @@ def test_long_loops_before_training_stop_once_dvc_is_gone(monkeypatch):
     from alignkit.training import progress
 
     seen = []
-    monkeypatch.setattr(lifeline, "_watched", (2 ** 22 + 1, 0, "the dvc process that started it (pid 4194305)"))
+    monkeypatch.setattr(lifeline, "_watched", (2**22 + 1, 0, "the dvc process that started it (pid 4194305)"))
     with pytest.raises(Orphaned, match="the dvc process that started it .* is gone"):
         for item in progress(range(5), "reference log-probs"):
             seen.append(item)
