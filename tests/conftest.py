@@ -37,6 +37,47 @@ def stage_env(root=REPO):
     return env
 
 
+def run_here(name, argv, cwd):
+    """`python stages/<name>.py argv` run in this process, in `cwd`, as far as a test of its outcome can tell:
+    run_stage's exit code and lines, with stdout and stderr captured (Python warnings written to stderr, as
+    the interpreter would); no interpreter to start and nothing to import again. The claims on its outputs
+    are dropped and the signal handlers restored when it ends. Returns a CompletedProcess."""
+    import contextlib
+    import io
+    import signal
+    import warnings
+
+    from alignkit import io as outputs
+    from alignkit import stage
+
+    main, script = stage_main(name), str(REPO / "stages" / f"{name}.py")
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    argv0, here = sys.argv, os.getcwd()
+    try:
+        os.chdir(cwd)
+        sys.argv = [script, *argv]
+        with (
+            contextlib.redirect_stdout(out),
+            contextlib.redirect_stderr(err),
+            warnings.catch_warnings(record=True) as caught,
+        ):
+            warnings.simplefilter("default")
+            try:
+                stage.run_stage(main, argv)
+            except SystemExit as exit:
+                code = exit.code if isinstance(exit.code, int) else int(exit.code is not None)
+    finally:
+        os.chdir(here)
+        sys.argv = argv0
+        outputs.release()
+        stage.set_resume_point(None)
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    shown = "".join(warnings.formatwarning(w.message, w.category, w.filename, w.lineno) for w in caught)
+    return subprocess.CompletedProcess([script, *argv], code, out.getvalue(), shown + err.getvalue())
+
+
 class PrepareRun:
     """Runs stages/prepare.py on a given input, as DVC would, with outputs under tmp_path."""
 
@@ -54,26 +95,8 @@ class PrepareRun:
         assert not prepare, prepare
         params_path = self.tmp / "params.yaml"
         params_path.write_text(yaml.safe_dump(params))
-        return subprocess.run(
-            [
-                sys.executable,
-                str(REPO / "stages" / "prepare.py"),
-                "--params",
-                str(params_path),
-                "--name",
-                "helpful",
-                "--input",
-                str(input_path),
-                "--out-dir",
-                str(self.out_dir),
-                "--metrics",
-                str(self.metrics),
-            ],
-            capture_output=True,
-            text=True,
-            env=stage_env(),
-            cwd=self.tmp,
-        )
+        argv = ["--params", str(params_path), "--name", "helpful", "--input", str(input_path)]
+        return run_here("prepare", [*argv, "--out-dir", str(self.out_dir), "--metrics", str(self.metrics)], self.tmp)
 
     def wrote_nothing(self):
         out = self.tmp / "out"
@@ -299,7 +322,6 @@ SMALL = {
     "sft": {"epochs": 2},
     "dpo": {"epochs": 1},
     "ppo": {"max_steps_per_epoch": 4, "ppo_epochs": 2, "checkpoint_every": 2},
-    "eval": {"batch_size": 16},
 }
 
 

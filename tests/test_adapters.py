@@ -215,6 +215,7 @@ def run_dpo(args, **kwargs):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.same_run_only
 def test_a_killed_lora_stage_resumes_to_the_same_adapter_bytes(prepared_root, sft_model, tmp_path):
     """DPO with LoRA, SIGKILLed after a checkpoint, then run again: the checkpoint holds the adapter

@@ -1,12 +1,9 @@
 """Malformed params, each run through the stage that reads them: exit code 2 and one line on
 stderr naming params.yaml and the key, and no output written."""
 
-import subprocess
-import sys
-
 import pytest
 
-from tests.conftest import REPO, repo_params, stage_env, write_params
+from tests.conftest import repo_params, run_here, write_params
 
 TWO_MODELS = {"helpful": {"data": "helpful", "encoder": None}, "safety": {"data": "helpful", "encoder": None}}
 LLAMA2 = {
@@ -183,13 +180,7 @@ def test_bad_params_fail_in_one_line_naming_the_key(case, tmp_path, prepared_roo
     else:
         write_params(params, **{k: v for k, v in changes.items()})
     (tmp_path / "prepared").symlink_to(prepared_root)
-    result = subprocess.run(
-        [sys.executable, str(REPO / "stages" / f"{stage}.py"), "--params", "params.yaml", *ARGS[stage]],
-        capture_output=True,
-        text=True,
-        env=stage_env(),
-        cwd=tmp_path,
-    )
+    result = run_here(stage, ["--params", "params.yaml", *ARGS[stage]], tmp_path)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
     # "!": an error found after loading (by the model loader, the accelerator), naming the key alone.

@@ -96,8 +96,12 @@ def test_a_broken_link_or_anchor_is_caught(tmp_path):
 
 def test_the_params_reference_is_current():
     """docs/params.md is what scripts/params_reference.py writes from params.yaml and the schema today."""
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / "params_reference.py"), "--check"],
-                            capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "params_reference.py"), "--check"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -108,9 +112,13 @@ def test_the_params_reference_names_every_key_with_what_it_accepts():
     finally:
         sys.path.pop(0)
     text = "seed: 42  # the seed\nppo:\n  # its learning rate\n  lr: 1e-4\n  reward:\n    whiten: true  # x | y\n"
-    assert list(keys(text)) == [(["seed"], "42", "the seed"), (["ppo"], None, ""), (["ppo", "lr"], "1e-4",
-                                "its learning rate"), (["ppo", "reward"], None, ""),
-                                (["ppo", "reward", "whiten"], "true", "x | y")]
+    assert list(keys(text)) == [
+        (["seed"], "42", "the seed"),
+        (["ppo"], None, ""),
+        (["ppo", "lr"], "1e-4", "its learning rate"),
+        (["ppo", "reward"], None, ""),
+        (["ppo", "reward", "whiten"], "true", "x | y"),
+    ]
     page = render(text, "# Params\n")
     assert "| `ppo.lr` | `1e-4` | a positive float | its learning rate |" in page
     assert "| `ppo.reward.whiten` | `true` | a boolean (true or false) | x \\| y |" in page

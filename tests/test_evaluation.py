@@ -45,7 +45,7 @@ def evaluated(sft_model, reward_model, prepared_root, tmp_path_factory):
         stage_main("evaluate")(
             [
                 "--params",
-                str(write_params(out / "params.yaml")),
+                str(write_params(out / "params.yaml", eval={"max_new_tokens": 10})),
                 "--name",
                 "sft",
                 "--model",

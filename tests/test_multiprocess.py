@@ -91,6 +91,7 @@ def outputs(stage, out):
     return ["--out", str(out / "model"), *common]
 
 
+@pytest.mark.slow
 @pytest.mark.same_run_only
 @pytest.mark.parametrize("stage", ["reward", "dpo"])
 def test_two_processes_match_one_with_the_same_global_batch(stage, small_data, dropout_free_bert, sft_model, tmp_path):

@@ -239,6 +239,7 @@ def smollm2(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.same_run_only
 def test_the_converted_smollm2_has_its_lm_head_tied_to_its_embeddings(smollm2):
     from transformers import AutoModelForCausalLM
@@ -257,6 +258,7 @@ def test_the_converted_smollm2_has_its_lm_head_tied_to_its_embeddings(smollm2):
     assert "<|im_start|>" in tokenizer_config["chat_template"]
 
 
+@pytest.mark.slow
 @pytest.mark.same_run_only
 def test_one_lora_sft_and_one_lora_dpo_step_on_smollm2_then_the_merged_model_answers_in_chatml(smollm2):
     from alignkit.modeldir import load_policy

@@ -76,6 +76,7 @@ def private_copy(repo, tmp_path):
     return dest
 
 
+@pytest.mark.slow
 @pytest.mark.same_run_only
 def test_two_clean_runs_give_identical_metrics_and_models(reduced_repo, tmp_path):
     """A forced rerun of every stage reproduces every metrics file byte for byte, and dvc.lock
@@ -121,6 +122,7 @@ def kill_when_checkpointed(repo, stage, every):
             proc.wait()
 
 
+@pytest.mark.slow
 @pytest.mark.same_run_only
 @pytest.mark.parametrize("stage", ["reward@helpful", "sft", "dpo", "ppo"])
 def test_killed_stage_resumes_from_its_checkpoint(reduced_repo, tmp_path, stage):
@@ -152,6 +154,7 @@ def alive(pid):
         return False
 
 
+@pytest.mark.slow
 @pytest.mark.same_run_only
 def test_killing_dvc_stops_its_trainer_and_the_rerun_is_the_only_one(reduced_repo, tmp_path):
     """kill -9 of the dvc process alone (not its process group): the trainer it started stops at its next step,
@@ -334,6 +337,40 @@ def stopped_at_step_4(data, out):
     return out
 
 
+def run_reward_here(data, out):
+    """The short reward run in this process (no interpreter to start, nothing to import): its outputs' claims
+    are dropped when it ends, as at a process's exit."""
+    from alignkit import io
+
+    if not (out / "params.yaml").exists():
+        write_params(out / "params.yaml", reward=SHORT)
+    try:
+        stage_main("reward")(reward_argv(data, out))
+    finally:
+        io.release()
+
+
+def stopped_here_at_step_4(data, out, monkeypatch):
+    """stopped_at_step_4 in this process: Ctrl-C's KeyboardInterrupt at the sixth step."""
+    import alignkit.reward as reward
+
+    real, calls = reward.batch_loss, [0]
+
+    def batch_loss(model, batch):
+        calls[0] += 1
+        if calls[0] == 6:
+            raise KeyboardInterrupt
+        return real(model, batch)
+
+    out.mkdir(parents=True)
+    with monkeypatch.context() as patch:
+        patch.setattr(reward, "batch_loss", batch_loss)
+        with pytest.raises(KeyboardInterrupt):
+            run_reward_here(data, out)
+    assert json.loads((out / "checkpoints" / "checkpoint.json").read_text())["step"] == 4
+    return out
+
+
 # Runs argv[1] as __main__ (argv shifted), after the patch in the text that follows this header.
 WRAPPER = """import os, runpy, signal, sys
 sys.argv = sys.argv[1:]
@@ -472,16 +509,18 @@ def test_a_claim_taken_as_the_holder_unlinks_its_lock_file_locks_the_file_there_
 @pytest.mark.parametrize(
     "damaged", ["model.safetensors", "state.pt", "checkpoint.json", "live/plots/metrics/train/loss.tsv"]
 )
-def test_a_flipped_byte_in_any_checkpoint_file_is_refused_naming_it(prepared_sample, tmp_path, damaged):
-    out = stopped_at_step_4(prepared_sample, tmp_path / "run")
+def test_a_flipped_byte_in_any_checkpoint_file_is_refused_naming_it(prepared_sample, tmp_path, monkeypatch, damaged):
+    """In this process: what is checked is checkpoint.py's reading, which a subprocess adds nothing to (run_stage
+    prints the message as `error: <message>`, exit code 2)."""
+    out = stopped_here_at_step_4(prepared_sample, tmp_path / "run", monkeypatch)
     path = out / "checkpoints" / damaged
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x04
     path.write_bytes(bytes(data))
-    resumed = run_reward(prepared_sample, out)
-    assert resumed.returncode == 2 and "Traceback" not in resumed.stderr, resumed.stderr
-    line = resumed.stderr.strip()
-    assert "\n" not in line and line.startswith(f"error: {path}: damaged"), line
+    with pytest.raises(AlignError) as refused:
+        run_reward_here(prepared_sample, out)
+    line = str(refused.value)
+    assert "\n" not in line and line.startswith(f"{path}: damaged"), line
     assert "good" not in line and line.endswith(f"not resumed: delete {out / 'checkpoints'} to start afresh")
     assert path.read_bytes() == bytes(data)  # refused, not overwritten
     assert not (out / "model").exists()
@@ -550,9 +589,71 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 )
 
 
-@pytest.mark.parametrize(
-    "where", ["before the swap", "after the swap", "while deleting the old version", "between the two renames"]
-)
+KILL_POINTS = ["before the swap", "after the swap", "while deleting the old version", "between the two renames"]
+
+
+@pytest.mark.parametrize("where", KILL_POINTS)
+def test_a_kill_inside_a_folder_replacement_leaves_one_whole_version(tmp_path, monkeypatch, where):
+    """io.replace killed (SIGKILL: no handler runs) at each point, in a child forked from this process that does
+    only the file operations; then recover(), as the next run's claim does, leaves one whole version, the old
+    or the new, and nothing beside it."""
+    from alignkit import io
+
+    def version(root, step):
+        (root / "sub").mkdir(parents=True)
+        for name, text in (("checkpoint.json", f"step {step}"), ("sub/state.pt", f"state {step}" * 500)):
+            (root / name).write_text(text)
+
+    def tree(root):
+        return {str(p.relative_to(root)): p.read_text() for p in sorted(root.rglob("*")) if p.is_file()}
+
+    path = tmp_path / "checkpoints"
+    version(path, 2)
+    new = tmp_path / ".checkpoints.abcd1234.tmp"
+    version(new, 4)
+    old_tree, new_tree = tree(path), tree(new)
+    pid = os.fork()
+    if pid == 0:  # the child: patch, replace, and be killed where the test says
+        try:
+            die = lambda: os.kill(os.getpid(), signal.SIGKILL)  # noqa: E731
+            real_exchange, real_os_replace, real_remove = io._exchange, os.replace, io._remove
+
+            def exchange(a, b):
+                if where == "between the two renames":
+                    return False  # as on a system without renameat2
+                if where == "before the swap":
+                    die()
+                done = real_exchange(a, b)
+                if where == "after the swap":
+                    die()
+                return done
+
+            def os_replace(src, dst):
+                real_os_replace(src, dst)
+                if where == "between the two renames" and str(dst).endswith(".old.tmp"):
+                    die()
+
+            def remove(victim):
+                if where == "while deleting the old version":
+                    sorted(p for p in victim.rglob("*") if p.is_file())[0].unlink()
+                    die()
+                real_remove(victim)
+
+            io._exchange, os.replace, io._remove = exchange, os_replace, remove
+            io.replace(new, path)
+        finally:
+            os._exit(0)  # not killed: the test fails below
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, status
+    assert io.strays(path)  # what the kill left beside the folder
+    io.recover(path)
+    assert io.strays(path) == [] and not new.exists()
+    expected = {"before the swap": old_tree, "between the two renames": old_tree}.get(where, new_tree)
+    assert tree(path) == expected
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", KILL_POINTS)
 def test_a_kill_inside_a_folder_replacement_leaves_a_complete_checkpoint(
     prepared_sample, uninterrupted, tmp_path, where
 ):
@@ -585,6 +686,54 @@ TREE_HASHES = (
 )
 
 
+@pytest.mark.parametrize("full_at", ["a checkpoint", "the final save"])
+def test_a_write_that_finds_the_disk_full_keeps_every_earlier_output_and_names_the_path(
+    prepared_sample, uninterrupted, tmp_path, monkeypatch, full_at
+):
+    """In this process: the step-6 checkpoint's or the final save's write fails with ENOSPC, as on a full disk
+    (the real tmpfs is the slow test below). The OSError names the output, not a temporary; the earlier
+    outputs and the step-4 checkpoint are byte for byte as they were, no temporary is left; the rerun resumes
+    and ends as an uninterrupted run."""
+    import errno
+
+    import safetensors.torch
+
+    import alignkit.reward as reward
+
+    out = stopped_here_at_step_4(prepared_sample, tmp_path / "run", monkeypatch)
+    shutil.copytree(uninterrupted / "model", out / "model")  # the earlier run's outputs
+    shutil.copy(uninterrupted / "reward.json", out / "reward.json")
+    # what was there before the write that failed: the earlier outputs, and the step-4 checkpoint where the
+    # step-6 one fails (where the final save fails, the checkpoints of steps 6 and 8 were written before it)
+    kept = [out / "model", out / "reward.json"] + [out / "checkpoints"] * (full_at == "a checkpoint")
+
+    def snapshot():
+        files = [p for k in kept for p in ([k] if k.is_file() else sorted(k.rglob("*"))) if p.is_file()]
+        return {p: p.read_bytes() for p in files}
+
+    before = snapshot()
+
+    def half_written(path):  # a file begun, then no room for the rest
+        Path(path).write_bytes(b"\0" * 4096)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    target = {"a checkpoint": "checkpoints", "the final save": "model"}[full_at]
+    with monkeypatch.context() as patch:
+        if full_at == "a checkpoint":  # the model's weights of the step-6 checkpoint
+            patch.setattr(safetensors.torch, "save_file", lambda weights, path, *a, **k: half_written(path))
+        else:  # the reward model's weights, at the end
+            patch.setattr(reward, "save_reward_model", lambda *args: half_written(args[3]))
+        with pytest.raises(OSError) as err:
+            run_reward_here(prepared_sample, out)
+    assert err.value.errno == errno.ENOSPC and err.value.filename == str(out / target), err.value
+    assert snapshot() == before and stray_temporaries(out) == []
+    info = json.loads((out / "checkpoints" / "checkpoint.json").read_text())
+    assert info["complete"] is False and info["step"] == {"a checkpoint": 4, "the final save": 8}[full_at]
+    run_reward_here(prepared_sample, out)
+    same_outputs(out, uninterrupted)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("full_at", ["a checkpoint", "the final save"])
 def test_a_full_disk_is_one_line_and_keeps_the_outputs_and_checkpoint(
     prepared_sample, uninterrupted, tmp_path, full_at
@@ -810,6 +959,7 @@ def test_a_stage_run_by_hand_with_its_input_missing_says_so_in_one_line(tmp_path
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.same_run_only
 def test_a_rerun_under_a_competing_cpu_load_gives_the_same_bytes(prepared_sample, uninterrupted, tmp_path):
     """Bit-identical on one machine, whatever its load: the short reward run again while four busy processes

@@ -75,6 +75,7 @@ def s3_server():
         server.stop()
 
 
+@pytest.mark.slow
 def test_s3_remote_round_trip(small_copy, tmp_path, s3_server, monkeypatch):
     import boto3
 
