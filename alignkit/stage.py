@@ -49,7 +49,13 @@ def pin_threads():
     the machine's load. A sum split over threads adds in an order that depends on their number, so a count chosen
     at run time changes the last digits of a result between two runs of one stage on one machine. torch's count
     is set once (its default: the cores it may use), and MKL's and OpenMP's dynamic adjustment, which may take
-    fewer threads than that for a call, is turned off where torch carries those libraries. Returns the count."""
+    fewer threads than that for a call, is turned off where torch carries those libraries. Returns the count.
+
+    A stage whose script imports no torch (check_params, prepare, pretrained, report) computes nothing with it
+    whose last digits a thread count could change; starting torch there only to pin it would cost each of those
+    stages a second and a half. Then nothing is pinned and None is returned."""
+    if "torch" not in sys.modules:
+        return None
     import ctypes
 
     import torch

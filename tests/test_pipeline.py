@@ -320,7 +320,7 @@ def test_bad_input_under_dvc_fails_and_leaves_no_output(repo_copy):
     bad = repo_copy / "data" / "bad.csv"
     bad.write_text("Question,More_Prefered,Less_Prefered\nWhat?,,No.\n")
     result = subprocess.run(
-        [sys.executable, "-m", "dvc", "exp", "run", "-S", "data.helpful.path=data/bad.csv"],
+        [sys.executable, "-m", "dvc", "exp", "run", "prepare@helpful", "-S", "data.helpful.path=data/bad.csv"],
         cwd=repo_copy,
         capture_output=True,
         text=True,

@@ -115,3 +115,56 @@ def test_each_stage_depends_on_the_library_code_it_runs():
         needed = {f"alignkit/{m.split('.')[1]}.py" for m in reached(graph, imports_of(script)) - RUNTIME}
         listed = {d for d in stage["deps"] if d.startswith("alignkit/")}
         assert listed == needed, (name, "missing:", sorted(needed - listed), "not imported:", sorted(listed - needed))
+
+
+def top_level_imports(path):
+    """The modules a file imports when it is run or imported: its top-level statements only, not its functions'."""
+    found = set()
+    for node in ast.parse(path.read_text(), filename=str(path)).body:
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found |= {f"{node.module}.{a.name}" for a in node.names} if node.module == "alignkit" else {node.module}
+    return found
+
+
+def imports_torch_at_once(path, seen=None):
+    """Whether running the file imports torch before any of its functions is called: itself, or through the
+    alignkit modules it imports at its top (third-party libraries that pull torch in are the subprocess's part)."""
+    seen = set() if seen is None else seen
+    for module in top_level_imports(path) - seen:
+        seen.add(module)
+        if module.split(".")[0] == "torch":
+            return True
+        if module.split(".")[0] == "alignkit" and (REPO / f"{module.replace('.', '/')}.py").is_file():
+            if imports_torch_at_once(REPO / f"{module.replace('.', '/')}.py", seen):
+                return True
+    return False
+
+
+def test_every_stage_that_computes_with_torch_imports_it_before_pinning_threads():
+    """stage.pin_threads pins only where torch is imported when a stage's arguments are parsed: every stage that
+    trains, scores or merges imports it with its own module; the others never start it (a second and a half
+    each), checked by running their modules' top levels in one process."""
+    import subprocess
+    import sys
+
+    computes = {"reward", "sft", "dpo", "ppo", "merge", "evaluate"}
+    stages = {path.stem: path for path in sorted((REPO / "stages").glob("*.py"))}
+    assert {name for name, path in stages.items() if imports_torch_at_once(path)} == computes
+    script = (
+        "import runpy, sys\nfrom alignkit.stage import pin_threads\n"
+        "for path in sys.argv[1:]:\n    runpy.run_path(path, run_name='stage')\n"
+        "print('torch' in sys.modules, pin_threads())"
+    )
+    others = [str(stages[name]) for name in sorted(set(stages) - computes)]
+    done = subprocess.run([sys.executable, "-c", script, *others], capture_output=True, text=True, cwd=REPO)
+    assert done.stdout.split() == ["False", "None"], done.stderr
+
+
+def test_the_torch_import_check_follows_alignkit_modules(tmp_path):
+    stage = tmp_path / "stage.py"
+    stage.write_text("import json\nfrom alignkit.stage import run_stage\n\ndef main():\n    import torch\n")
+    assert not imports_torch_at_once(stage)
+    stage.write_text("from alignkit.policy import answer_token_logps\n")  # alignkit/policy.py imports torch
+    assert imports_torch_at_once(stage)
