@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from alignkit.errors import AlignError
-from tests.conftest import REPO, copy_repo, dvc, stage_env, stage_main, write_params
+from tests.conftest import REPO, copy_repo, dvc, run_here, stage_env, stage_main, write_params
 
 REDUCED = {
     "reward": {"epochs": 2, "batch_size": 4, "checkpoint_every": 5},
@@ -307,15 +307,23 @@ def run_reward(data, out, wrapper=None, env=None):
     )
 
 
+def run_reward_in_process(data, out):
+    """run_reward in this process, under run_stage (exit code, one-line errors), as conftest.run_here runs it."""
+    if not (out / "params.yaml").exists():
+        write_params(out / "params.yaml", reward=SHORT)
+    return run_here("reward", reward_argv(data, out), out)
+
+
 def stray_temporaries(root):
     return sorted(str(p.relative_to(root)) for p in Path(root).rglob(".*.tmp"))
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(prepared_sample, tmp_path_factory):
-    """The short reward run, uninterrupted: the reference for final outputs."""
+    """The short reward run, uninterrupted: the reference for final outputs (run in this process: the same
+    bytes as in a subprocess, which the subprocess tests below compare with)."""
     out = tmp_path_factory.mktemp("uninterrupted")
-    done = run_reward(prepared_sample, out)
+    done = run_reward_in_process(prepared_sample, out)
     assert done.returncode == 0, done.stderr
     return out
 
@@ -407,7 +415,7 @@ def test_a_second_run_on_the_same_folders_fails_at_once_naming_the_holder(prepar
     try:
         assert holder.stdout.readline().strip() == "held"
         started = time.monotonic()
-        second = run_reward(prepared_sample, tmp_path)
+        second = run_reward_in_process(prepared_sample, tmp_path)
         assert time.monotonic() - started < 60  # at once: before any model is loaded (not a timing claim: a bound)
     finally:
         holder.kill()
@@ -420,7 +428,7 @@ def test_a_second_run_on_the_same_folders_fails_at_once_naming_the_holder(prepar
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "model").exists()
     # Once the holder is gone (however it died: this one by SIGKILL, leaving its lock file), its lock went with it.
     assert (tmp_path / ".checkpoints.lock").exists()
-    again = run_reward(prepared_sample, tmp_path)
+    again = run_reward_in_process(prepared_sample, tmp_path)
     assert again.returncode == 0, again.stderr
     assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".lock")]  # each run removes its own at exit
 
@@ -545,7 +553,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
     assert killed.returncode == -signal.SIGKILL
     info = json.loads((out / "checkpoints" / "checkpoint.json").read_text())
     assert info["complete"] is False and info["step"] == 8
-    resumed = run_reward(prepared_sample, out)
+    resumed = run_reward_in_process(prepared_sample, out)
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from checkpoint at step 8" in resumed.stdout
     same_outputs(out, uninterrupted)

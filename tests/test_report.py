@@ -2,15 +2,13 @@
 
 import json
 import re
-import subprocess
-import sys
 import xml.etree.ElementTree as ET
 
 import pytest
 import yaml
 
 from alignkit.report import best_models, offline_template, sample_prompts
-from tests.conftest import REPO, stage_env
+from tests.conftest import REPO, run_here
 
 MODELS = ["sft", "dpo", "ppo"]  # as the report orders them: SFT first, then by name
 PROMPTS = 12
@@ -97,26 +95,8 @@ def run_report(root, samples=5):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["report"]["samples"] = samples
     write(root / "params.yaml", yaml.safe_dump(params))
-    return subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "stages" / "report.py"),
-            "--params",
-            "params.yaml",
-            "--metrics",
-            "metrics",
-            "--live",
-            "dvclive",
-            "--generations",
-            "generations",
-            "--out",
-            "report",
-        ],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        env=stage_env(),
-    )
+    argv = ["--params", "params.yaml", "--metrics", "metrics", "--live", "dvclive", "--generations", "generations"]
+    return run_here("report", [*argv, "--out", "report"], root)
 
 
 def drawn_marks(svg):

@@ -19,9 +19,9 @@ from tests.conftest import repo_params, stage_main, write_params
 
 @pytest.fixture(scope="module")
 def trained(sft_model, prepared_root, tmp_path_factory):
-    """The shortened SFT run, and DPO from it with the default params."""
+    """The shortened SFT run, and DPO from it with the default params but one epoch."""
     out = tmp_path_factory.mktemp("dpo")
-    params = write_params(out / "params.yaml")
+    params = write_params(out / "params.yaml", dpo={"epochs": 1})
     stage_main("dpo")(
         [
             "--params",
