@@ -20,6 +20,7 @@ import json
 import math
 import random
 import statistics
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,11 +102,14 @@ def read_table(path):
     if compressed:
         try:
             raw = gzip.decompress(raw)
-        except (OSError, EOFError) as err:
+        except (OSError, EOFError, zlib.error) as err:  # a bad header, a cut-off or a corrupt body
             raise DataError(f"{path}: not a readable gzip file ({err})") from None
-    nul = raw.find(b"\x00", 0, 65536)
+    nul = raw.find(b"\x00")  # anywhere in the file: no text cell holds one
     if kind in (".csv", ".jsonl", ".ndjson") and nul >= 0:
-        raise DataError(f"{path}: not a UTF-8 text file (a NUL byte at byte {nul}); expected {kind[1:]} text")
+        line = raw.count(b"\n", 0, nul) + 1
+        raise DataError(
+            f"{path}: not a UTF-8 text file (a NUL byte at byte {nul}, line {line}); expected {kind[1:]} text"
+        )
     if kind == ".csv":
         return _read_csv(path, raw)
     if kind in (".jsonl", ".ndjson"):
@@ -126,6 +130,7 @@ def _read_csv(path, raw):
             raise DataError(f"{path}: empty file (no header row)")
         for col in header:
             _check_utf8(path, Record(0, 1, {}), col, col, header=True)
+        _no_duplicate_columns(path, header, "header (line 1)")
         if len(header) == 1:
             for sep, name in ((";", "semicolon"), ("\t", "tab"), ("|", "pipe")):
                 if sep in header[0]:
@@ -152,6 +157,18 @@ def _read_csv(path, raw):
     return header, records
 
 
+def _no_duplicate_columns(path, columns, where_):
+    """A column named twice would have one of its values silently overwrite the other's."""
+    seen = {}
+    for i, column in enumerate(columns, start=1):
+        if column in seen:
+            raise DataError(
+                f"{path}: {where_}, column {show(column)}: named twice (columns {seen[column]} and {i}); "
+                "rename one of them"
+            )
+        seen[column] = i
+
+
 def _read_jsonl(path, raw):
     records, columns = [], None
     for n, line in enumerate(raw.split(b"\n"), start=1):
@@ -174,9 +191,11 @@ def _read_parquet(path):
     import pyarrow.parquet as pq
 
     try:
+        _no_duplicate_columns(path, pq.read_schema(path).names, "schema")
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as err:
-        raise DataError(f"{path}: not a readable Parquet file ({err})") from None
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(f"{path}: not a readable Parquet file ({first})") from None
     return table.column_names, [Record(i, None, v) for i, v in enumerate(table.to_pylist(), start=1)]
 
 
@@ -370,9 +389,14 @@ def row_pair(path, schema, layout, rec, max_chars):
     unsafe = unsafe_flag(path, rec, layout.pop("unsafe")) if "unsafe" in layout else False
     texts = {}
     for part, column in layout.items():
-        # HH cells are whole dialogues whose leading "\n\nHuman:" is part of the format
-        texts[part] = cell_text(path, rec, column, strip=schema != "hh" or part == "system")
-    too_long = next((part for part in layout if len(texts[part]) > max_chars), None)
+        try:
+            # HH cells are whole dialogues whose leading "\n\nHuman:" is part of the format
+            texts[part] = cell_text(path, rec, column, strip=schema != "hh" or part == "system")
+        except BadRow as bad:
+            if part == "system" and bad.reason == "empty_cell":  # a system prompt is optional: no system turn
+                continue
+            raise
+    too_long = next((part for part in texts if len(texts[part]) > max_chars), None)
     if too_long is not None:
         raise BadRow(
             "too_long",

@@ -295,19 +295,19 @@ def test_too_few_rows_to_split(prepare, tmp_path):
 # ------------------------------------------------------------ real data: mapping, filters, bad rows
 
 BOOK_FILTER = [
-    {"column": "status", "op": "==", "value": "tie"},
+    {"column": "status", "op": "!=", "value": "tie"},  # as the book's code: a tie holds no preference
     {"column": "chosen_score", "op": ">=", "value": 8},
     {"column": "in_gsm8k_train", "op": "==", "value": False},
 ]
 
 
 def orca_rows():
-    """20 orca-style rows, i = 0..19: status is 'unchanged' where i % 4 == 3 (3, 7, 11, 15, 19: 5 rows), else 'tie';
-    chosen_score is 9, 8, 7.5 by i % 3, below 8 for ties 2, 5, 8, 14, 17 (5); in_gsm8k_train is true for odd i,
-    which of the 10 left are 1, 9, 13 (3). The 7 rows 0, 4, 6, 10, 12, 16, 18 pass all three conditions."""
+    """20 orca-style rows, i = 0..19: status is 'tie' where i % 4 == 3 (3, 7, 11, 15, 19: 5 rows), else 'unchanged';
+    chosen_score is 9, 8, 7.5 by i % 3, below 8 for the others 2, 5, 8, 14, 17 (5); in_gsm8k_train is true for odd
+    i, which of the 10 left are 1, 9, 13 (3). The 7 rows 0, 4, 6, 10, 12, 16, 18 pass all three conditions."""
     rows = []
     for i in range(20):
-        status = "unchanged" if i % 4 == 3 else "tie"
+        status = "tie" if i % 4 == 3 else "unchanged"
         rows.append(
             {
                 "system": "You are an AI assistant.",
@@ -339,16 +339,16 @@ def test_orca_style_table_with_the_book_filters(prepare, tmp_path):
     out, metrics = read_outputs(prepare)
     # By hand: the first failing condition counts each removed row.
     passing = [
-        i for i, r in enumerate(rows) if r["status"] == "tie" and r["chosen_score"] >= 8 and not r["in_gsm8k_train"]
+        i for i, r in enumerate(rows) if r["status"] != "tie" and r["chosen_score"] >= 8 and not r["in_gsm8k_train"]
     ]
-    not_tie = sum(r["status"] != "tie" for r in rows)
-    low = sum(r["status"] == "tie" and r["chosen_score"] < 8 for r in rows)
+    ties = sum(r["status"] == "tie" for r in rows)
+    low = sum(r["status"] != "tie" and r["chosen_score"] < 8 for r in rows)
     assert metrics["rows_filtered"] == {
-        'status == "tie"': not_tie,
+        'status != "tie"': ties,
         "chosen_score >= 8": low,
-        "in_gsm8k_train == false": 20 - not_tie - low - len(passing),
+        "in_gsm8k_train == false": 20 - ties - low - len(passing),
     }
-    assert metrics["rows_filtered"] == {'status == "tie"': 5, "chosen_score >= 8": 5, "in_gsm8k_train == false": 3}
+    assert metrics["rows_filtered"] == {'status != "tie"': 5, "chosen_score >= 8": 5, "in_gsm8k_train == false": 3}
     assert metrics["rows_in"] == 20 and metrics["rows_kept"] == len(passing) == 7
     assert metrics["rows_dropped"] == dropped()
     kept = sorted(sum(out.values(), []), key=lambda r: r["row"])
@@ -357,6 +357,73 @@ def test_orca_style_table_with_the_book_filters(prepare, tmp_path):
         {"role": "system", "content": "You are an AI assistant."},
         {"role": "user", "content": f"Question {passing[0]}?"},
     ]
+
+
+def test_an_empty_system_cell_means_no_system_turn_not_a_bad_row(prepare, tmp_path):
+    """A system prompt is optional: rows whose system cell is empty (CSV), null or blank (Parquet) keep their pair,
+    with no system turn; nothing is dropped."""
+    rows = orca_rows()
+    for i in (0, 4, 6):
+        rows[i]["system"] = [None, "", "   "][(0, 4, 6).index(i)]
+    path = tmp_path / "orca.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    columns = {"prompt": "input", "chosen": None, "rejected": None, "system": "system"}
+    result = prepare(path, data={"columns": columns}, prepare={"val_fraction": 0.2, "test_fraction": 0.2})
+    assert result.returncode == 0, result.stderr
+    out, metrics = read_outputs(prepare)
+    assert metrics["rows_kept"] == 20 and metrics["rows_dropped"] == dropped()
+    prompts = {r["row"] - 1: r["prompt"] for r in sum(out.values(), [])}
+    assert prompts[0] == [{"role": "user", "content": "Question 0?"}]
+    assert prompts[4] == [{"role": "user", "content": "Question 4?"}] and len(prompts[6]) == 1
+    assert prompts[1][0] == {"role": "system", "content": "You are an AI assistant."}
+    csv_path = csv_file(
+        tmp_path,
+        "What is 2 plus 2?,2 plus 2 equals 4.,2 plus 2 equals 5.,\n",
+        *[row.rstrip("\n") + ",Be brief.\n" for row in GOOD[1:]],
+        header=HEADER.rstrip("\n") + ",system\n",
+    )
+    result = prepare(
+        csv_path, data={"columns": {"system": "system"}}, prepare={"max_drop_fraction": 0.0, **TINY_SPLITS}
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(prepare.metrics.read_text())["rows_kept"] == 4
+
+
+def test_a_corrupt_gzip_body_is_one_line(prepare, tmp_path):
+    """Valid gzip magic and header, garbage after: zlib's error is named in one line, nothing written."""
+    path = tmp_path / "prefs.csv.gz"
+    good = gzip.compress((HEADER + "".join(GOOD)).encode())
+    path.write_bytes(good[:10] + bytes(range(7, 250)) + good[-8:])
+    msg = assert_error(prepare(path), path, "not a readable gzip file")
+    assert prepare.wrote_nothing() and len(msg) < 200
+
+
+def test_a_nul_byte_anywhere_in_a_text_file_is_refused_naming_its_line(prepare, tmp_path):
+    """Past the first 64 KB too: a NUL in row 1,200 of a ~90 KB CSV never reaches the prepared data."""
+    rows = [f"Why is the sky blue {i}?,Rayleigh scattering {i}.,Because it is {i}.\n" for i in range(1, 1300)]
+    rows[1199] = rows[1199].replace("Why", "Why\x00", 1)
+    path = csv_file(tmp_path, *rows)
+    assert path.stat().st_size > 65536
+    msg = assert_error(prepare(path), path, "a NUL byte at byte", "line 1201")
+    assert prepare.wrote_nothing() and len(msg) < 200
+
+
+@pytest.mark.parametrize("kind", ["csv", "parquet"])
+def test_a_column_named_twice_is_refused(prepare, tmp_path, kind):
+    """Question,Question,...: one column's values would silently overwrite the other's."""
+    if kind == "csv":
+        path = csv_file(tmp_path, "Q?,Q2?,A.,B.\n", header="Question,Question,More_Prefered,Less_Prefered\n")
+        where = "header (line 1)"
+    else:
+        path = tmp_path / "prefs.parquet"
+        table = pa.table(
+            [pa.array(["Q?"]), pa.array(["A."]), pa.array(["B."]), pa.array(["C."])],
+            names=["Question", "More_Prefered", "Less_Prefered", "Question"],
+        )
+        pq.write_table(table, path)
+        where = "schema"
+    msg = assert_error(prepare(path), path, where, "column 'Question'", "named twice (columns 1 and ")
+    assert prepare.wrote_nothing() and "rename one" in msg
 
 
 def test_the_same_filters_on_csv_text_cells(prepare, tmp_path):
@@ -453,7 +520,7 @@ def test_a_cell_past_the_csv_field_limit_is_a_too_long_row(prepare, tmp_path):
 def test_a_binary_file_is_named_as_such_in_a_short_line(prepare, tmp_path):
     path = tmp_path / "model.csv"
     path.write_bytes(b"PK\x03\x04" + bytes(range(256)) * 8)  # a zip archive renamed to .csv
-    msg = assert_error(prepare(path), path, "not a UTF-8 text file (a NUL byte at byte 4)")
+    msg = assert_error(prepare(path), path, "not a UTF-8 text file (a NUL byte at byte 4, line 1)")
     assert len(msg) < 200 and prepare.wrote_nothing()
 
 
