@@ -345,19 +345,6 @@ def stopped_at_step_4(data, out):
     return out
 
 
-def run_reward_here(data, out):
-    """The short reward run in this process (no interpreter to start, nothing to import): its outputs' claims
-    are dropped when it ends, as at a process's exit."""
-    from alignkit import io
-
-    if not (out / "params.yaml").exists():
-        write_params(out / "params.yaml", reward=SHORT)
-    try:
-        stage_main("reward")(reward_argv(data, out))
-    finally:
-        io.release()
-
-
 def stopped_here_at_step_4(data, out, monkeypatch):
     """stopped_at_step_4 in this process: Ctrl-C's KeyboardInterrupt at the sixth step."""
     import alignkit.reward as reward
@@ -373,8 +360,8 @@ def stopped_here_at_step_4(data, out, monkeypatch):
     out.mkdir(parents=True)
     with monkeypatch.context() as patch:
         patch.setattr(reward, "batch_loss", batch_loss)
-        with pytest.raises(KeyboardInterrupt):
-            run_reward_here(data, out)
+        stopped = run_reward_in_process(data, out)
+    assert stopped.returncode == 130, stopped.stderr
     assert json.loads((out / "checkpoints" / "checkpoint.json").read_text())["step"] == 4
     return out
 
@@ -518,17 +505,16 @@ def test_a_claim_taken_as_the_holder_unlinks_its_lock_file_locks_the_file_there_
     "damaged", ["model.safetensors", "state.pt", "checkpoint.json", "live/plots/metrics/train/loss.tsv"]
 )
 def test_a_flipped_byte_in_any_checkpoint_file_is_refused_naming_it(prepared_sample, tmp_path, monkeypatch, damaged):
-    """In this process: what is checked is checkpoint.py's reading, which a subprocess adds nothing to (run_stage
-    prints the message as `error: <message>`, exit code 2)."""
+    """In this process: what is checked is checkpoint.py's reading, which a subprocess adds nothing to."""
     out = stopped_here_at_step_4(prepared_sample, tmp_path / "run", monkeypatch)
     path = out / "checkpoints" / damaged
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x04
     path.write_bytes(bytes(data))
-    with pytest.raises(AlignError) as refused:
-        run_reward_here(prepared_sample, out)
-    line = str(refused.value)
-    assert "\n" not in line and line.startswith(f"{path}: damaged"), line
+    resumed = run_reward_in_process(prepared_sample, out)
+    assert resumed.returncode == 2 and "Traceback" not in resumed.stderr, resumed.stderr
+    line = resumed.stderr.strip()
+    assert "\n" not in line and line.startswith(f"error: {path}: damaged"), line
     assert "good" not in line and line.endswith(f"not resumed: delete {out / 'checkpoints'} to start afresh")
     assert path.read_bytes() == bytes(data)  # refused, not overwritten
     assert not (out / "model").exists()
@@ -699,7 +685,7 @@ def test_a_write_that_finds_the_disk_full_keeps_every_earlier_output_and_names_t
     prepared_sample, uninterrupted, tmp_path, monkeypatch, full_at
 ):
     """In this process: the step-6 checkpoint's or the final save's write fails with ENOSPC, as on a full disk
-    (the real tmpfs is the slow test below). The OSError names the output, not a temporary; the earlier
+    (the real tmpfs is the slow test below). The one line names the output, not a temporary; the earlier
     outputs and the step-4 checkpoint are byte for byte as they were, no temporary is left; the rerun resumes
     and ends as an uninterrupted run."""
     import errno
@@ -731,13 +717,22 @@ def test_a_write_that_finds_the_disk_full_keeps_every_earlier_output_and_names_t
             patch.setattr(safetensors.torch, "save_file", lambda weights, path, *a, **k: half_written(path))
         else:  # the reward model's weights, at the end
             patch.setattr(reward, "save_reward_model", lambda *args: half_written(args[3]))
-        with pytest.raises(OSError) as err:
-            run_reward_here(prepared_sample, out)
-    assert err.value.errno == errno.ENOSPC and err.value.filename == str(out / target), err.value
+        done = run_reward_in_process(prepared_sample, out)
+    step = {"a checkpoint": 4, "the final save": 8}[full_at]
+    assert (
+        done.returncode == 2
+        and "Traceback" not in done.stderr
+        and done.stderr.strip().splitlines()[-1]
+        == (
+            f"error: reward: cannot write {out / target}: No space left on device; outputs are written whole or not "
+            f"at all, so every earlier one is as it was; `dvc repro` resumes it from the checkpoint at step {step} in "
+            f"{out / 'checkpoints'}"
+        )
+    ), done.stderr
     assert snapshot() == before and stray_temporaries(out) == []
     info = json.loads((out / "checkpoints" / "checkpoint.json").read_text())
-    assert info["complete"] is False and info["step"] == {"a checkpoint": 4, "the final save": 8}[full_at]
-    run_reward_here(prepared_sample, out)
+    assert info["complete"] is False and info["step"] == step
+    assert run_reward_in_process(prepared_sample, out).returncode == 0
     same_outputs(out, uninterrupted)
 
 
