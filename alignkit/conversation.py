@@ -17,10 +17,14 @@ this file as a dependency of each of those stages.
   the answer followed by the EOS token id.
 
 Too long, a prompt loses its oldest turns first (the system turn stays, the last
-user turn stays); only then is it cut from the left, keeping a leading BOS.
+user turn stays); only past max_prompt_length is the last question cut from its
+start, keeping BOS, system turn and framing. The answer gets what the prompt leaves
+of max_length, as in trl's DPOTrainer: a long answer is cut, never the question.
+An example whose question cannot be kept at all is not trained on (FITTED counts).
 """
 
 import re
+from collections import Counter
 from typing import NamedTuple
 
 from alignkit.errors import ModelError
@@ -29,6 +33,10 @@ ROLES = ("system", "user", "assistant")
 HH_SPEAKERS = {"Human": "user", "Assistant": "assistant"}
 _HH_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):[ \t]?")
 _SENTINEL = "\x00answer\x00"
+# What fitting examples into max_length / max_prompt_length did, counted in the sft and dpo metrics: prompts that
+# lost earlier exchanges, last questions cut from their start, questions with no room left (the example is not
+# trained on), and answers cut short.
+FITTED = ("turns_dropped", "question_cut", "question_dropped", "answers_cut")
 
 
 class Message(NamedTuple):
@@ -149,32 +157,82 @@ class Renderer:
             return self._ids(self.before + answer + self.end_of_turn)
         return self._ids(plain_answer(answer)) + [self.eos]
 
-    def fit_prompt(self, messages, budget):
-        """Prompt ids of at most `budget` tokens: oldest turns dropped first, then cut from the left."""
-        ids = self.prompt_ids(messages)
-        while len(ids) > budget:
+    def fit_prompt(self, messages, budget, room=None):
+        """(prompt ids of at most `budget` tokens, how they were fitted: one of FITTED or "" when whole).
+
+        Too long, the prompt first loses its oldest exchanges (the system turn stays), down to the last question;
+        then the last question is cut from its start -- BOS, system turn and the template's framing stay. When not
+        even one token of the question fits, how is "question_dropped" and the ids are the prompt cut from the left
+        (a BOS kept): enough to generate from, never to train on. room: a smaller length to reach by dropping
+        earlier exchanges only (to leave the answer room), never by cutting into the last question."""
+        ids, how = self.prompt_ids(messages), ""
+        while len(ids) > min(budget, budget if room is None else room):
             shorter = drop_oldest_turn(messages)
-            if shorter is None:  # one user turn left: cut from the left, keeping a leading BOS
-                head = ids[:1] if self.bos is not None and ids[:1] == [self.bos] and budget > 1 else []
-                return head + ids[len(ids) - max(0, budget - len(head)) :]
-            messages = shorter
-            ids = self.prompt_ids(messages)
-        return ids
+            if shorter is None:
+                break
+            messages, ids, how = shorter, self.prompt_ids(shorter), "turns_dropped"
+        if len(ids) <= budget:
+            return ids, how
+        return self._cut_question(messages, ids, budget)
 
-    def encode(self, messages, answer, max_length, max_prompt_length):
-        """(ids, prompt_len): prompt + answer in at most max_length tokens, the prompt in at most max_prompt_length.
+    def _cut_question(self, messages, ids, budget):
+        """The prompt with the end of its last question that fits `budget` (binary search on the tokens kept)."""
+        head, question = messages[:-1], self._ids(messages[-1].content)
 
-        An answer longer than max_length - 1 keeps its start (and loses its end-of-turn)."""
-        a = self.answer_ids(answer)[: max_length - 1]
-        p = self.fit_prompt(messages, min(max_prompt_length, max_length - len(a)))
-        return p + a, len(p)
+        def prompt(keep):
+            text = self.tokenizer.decode(question[len(question) - keep :], clean_up_tokenization_spaces=False)
+            return self.prompt_ids(head + (Message("user", text.lstrip()),))
+
+        best, low, high = None, 1, len(question) - 1
+        while low <= high:
+            mid = (low + high) // 2
+            cut = prompt(mid)
+            if len(cut) <= budget:
+                best, low = cut, mid + 1
+            else:
+                high = mid - 1
+        if best is not None:
+            return best, "question_cut"
+        lead = ids[:1] if self.bos is not None and ids[:1] == [self.bos] and budget > 1 else []
+        return lead + ids[len(ids) - max(0, budget - len(lead)) :], "question_dropped"
+
+    def _examples(self, messages, answers, max_length, max_prompt_length, counts):
+        """One prompt fitted for all `answers` (the longest sets the room), each answer cut to what is left."""
+        answers = [self.answer_ids(a) for a in answers]
+        budget = min(max_prompt_length, max_length - 1)  # at least one answer token
+        p, how = self.fit_prompt(messages, budget, room=max_length - max(map(len, answers)))
+        if counts is not None:
+            if how:
+                counts[how] += 1
+            counts["answers_cut"] += sum(len(p) + len(a) > max_length for a in answers)
+        if how == "question_dropped":
+            return None
+        return tuple((p + a[: max_length - len(p)], len(p)) for a in answers)
+
+    def encode(self, messages, answer, max_length, max_prompt_length, counts=None):
+        """(ids, prompt_len) in at most max_length tokens, or None when the question cannot be kept.
+
+        The prompt keeps up to max_prompt_length tokens (fit_prompt: earlier exchanges dropped first, also to
+        leave the answer room; the last question cut only past max_prompt_length) and the answer is cut to what
+        is left, as trl's DPOTrainer does. counts (a Counter), if given, adds up what was cut: FITTED."""
+        out = self._examples(messages, [answer], max_length, max_prompt_length, counts)
+        return out and out[0]
 
     def encode_all(self, prompts, answers, max_length, max_prompt_length):
-        return [self.encode(m, a, max_length, max_prompt_length) for m, a in zip(prompts, answers)]
+        """([(ids, prompt_len)] of the examples that keep their question, Counter of FITTED)."""
+        counts = Counter(dict.fromkeys(FITTED, 0))
+        encoded = [self.encode(m, a, max_length, max_prompt_length, counts) for m, a in zip(prompts, answers)]
+        return [e for e in encoded if e is not None], counts
 
-    def encode_pair(self, messages, chosen, rejected, max_length, max_prompt_length):
+    def encode_pair(self, messages, chosen, rejected, max_length, max_prompt_length, counts=None):
         """(chosen (ids, prompt_len), rejected (ids, prompt_len)) with one prompt, fitted to the longer answer,
-        so a preference pair is always compared in the same context."""
-        answers = [self.answer_ids(a)[: max_length - 1] for a in (chosen, rejected)]
-        p = self.fit_prompt(messages, min(max_prompt_length, max_length - max(map(len, answers))))
-        return tuple((p + a, len(p)) for a in answers)
+        so a preference pair is always compared in the same context; None when the question cannot be kept."""
+        return self._examples(messages, [chosen, rejected], max_length, max_prompt_length, counts)
+
+    def encode_pairs(self, pairs, max_length, max_prompt_length):
+        """([(chosen, rejected)] of the pairs (data.Pair) that keep their question, Counter of FITTED)."""
+        counts = Counter(dict.fromkeys(FITTED, 0))
+        encoded = [
+            self.encode_pair(p.prompt, p.chosen, p.rejected, max_length, max_prompt_length, counts) for p in pairs
+        ]
+        return [e for e in encoded if e is not None], counts

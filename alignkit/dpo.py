@@ -1,5 +1,7 @@
 """Direct Preference Optimization against a frozen reference whose log-probs are computed once."""
 
+from collections import Counter
+
 import torch
 
 from alignkit.batching import in_order, sorted_batches
@@ -11,9 +13,9 @@ from alignkit.training import progress, seeded_loader
 
 
 def encode_pairs(tokenizer, pairs, max_length, max_prompt_length):
-    """[(chosen example, rejected example)], each example (ids, prompt_len); both share one prompt."""
-    renderer = Renderer(tokenizer)
-    return [renderer.encode_pair(p.prompt, p.chosen, p.rejected, max_length, max_prompt_length) for p in pairs]
+    """([(chosen example, rejected example)], Counter of conversation.FITTED): each example (ids, prompt_len), both
+    sharing one prompt; a pair whose question cannot be kept is left out (and counted)."""
+    return Renderer(tokenizer).encode_pairs(pairs, max_length, max_prompt_length)
 
 
 class PairCollator:
@@ -113,10 +115,11 @@ def train_dpo(policy, reference, tokenizer, train_pairs, val_pairs, cfg, seed, a
     used once, before training, for the log-probs of every pair.
     Returns (metrics for metrics/dpo.json, the unwrapped policy).
     """
-    datasets = {}
+    datasets, fitted = {}, Counter()
     with reference as model:
         for name, pairs in (("train", train_pairs), ("val", val_pairs)):
-            encoded = encode_pairs(tokenizer, pairs, cfg.max_length, cfg.max_prompt_length)
+            encoded, counts = encode_pairs(tokenizer, pairs, cfg.max_length, cfg.max_prompt_length)
+            fitted.update(counts)
             ref = reference_logps(
                 model,
                 encoded,
@@ -164,4 +167,6 @@ def train_dpo(policy, reference, tokenizer, train_pairs, val_pairs, cfg, seed, a
         "val_rejected_reward": after["rejected_reward"],
         "val_margin": after["margin"],
         "kept_epoch": after["kept_epoch"],
+        # Train and validation pairs fitted into max_length / max_prompt_length (conversation.FITTED).
+        "fitted": dict(fitted),
     }, policy

@@ -25,7 +25,7 @@ def generate(model, tokenizer, prompts, gen, batch_size, seed, desc, max_prompt_
     budget = max_prompt_tokens(model.config, gen["max_new_tokens"], max_prompt_length)
     texts, ids = [], []
     for start in progress(range(0, len(prompts), batch_size), desc):
-        queries = [renderer.fit_prompt(m, budget) for m in prompts[start : start + batch_size]]
+        queries = [renderer.fit_prompt(m, budget)[0] for m in prompts[start : start + batch_size]]
         width = max(map(len, queries))
         input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(q)) + q for q in queries])
         attention_mask = torch.tensor([[0] * (width - len(q)) + [1] * len(q) for q in queries])
@@ -58,7 +58,7 @@ def summed_logps(model, examples, pad_id, batch_size, desc):
 def answer_logps(model, tokenizer, prompts, answer_ids, batch_size, budget, desc):
     """Summed log-probs (N,) of given answer token ids after each prompt, fitted to `budget` tokens as generated."""
     renderer = Renderer(tokenizer)
-    prompt_ids = [renderer.fit_prompt(m, budget) for m in prompts]
+    prompt_ids = [renderer.fit_prompt(m, budget)[0] for m in prompts]
     examples = [(p + a, len(p)) for p, a in zip(prompt_ids, answer_ids)]
     return summed_logps(model, examples, tokenizer.pad_token_id, batch_size, desc)
 
@@ -67,7 +67,7 @@ def preference_accuracy(model, tokenizer, pairs, max_length, max_prompt_length, 
     """Share of pairs where the policy gives the chosen answer a higher log-prob than the rejected:
     (by summed log-prob, by mean log-prob per answer token)."""
     renderer = Renderer(tokenizer)
-    encoded = [renderer.encode_pair(p.prompt, p.chosen, p.rejected, max_length, max_prompt_length) for p in pairs]
+    encoded, _ = renderer.encode_pairs(pairs, max_length, max_prompt_length)  # pairs whose question fits
     sums, means = {}, {}
     for side, examples in zip(("chosen", "rejected"), zip(*encoded)):
         sums[side] = summed_logps(model, examples, tokenizer.pad_token_id, batch_size, f"{desc} ({side})")

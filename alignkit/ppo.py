@@ -38,7 +38,7 @@ def batches(items, batch_size, seed):
 def query_tensors(tokenizer, prompts, max_prompt_tokens):
     """Unpadded prompt ids per prompt (Messages), fitted to max_prompt_tokens (oldest turns dropped first)."""
     renderer = Renderer(tokenizer)
-    return [torch.tensor(renderer.fit_prompt(m, max_prompt_tokens)) for m in prompts]
+    return [torch.tensor(renderer.fit_prompt(m, max_prompt_tokens)[0]) for m in prompts]
 
 
 def shaped_rewards(scores, baselines, clip):

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from alignkit.conversation import Renderer
+from alignkit.conversation import FITTED, Renderer
 from alignkit.loop import fit
 from alignkit.losses import answer_nll
 from alignkit.policy import answer_token_logps, collate
@@ -52,7 +52,7 @@ def train_sft(model, tokenizer, train_pairs, val_pairs, cfg, seed, accelerator, 
             [p.prompt for p in pairs], [p.chosen for p in pairs], cfg.max_length, cfg.max_prompt_length
         )
 
-    train, val = examples(train_pairs), examples(val_pairs)
+    (train, fitted), (val, val_fitted) = examples(train_pairs), examples(val_pairs)
     train_loader = seeded_loader(
         train,
         cfg.batch_size,
@@ -80,6 +80,8 @@ def train_sft(model, tokenizer, train_pairs, val_pairs, cfg, seed, accelerator, 
         "val_perplexity": after["perplexity"],
         "val_loss_before": before["loss"],
         "kept_epoch": after["kept_epoch"],
+        # Train and validation examples fitted into max_length / max_prompt_length (conversation.FITTED).
+        "fitted": {k: fitted[k] + val_fitted[k] for k in FITTED},
     }
     if "train_loss" in after:
         metrics["train_loss"] = after["train_loss"]

@@ -147,7 +147,7 @@ def dpo(work, precision, warmup, repeats, with_peer=True, **_):
     disable_dropout(policy)
     disable_dropout(reference.eval()).requires_grad_(False)
     n, bs = warmup + repeats, cfg.batch_size
-    encoded_all = ours.encode_pairs(tokenizer, train, cfg.max_length, cfg.max_prompt_length)
+    encoded_all, _ = ours.encode_pairs(tokenizer, train, cfg.max_length, cfg.max_prompt_length)
     lengths = ours.pair_lengths(encoded_all)
     index = stage_batches(lengths, bs, params.seed, cfg.group_by_length, n)
     used = [i for b in index for i in b]

@@ -1,5 +1,7 @@
 """Conversations: HH dialogues into messages, and the one renderer from messages to token ids (chat and plain)."""
 
+from collections import Counter
+
 import pytest
 
 from alignkit.conversation import (
@@ -118,16 +120,55 @@ def test_truncation_drops_the_oldest_turns_first():
     last = (CHAT[0], CHAT[3])  # the system turn and the last question
     assert drop_oldest_turn(CHAT) == last and drop_oldest_turn(last) is None
     budget = len(renderer.prompt_ids(CHAT)) - 1
-    assert renderer.fit_prompt(CHAT, budget) == renderer.prompt_ids(last)
+    assert renderer.fit_prompt(CHAT, budget) == (renderer.prompt_ids(last), "turns_dropped")
     ids, prompt_len = renderer.encode(CHAT, "It is 6.", max_length=512, max_prompt_length=budget)
     assert ids[:prompt_len] == renderer.prompt_ids(last)
-    # max_length counts the answer too: the prompt makes room for it the same way.
+    # Earlier exchanges also make room for the answer, so the answer is not cut while one can go.
     answer = renderer.answer_ids("It is 6.")
     ids, prompt_len = renderer.encode(CHAT, "It is 6.", max_length=budget + len(answer), max_prompt_length=512)
     assert ids[:prompt_len] == renderer.prompt_ids(last) and ids[prompt_len:] == answer
-    # Only when one question is left is it cut from the left, and the BOS stays.
-    short = renderer.fit_prompt(CHAT, 6)
-    assert len(short) == 6 and short[0] == LLAMA.bos_token_id and short[1:] == renderer.prompt_ids(last)[-5:]
+
+
+def test_a_question_too_long_is_cut_from_its_start_keeping_bos_system_turn_and_framing():
+    renderer = Renderer(LLAMA)
+    last = (CHAT[0], CHAT[3])
+    whole = renderer.prompt_ids(last)
+    ids, how = renderer.fit_prompt(CHAT, len(whole) - 2)
+    assert how == "question_cut" and len(ids) <= len(whole) - 2
+    text = LLAMA.decode(ids)
+    assert ids[0] == LLAMA.bos_token_id and ids.count(LLAMA.bos_token_id) == 1
+    assert text.startswith("<s><|system|>\nYou are a helpful assistant.</s>\n<|user|>\n")
+    assert text.endswith("3?</s>\n<|assistant|>\n")  # the end of the question and the generation prompt
+    assert "And" not in text  # its start is what went
+    # No room for a single question token: the example is dropped, counted, never trained on.
+    framing = len(renderer.prompt_ids((CHAT[0], Message("user", "x")))) - 1
+    counts = Counter()
+    assert renderer.encode(CHAT, "It is 6.", 512, framing, counts) is None
+    assert counts == {"question_dropped": 1, "answers_cut": 0}
+    # ... though generation still gets a prompt of the budget's length, its BOS first.
+    ids, how = renderer.fit_prompt(CHAT, framing)
+    assert how == "question_dropped" and len(ids) == framing and ids[0] == LLAMA.bos_token_id
+
+
+@pytest.mark.parametrize("tokenizer", [GPT2, LLAMA], ids=["plain", "chat"])
+def test_an_over_long_answer_is_cut_and_never_eats_the_question(tokenizer):
+    """Real HH dialogues: a long answer used to leave the prompt a single token. Now the prompt keeps up to
+    max_prompt_length (as trl's DPOTrainer does) and the answers are cut to what is left."""
+    renderer = Renderer(tokenizer)
+    long_answer = " ".join(["2 plus 2 equals 4, and 3 plus 3 is 6."] * 40)
+    last = (CHAT[0], CHAT[3])
+    max_length, max_prompt_length = len(renderer.prompt_ids(last)) + 10, len(renderer.prompt_ids(last)) + 4
+    counts = Counter()
+    ids, prompt_len = renderer.encode(CHAT, long_answer, max_length, max_prompt_length, counts)
+    assert ids[:prompt_len] == renderer.prompt_ids(last)  # BOS, system turn and the whole last question
+    assert len(ids) == max_length and ids[prompt_len:] == renderer.answer_ids(long_answer)[:10]
+    assert counts == {"turns_dropped": 1, "answers_cut": 1}
+    # A pair: one prompt, both answers cut to the room it leaves; encode_all and encode_pairs count them all.
+    (c, c_len), (r, r_len) = renderer.encode_pair(CHAT, long_answer, "It is 6.", max_length, max_prompt_length)
+    assert c[:c_len] == r[:r_len] == renderer.prompt_ids(last) and len(c) == max_length
+    assert r[r_len:] == renderer.answer_ids("It is 6.")
+    examples, counts = renderer.encode_all([CHAT, CHAT], [long_answer, "It is 6."], max_length, max_prompt_length)
+    assert len(examples) == 2 and counts["answers_cut"] == 1 and counts["question_dropped"] == 0
 
 
 def test_drop_oldest_turn_keeps_exchanges_whole():
@@ -148,6 +189,8 @@ def test_a_preference_pair_shares_one_prompt_fitted_to_the_longer_answer():
     full = renderer.prompt_ids(CHAT)
     max_length = len(full) + len(renderer.answer_ids(short))  # room for the whole prompt with the short answer only
     (c, c_len), (r, r_len) = renderer.encode_pair(CHAT, short, long, max_length, 512)
-    assert c[:c_len] == r[:r_len] == renderer.fit_prompt(CHAT, max_length - len(renderer.answer_ids(long)))
+    # The longer answer needs the room: the prompt drops its earlier exchange, for both sides.
+    assert c[:c_len] == r[:r_len] == renderer.prompt_ids((CHAT[0], CHAT[3]))
+    assert c[c_len:] == renderer.answer_ids(short) and r[r_len:] == renderer.answer_ids(long)
     assert c_len < len(full)  # alone, the short answer would have kept the whole prompt
     assert renderer.encode(CHAT, short, max_length, 512)[1] == len(full)

@@ -144,7 +144,7 @@ def test_long_loops_draw_progress_bars_on_a_terminal(reward_model, sft_model, pr
     )
     terminal = Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
-    encoded = encode_pairs(tokenizer, pairs, 64, 48)
+    encoded, _ = encode_pairs(tokenizer, pairs, 64, 48)
     reference_logps(
         policy,
         encoded,

@@ -22,7 +22,9 @@ MODEL.eval()
 
 def encode_examples(questions, answers, max_length, max_prompt_length=1000):
     """[(ids, prompt_len)] of one-turn questions in the plain format (tiny-gpt2 has no chat template)."""
-    return Renderer(TOKENIZER).encode_all([single_turn(q) for q in questions], answers, max_length, max_prompt_length)
+    return Renderer(TOKENIZER).encode_all([single_turn(q) for q in questions], answers, max_length, max_prompt_length)[
+        0
+    ]
 
 
 def test_prompt_format_and_eos():
@@ -32,14 +34,19 @@ def test_prompt_format_and_eos():
     assert ids[-1] == TOKENIZER.eos_token_id
 
 
-def test_over_long_examples_lose_prompt_tokens_from_the_left():
-    ((full, full_prompt),) = encode_examples(["What is the capital of Italy?"], ["Rome."], 64)
-    ((ids, prompt_len),) = encode_examples(["What is the capital of Italy?"], ["Rome."], 6)
-    answer = full[full_prompt:]
-    assert len(ids) == 6 and ids[prompt_len:] == answer  # the whole answer and its EOS survive
-    assert ids[:prompt_len] == full[full_prompt - prompt_len : full_prompt]  # the end of the prompt
-    ((short, short_prompt),) = encode_examples(["What is the capital of Italy?"], ["Rome."], 64, max_prompt_length=3)
-    assert short_prompt == 3 and short == full[full_prompt - 3 :]  # max_prompt_length cuts the same way
+def test_over_long_examples_cut_the_answer_and_keep_the_question():
+    ((full, full_prompt),) = encode_examples(["What is the capital of Italy?"], ["Rome is the capital of Italy."], 64)
+    ((ids, prompt_len),) = encode_examples(
+        ["What is the capital of Italy?"], ["Rome is the capital of Italy."], full_prompt + 2
+    )
+    assert ids[:prompt_len] == full[:full_prompt]  # the whole question
+    assert ids[prompt_len:] == full[full_prompt : full_prompt + 2]  # the answer's start
+    # max_prompt_length cuts the question from its start, the plain format's framing kept.
+    ((short, short_prompt),) = encode_examples(["What is the capital of Italy?"], ["Rome."], 64, max_prompt_length=8)
+    assert short_prompt <= 8 and TOKENIZER.decode(short[:short_prompt]).startswith("Question: ")
+    assert TOKENIZER.decode(short[:short_prompt]).endswith(" Italy?\nAnswer:")
+    # With no room for any of the question, the example is not trained on.
+    assert encode_examples(["What is the capital of Italy?"], ["Rome."], 64, max_prompt_length=3) == []
 
 
 def test_loss_mask_keeps_the_eos_although_it_is_also_the_pad_token():

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from alignkit.adapters import frozen_reference
-from alignkit.conversation import plain_answer, plain_prompt, single_turn
+from alignkit.conversation import FITTED, plain_answer, plain_prompt, single_turn
 from alignkit.data import read_split
 from alignkit.dpo import PairCollator, encode_pairs, make_step, reference_logps, train_dpo
 from alignkit.modeldir import load_policy
@@ -49,6 +49,8 @@ def test_sft_lowers_validation_loss_on_preferred_answers(trained):
     metrics = json.loads((trained / "sft.json").read_text())
     assert metrics["val_loss"] < metrics["val_loss_before"] - 2.0
     assert math.isclose(metrics["val_perplexity"], math.exp(metrics["val_loss"]), rel_tol=1e-9)
+    # What fitting into max_length did is counted; the sample's short questions all keep their place.
+    assert set(metrics["fitted"]) == set(FITTED) and metrics["fitted"]["question_dropped"] == 0
     assert (trained / "sft" / "model.safetensors").is_file() and (trained / "sft" / "tokenizer.json").is_file()
 
 
@@ -67,6 +69,7 @@ def test_dpo_validation_reward_accuracy(trained):
     # Before training the policy is its reference: every implicit reward is 0, the loss log 2.
     assert math.isclose(metrics["val_loss_before"], math.log(2), abs_tol=1e-4)
     assert metrics["val_chosen_reward"] > metrics["val_rejected_reward"]
+    assert set(metrics["fitted"]) == set(FITTED) and metrics["fitted"]["question_dropped"] == 0
     assert (trained / "dpo" / "model.safetensors").is_file()
 
 
@@ -118,7 +121,7 @@ def test_reference_runs_once_before_training_and_step_zero_loss_is_log2(trained,
     accelerator = make_accelerator("fp32", "dpo.precision")
 
     # Step 0: policy == reference, so the loss of any batch is log 2.
-    encoded = encode_pairs(tokenizer, pairs[:8], cfg.max_length, cfg.max_prompt_length)
+    encoded, _ = encode_pairs(tokenizer, pairs[:8], cfg.max_length, cfg.max_prompt_length)
     ref = reference_logps(reference, encoded, tokenizer.pad_token_id, 3, accelerator)  # other batching
     batch = PairCollator(tokenizer.pad_token_id)(
         [(c, r, rc.item(), rr.item()) for (c, r), rc, rr in zip(encoded, *ref)]
