@@ -66,6 +66,37 @@ def parse_hh(dialogue):
     return tuple(turns)
 
 
+def parse_messages(items):
+    """A cell of trl's conversational format (a list of {role, content}) -> (Messages, None) or (None, (reason, why)).
+
+    Roles are system, user and assistant (trl's, and the chat templates'); a system turn may only come first; the
+    others alternate. The reasons are data.BAD_ROW_REASONS."""
+    if not isinstance(items, (list, tuple)) or not items:
+        got = "an empty list" if isinstance(items, (list, tuple)) else _kind(items)
+        return None, ("malformed_messages", f"expected a list of {{role, content}} messages, got {got}")
+    messages = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or not {"role", "content"} <= set(item):
+            return None, ("malformed_messages", f"message {i + 1}: expected {{role, content}}, got {_kind(item)}")
+        role, content = item["role"], item["content"]
+        if role not in ROLES:
+            return None, ("bad_role", f"message {i + 1}: role {str(role)[:20]!r} is not one of {', '.join(ROLES)}")
+        if not isinstance(content, str):
+            return None, ("malformed_messages", f"message {i + 1}: content is {_kind(content)}, not text")
+        if not content.strip():
+            return None, ("empty_turn", f"message {i + 1} ({role}): empty content")
+        messages.append(Message(role, content.strip()))
+    turns = [m.role for m in messages[1:]] if messages[0].role == "system" else [m.role for m in messages]
+    if any(role == "system" for role in turns) or any(a == b for a, b in zip(turns, turns[1:])):
+        order = " > ".join(m.role for m in messages)[:80]
+        return None, ("bad_turn_order", f"turns must alternate after an optional first system turn, got {order}")
+    return tuple(messages), None
+
+
+def _kind(value):
+    return type(value).__name__ if not isinstance(value, dict) else f"an object with keys {sorted(value)[:4]}"
+
+
 def to_json(messages):
     return [{"role": m.role, "content": m.content} for m in messages]
 

@@ -25,7 +25,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from alignkit.conversation import Message, as_text, from_json, parse_hh, single_turn, to_json
+from alignkit.conversation import Message, as_text, from_json, parse_hh, parse_messages, single_turn, to_json
 from alignkit.errors import BadRow, DataError, show
 
 # Each schema's column for each part of a pair; data.columns overrides them one by one.
@@ -33,6 +33,10 @@ SCHEMAS = {
     "reference": {"prompt": "Question", "chosen": "More_Prefered", "rejected": "Less_Prefered"},
     "prompt_chosen_rejected": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"},
     "hh": {"chosen": "chosen", "rejected": "rejected"},
+    # trl's conversational format: cells hold lists of {role, content} messages. Explicit prompt: prompt holds the
+    # conversation so far, chosen and rejected the assistant's turn. Implicit prompt: chosen and rejected hold
+    # whole conversations; the prompt is their shared opening (a prompt column, if any, is not read).
+    "conversational": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"},
 }
 HH_TURN = "\n\nAssistant:"
 # Cell texts that mean "no value" in files written by pandas, spreadsheets and databases.
@@ -50,6 +54,11 @@ BAD_ROW_REASONS = (
     "identical_pair",
     "duplicate",
     "bad_flag",
+    # conversational cells (lists of {role, content}):
+    "malformed_messages",  # not a list of {role, content} with text content
+    "bad_role",  # a role other than system, user, assistant
+    "empty_turn",  # a message with empty content
+    "bad_turn_order",  # turns that do not alternate, a prompt not ending with the user, an answer not one turn
 )
 
 
@@ -202,12 +211,14 @@ def _read_parquet(path):
 # ---------------------------------------------------------------- schema
 
 
-def resolve_columns(path, columns, schema, mapping, key="data"):
+def resolve_columns(path, columns, schema, mapping, key="data", records=()):
     """(schema name, {part: column}) for a file with `columns`; DataError naming what is missing.
 
     mapping: data.<set>.columns as a dict (part -> column or None), key that set's params key (errors name
     it). auto picks the first schema whose columns, after the mapping, are all present: reference, then
-    prompt/chosen/rejected, then hh. The unsafe flag's column, when mapped, is in the layout as "unsafe"."""
+    prompt/chosen/rejected, then hh -- and conversational instead of the last two when the first of `records`
+    with a chosen value holds a list of messages there. The unsafe flag's column, when mapped, is in the layout
+    as "unsafe"."""
     mapped = {part: column for part, column in mapping.items() if column is not None}
     for part, column in mapped.items():
         if column not in columns:
@@ -216,7 +227,12 @@ def resolve_columns(path, columns, schema, mapping, key="data"):
             raise DataError(f"{key}.columns.{part}: no column {show(column)} in {path} ({hint})")
 
     def layout(name):
-        return None if name == "hh" and "prompt" in mapped else {**SCHEMAS[name], **mapped}
+        if name == "hh" and "prompt" in mapped:
+            return None
+        out = {**SCHEMAS[name], **mapped}
+        if name == "conversational" and "prompt" not in mapped and out["prompt"] not in columns:
+            del out["prompt"]  # the implicit prompt: chosen and rejected share it
+        return out
 
     if schema == "hh" and "prompt" in mapped:
         raise DataError(
@@ -225,7 +241,10 @@ def resolve_columns(path, columns, schema, mapping, key="data"):
     if schema == "auto":
         fitting = [name for name in SCHEMAS if layout(name) and set(layout(name).values()) <= set(columns)]
         if fitting:
-            return fitting[0], layout(fitting[0])
+            name = fitting[0]
+            if name != "reference" and _holds_messages(records, layout(name)["chosen"]):
+                name = "conversational"
+            return name, layout(name)
         # The closest schema is the one most of whose columns are present or nearly so.
         schema = max(
             (name for name in SCHEMAS if layout(name)),
@@ -239,6 +258,12 @@ def resolve_columns(path, columns, schema, mapping, key="data"):
         hint = f"found {show(close[0])} -- check the spelling" if close else f"found columns: {_listing(columns)}"
         raise DataError(f"{path}: header, column {show(missing[0])}: missing, needed by the {schema} schema ({hint})")
     return schema, wanted
+
+
+def _holds_messages(records, column):
+    """Whether the first non-empty value of `column` is a list of messages (a JSON list, in a CSV)."""
+    value = next((r.values.get(column) for r in records if not _empty(r.values.get(column))), None)
+    return isinstance(value, (list, tuple)) or (isinstance(value, str) and value.lstrip().startswith("[{"))
 
 
 # ---------------------------------------------------------------- filtering
@@ -353,7 +378,10 @@ def cell_text(path, rec, column, strip=True):
                 "not_utf8", f"{where(path, rec, column)}: bytes that are not UTF-8 (at byte {err.start})"
             ) from None
     if not isinstance(value, str):
-        raise BadRow("not_text", f"{where(path, rec, column)}: expected text, got {type(value).__name__} {show(value)}")
+        hint = " (a list of messages? schema conversational reads them)" if isinstance(value, (list, tuple)) else ""
+        raise BadRow(
+            "not_text", f"{where(path, rec, column)}: expected text, got {type(value).__name__} {show(value)}{hint}"
+        )
     _check_utf8(path, rec, column, value)
     text = value.strip()
     if not text:
@@ -387,6 +415,8 @@ def row_pair(path, schema, layout, rec, max_chars):
     """One record -> Pair, or BadRow. layout: {part: column} from resolve_columns."""
     layout = dict(layout)
     unsafe = unsafe_flag(path, rec, layout.pop("unsafe")) if "unsafe" in layout else False
+    if schema == "conversational":
+        return conversation_pair(path, rec, layout, max_chars, unsafe)
     texts = {}
     for part, column in layout.items():
         try:
@@ -426,6 +456,86 @@ def row_pair(path, schema, layout, rec, max_chars):
             f"{where(path, rec, layout['chosen'])}: the same answer as column {show(layout['rejected'])}",
         )
     return Pair(messages, chosen, rejected, rec.row, unsafe)
+
+
+def cell_messages(path, rec, column):
+    """The messages of one conversational cell (a list of {role, content}, or that list as JSON text), or BadRow."""
+    value = rec.values.get(column)
+    if _empty(value):
+        raise BadRow("empty_cell", f"{where(path, rec, column)}: missing value")
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise BadRow(
+                "malformed_messages", f"{where(path, rec, column)}: expected a list of messages, got text {show(value)}"
+            ) from None
+    messages, bad = parse_messages(value)
+    if bad:
+        raise BadRow(bad[0], f"{where(path, rec, column)}: {bad[1]}")
+    return messages
+
+
+def _conversation_prompt(path, rec, layout, chosen, rejected):
+    """(prompt, chosen turns, rejected turns) of a conversational row: implicit or explicit prompt."""
+    if any(m.role != "assistant" for m in chosen + rejected):  # implicit prompt: whole conversations
+        common = next((i for i, (a, b) in enumerate(zip(chosen, rejected)) if a != b), min(len(chosen), len(rejected)))
+        prompt = chosen[:common]
+        while prompt and prompt[-1].role != "user":
+            prompt = prompt[:-1]
+        if not prompt:
+            raise BadRow(
+                "no_shared_prompt",
+                f"{where(path, rec, layout['chosen'])}: no opening user turn shared with column "
+                f"{show(layout['rejected'])}",
+            )
+        return prompt, chosen[len(prompt) :], rejected[len(prompt) :]
+    if "prompt" not in layout:
+        raise BadRow(
+            "no_shared_prompt", f"{where(path, rec, layout['chosen'])}: only assistant turns, and no prompt column"
+        )
+    value = rec.values.get(layout["prompt"])
+    if isinstance(value, str) and not value.lstrip().startswith("["):  # a plain question
+        return single_turn(cell_text(path, rec, layout["prompt"])), chosen, rejected
+    return cell_messages(path, rec, layout["prompt"]), chosen, rejected
+
+
+def conversation_pair(path, rec, layout, max_chars, unsafe):
+    """A row of trl's conversational format -> Pair (the prompt keeps its system turn), or BadRow."""
+    chosen, rejected = (cell_messages(path, rec, layout[part]) for part in ("chosen", "rejected"))
+    prompt, chosen, rejected = _conversation_prompt(path, rec, layout, chosen, rejected)
+    if "system" in layout and prompt[0].role != "system":
+        try:
+            prompt = (Message("system", cell_text(path, rec, layout["system"])),) + prompt
+        except BadRow as bad:
+            if bad.reason != "empty_cell":  # a system prompt is optional
+                raise
+    prompt_column = layout.get("prompt", layout["chosen"])
+    if prompt[-1].role != "user":
+        raise BadRow("bad_turn_order", f"{where(path, rec, prompt_column)}: the prompt does not end with a user turn")
+    for part, answer in (("chosen", chosen), ("rejected", rejected)):
+        if [m.role for m in answer] != ["assistant"]:
+            got = " > ".join(m.role for m in answer)[:60]
+            raise BadRow(
+                "bad_turn_order" if answer else "empty_answer",
+                f"{where(path, rec, layout[part])}: expected one assistant turn after the prompt, got {got or 'none'}",
+            )
+    texts = [(prompt_column, m.content) for m in prompt] + [
+        (layout[p], a[0].content) for p, a in (("chosen", chosen), ("rejected", rejected))
+    ]
+    for column, text in texts:
+        if len(text) > max_chars:
+            raise BadRow(
+                "too_long",
+                f"{where(path, rec, column)}: text of {len(text)} characters is longer than "
+                f"prepare.max_chars={max_chars}",
+            )
+    if chosen == rejected:
+        raise BadRow(
+            "identical_pair",
+            f"{where(path, rec, layout['chosen'])}: the same answer as column {show(layout['rejected'])}",
+        )
+    return Pair(prompt, chosen[0].content, rejected[0].content, rec.row, unsafe)
 
 
 def unsafe_flag(path, rec, column):

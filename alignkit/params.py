@@ -66,9 +66,38 @@ def _kind(value):
     return "string" if isinstance(value, str) else None
 
 
+COMMIT, HUB_ID = r"^[0-9a-f]{40}$", r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$"
+PATTERNS_DATA = {COMMIT: "a commit hash, 40 lower-case hex digits", HUB_ID: "a Hub dataset id, owner/name"}
+
+
+class HubParams(Section):
+    """A data set on the Hugging Face Hub, read with datasets.load_dataset at one pinned commit."""
+
+    id: Annotated[str, Field(pattern=HUB_ID)]  # owner/name
+    config: str | None  # the dataset's configuration (subset); null: its default
+    split: str
+    # A commit hash, not a branch: dvc.lock records this value, so it must name data that cannot change.
+    revision: Annotated[str, Field(pattern=COMMIT)]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a_commit(cls, raw):
+        revision = raw.get("revision") if isinstance(raw, dict) else None
+        if isinstance(revision, str) and not re.match(COMMIT, revision):
+            dataset = raw.get("id") if isinstance(raw.get("id"), str) else "ID"
+            raise ValueError(
+                f"<here>.revision: {show(revision)} is not a commit hash (40 hex digits); dvc.lock records this "
+                "value, so it must name data that cannot change (a branch or tag moves). Its commit: "
+                f"python -c \"import huggingface_hub as h; print(h.HfApi().dataset_info('{dataset}', "
+                f"revision='{revision}').sha)\""
+            )
+        return raw
+
+
 class DataParams(Section):
     path: str
-    schema_: Literal["auto", "reference", "prompt_chosen_rejected", "hh"] = Field(alias="schema")
+    hub: HubParams | None  # read from the Hub instead of path (then path: data/hub)
+    schema_: Literal["auto", "reference", "prompt_chosen_rejected", "hh", "conversational"] = Field(alias="schema")
     columns: ColumnsParams
     filter: list[Condition]
     max_rows: PositiveInt | None  # at most this many good rows, a seeded sample; null: all
@@ -102,6 +131,7 @@ class ModelsParams(Section):
 
 PINNED, SHA256 = r"^[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9.+!_-]+$", r"^[0-9a-f]{64}$"
 PATTERNS = {PINNED: "an exact pin, name==version", SHA256: "64 lower-case hex digits"}  # what errors say
+PATTERNS.update(PATTERNS_DATA)
 
 
 class GreedyCheck(Section):
@@ -512,6 +542,8 @@ def _model_at(loc):
     model, i = Params, 0
     while i < len(loc):
         model = next(f for name, f in model.model_fields.items() if loc[i] in (name, f.alias)).annotation
+        if typing.get_origin(model) in (typing.Union, types.UnionType):  # a section or null: data.<set>.hub
+            model = next(a for a in typing.get_args(model) if a is not type(None))
         if typing.get_origin(model) is list:  # data.filter: a list of conditions
             (model,) = typing.get_args(model)
         elif typing.get_origin(model) is dict:  # data.<set>, reward_models.<name>

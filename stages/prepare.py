@@ -3,7 +3,7 @@
     python stages/prepare.py --params params.yaml --name helpful --input data/sample/preferences.csv \
         --out-dir data/prepared/helpful --metrics metrics/data/helpful.json
 
-Reads params: seed, data.<name> (schema, columns, filter), prepare.*. Writes
+Reads params: seed, data.<name> (path or hub, schema, columns, filter), prepare.*. Writes
 <out-dir>/{train,validation,test}.jsonl (fields prompt: a list of {role, content}
 messages, chosen, rejected, row, unsafe) and the metrics JSON (rows filtered per condition,
 dropped per reason, split sizes, lengths). Everything is validated before anything
@@ -12,7 +12,7 @@ is written, and each output appears whole or not at all.
 
 from pathlib import Path
 
-from alignkit import data
+from alignkit import data, hub
 from alignkit.errors import DataError, ParamsError
 from alignkit.io import atomic_dir, write_json
 from alignkit.params import load_params
@@ -26,16 +26,26 @@ def main(argv=None):
     if args.name not in params.data:
         raise ParamsError(f"{args.params}: data: no data set {args.name!r} (data: {', '.join(params.data)})")
     spec = params.data[args.name]
-    if Path(args.input) == Path(spec.path) and not Path(args.input).is_file():  # dvc.yaml passes data.<name>.path
-        raise DataError(f"{args.params}: {key}.path: file not found: '{args.input}'")
+    if spec.hub is not None:  # dvc.yaml passes data.<name>.path, a Hub set's stand-in (data/hub)
+        if Path(args.input).is_file():
+            raise ParamsError(f"{args.params}: {key}: both path (a file) and hub are set; set one (path: data/hub)")
+        source, columns, records, origin = hub.read_hub(spec.hub, key)
+    else:
+        if Path(args.input) == Path(spec.path) and not Path(args.input).is_file():
+            raise DataError(f"{args.params}: {key}.path: file not found: '{args.input}'")
+        source, (columns, records) = args.input, data.read_table(args.input)
+        origin = {"path": args.input}
 
-    columns, records = data.read_table(args.input)
-    schema, layout = data.resolve_columns(args.input, columns, spec.schema_, spec.columns.model_dump(), key)
-    kept, filtered = data.apply_filters(args.input, columns, records, spec.filter, key)
-    pairs, dropped = data.to_pairs(args.input, schema, layout, kept, cfg)
+    schema, layout = data.resolve_columns(source, columns, spec.schema_, spec.columns.model_dump(), key, records)
+    kept, filtered = data.apply_filters(source, columns, records, spec.filter, key)
+    pairs, dropped = data.to_pairs(source, schema, layout, kept, cfg)
     sampled = data.sample_pairs(pairs, spec.max_rows, params.seed)
-    splits = data.split_pairs(sampled, cfg.val_fraction, cfg.test_fraction, params.seed, args.input)
-    summary = data.describe(len(records), filtered, sampled, dropped, splits, len(pairs) - len(sampled))
+    splits = data.split_pairs(sampled, cfg.val_fraction, cfg.test_fraction, params.seed, source)
+    summary = {
+        "source": origin,
+        "schema": schema,
+        **data.describe(len(records), filtered, sampled, dropped, splits, len(pairs) - len(sampled)),
+    }
 
     with atomic_dir(args.out_dir) as tmp:
         for name, rows in splits.items():
@@ -46,7 +56,7 @@ def main(argv=None):
         return f"{sum(counter.values())}" + (f" {dict(counter)}" if sum(counter.values()) else "")
 
     print(
-        f"prepare@{args.name}: {args.input} ({schema} schema): {len(records)} rows in, "
+        f"prepare@{args.name}: {source} ({schema} schema): {len(records)} rows in, "
         f"{counts(filtered)} filtered out, "
         f"{counts(dropped)} dropped, {len(sampled)} kept"
         + (f" (a sample of {len(pairs)})" if len(sampled) < len(pairs) else "")

@@ -59,6 +59,8 @@ def test_shipped_params_and_the_reference_profiles_validate(tmp_path):
     book = applied("book.yaml", tmp_path)  # the book example
     assert book.models.policy == "TinyLlama/TinyLlama-1.1B-Chat-v1.0"
     assert (book.data["helpful"].columns.prompt, book.data["helpful"].columns.system) == ("input", "system")
+    assert book.data["helpful"].hub.id == "argilla/distilabel-intel-orca-dpo-pairs"  # from the Hub, pinned:
+    assert book.data["helpful"].hub.revision == "081de9022db8bb1fb7de27f7d789b60cba6dbac5"
     assert [(c.column, c.op, c.value) for c in book.data["helpful"].filter] == [
         ("status", "!=", "tie"),
         ("chosen_score", ">=", 8),
@@ -174,7 +176,7 @@ def test_the_profile_command_prints_each_change(tmp_path, capsys):
     assert main([str(REPO / "profiles" / "reference.yaml"), "--params", str(path), "--dry-run"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].endswith(f"-> {path}: would change {len(out) - 1} key(s)")
-    assert "  - data.safety (was {'path': 'data/sample/safety.csv', 'schema': 'auto', 'col...)" in out
+    assert "  - data.safety (was {'path': 'data/sample/safety.csv', 'hub': None, 'schema':...)" in out
     assert "  ~ models.policy: 'tiny-gpt2' -> 'openai-community/gpt2-medium'" in out
     assert path.read_text() == (REPO / "params.yaml").read_text()  # a dry run writes nothing
 

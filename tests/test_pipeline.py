@@ -335,6 +335,49 @@ def test_bad_input_under_dvc_fails_and_leaves_no_output(repo_copy):
     assert not (repo_copy / "metrics" / "data" / "helpful.json").exists()
 
 
+CHAT_PREFERENCES_FILTER = (
+    'data.helpful.filter=[{column:score_chosen,op:">=",value:7},{column:score_rejected,op:"<=",value:5}]'
+)
+
+
+@pytest.mark.slow
+def test_dvc_exp_run_on_the_conversational_sample_runs_every_stage_with_the_chat_preset(small_copy):
+    """The shipped sample in trl's implicit-prompt conversational format (data/sample/chat_preferences.jsonl),
+    filtered on its scores, through every stage with the tiny-llama chat preset: one `dvc exp run`, as
+    docs/data.md shows it."""
+    printed = dvc(
+        small_copy,
+        "exp",
+        "run",
+        "-n",
+        "chat-prefs",
+        "-S",
+        "models.policy=tiny-llama",
+        "-S",
+        "data.helpful.path=data/sample/chat_preferences.jsonl",
+        "-S",
+        CHAT_PREFERENCES_FILTER,
+    )
+    assert ran(printed) == sorted(s for s in STAGES if s not in ("prepare@safety", "reward@safety", "pretrained"))
+    assert "prepare@helpful: data/sample/chat_preferences.jsonl (conversational schema): 400 rows in" in printed
+    data = json.loads((small_copy / "metrics" / "data" / "helpful.json").read_text())
+    assert data["schema"] == "conversational" and data["source"] == {"path": "data/sample/chat_preferences.jsonl"}
+    assert set(data["rows_filtered"]) == {"score_chosen >= 7", "score_rejected <= 5"}
+    assert data["rows_dropped"]["empty_turn"] <= 4 and data["prompt_messages"]["max"] == 6  # system + 2 exchanges
+    roles = [
+        [m["role"] for m in json.loads(line)["prompt"]]
+        for line in open(small_copy / "data/prepared/helpful/train.jsonl")
+    ]
+    assert any(r[0] == "system" for r in roles) and all(r[-1] == "user" for r in roles)
+    tokenizer = json.loads((small_copy / "models" / "merged" / "sft" / "tokenizer_config.json").read_text())
+    assert "<|assistant|>" in tokenizer["chat_template"]
+    for name in ("sft", "dpo", "ppo", "eval/sft", "eval/dpo", "eval/ppo"):
+        metrics = flat(json.loads((small_copy / "metrics" / f"{name}.json").read_text()))
+        assert metrics and all(v == v for v in metrics.values() if isinstance(v, float)), name  # written, no NaN
+    assert json.loads((small_copy / "metrics" / "sft.json").read_text())["fitted"]["question_dropped"] == 0
+    assert "chat-prefs" in dvc(small_copy, "exp", "show", "--no-pager")
+
+
 @pytest.mark.slow
 @pytest.mark.same_run_only
 def test_a_chat_model_with_lora_and_one_reward_model_on_multi_turn_conversations_runs_every_stage(repo_copy):

@@ -74,3 +74,28 @@ def test_multi_turn_sample_shape():
         turns = parse_hh(r["rejected"][:cut])
         assert sum(m.role == "user" for m in turns) == r["turns"]
     assert {r["turns"] for r in rows} == {1, 2, 3, 4}
+
+
+CHAT_PREFERENCES = REPO / "data" / "sample" / "chat_preferences.jsonl"
+
+
+def test_conversational_sample_is_exactly_what_its_script_writes(tmp_path):
+    out = tmp_path / "chat_preferences.jsonl"
+    subprocess.run([sys.executable, str(REPO / "data" / "make_chat_preferences.py"), str(out)], check=True)
+    assert out.read_bytes() == CHAT_PREFERENCES.read_bytes()
+
+
+def test_conversational_sample_shape():
+    """trl's implicit-prompt conversational format, with HuggingFaceH4/ultrafeedback_binarized's columns."""
+    import json
+
+    rows = [json.loads(line) for line in CHAT_PREFERENCES.open(encoding="utf-8")]
+    columns = {"prompt", "prompt_id", "chosen", "rejected", "messages", "score_chosen", "score_rejected"}
+    assert len(rows) == 400 and all(set(r) == columns for r in rows)
+    for r in rows:
+        assert r["chosen"][:-1] == r["rejected"][:-1] and r["chosen"] == r["messages"]  # all shared but the answer
+        assert r["chosen"][-2] == {"role": "user", "content": r["prompt"]}
+        assert [m["role"] for m in r["chosen"] if m["role"] != "system"][-2:] == ["user", "assistant"]
+    assert sum(r["rejected"][-1]["content"] == "" for r in rows) == 4  # prepare drops and counts them
+    assert sum(r["chosen"][0]["role"] == "system" for r in rows) in range(100, 170)  # about a third
+    assert sum(r["score_chosen"] >= 7 and r["score_rejected"] <= 5 for r in rows) in range(200, 300)
