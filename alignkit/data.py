@@ -477,7 +477,7 @@ def cell_messages(path, rec, column):
 
 
 def _conversation_prompt(path, rec, layout, chosen, rejected):
-    """(prompt, chosen turns, rejected turns) of a conversational row: implicit or explicit prompt."""
+    """(prompt, chosen turns, rejected turns, the prompt's column) of a conversational row: implicit or explicit."""
     if any(m.role != "assistant" for m in chosen + rejected):  # implicit prompt: whole conversations
         common = next((i for i, (a, b) in enumerate(zip(chosen, rejected)) if a != b), min(len(chosen), len(rejected)))
         prompt = chosen[:common]
@@ -489,28 +489,27 @@ def _conversation_prompt(path, rec, layout, chosen, rejected):
                 f"{where(path, rec, layout['chosen'])}: no opening user turn shared with column "
                 f"{show(layout['rejected'])}",
             )
-        return prompt, chosen[len(prompt) :], rejected[len(prompt) :]
+        return prompt, chosen[len(prompt) :], rejected[len(prompt) :], layout["chosen"]
     if "prompt" not in layout:
         raise BadRow(
             "no_shared_prompt", f"{where(path, rec, layout['chosen'])}: only assistant turns, and no prompt column"
         )
     value = rec.values.get(layout["prompt"])
     if isinstance(value, str) and not value.lstrip().startswith("["):  # a plain question
-        return single_turn(cell_text(path, rec, layout["prompt"])), chosen, rejected
-    return cell_messages(path, rec, layout["prompt"]), chosen, rejected
+        return single_turn(cell_text(path, rec, layout["prompt"])), chosen, rejected, layout["prompt"]
+    return cell_messages(path, rec, layout["prompt"]), chosen, rejected, layout["prompt"]
 
 
 def conversation_pair(path, rec, layout, max_chars, unsafe):
     """A row of trl's conversational format -> Pair (the prompt keeps its system turn), or BadRow."""
     chosen, rejected = (cell_messages(path, rec, layout[part]) for part in ("chosen", "rejected"))
-    prompt, chosen, rejected = _conversation_prompt(path, rec, layout, chosen, rejected)
+    prompt, chosen, rejected, prompt_column = _conversation_prompt(path, rec, layout, chosen, rejected)
     if "system" in layout and prompt[0].role != "system":
         try:
             prompt = (Message("system", cell_text(path, rec, layout["system"])),) + prompt
         except BadRow as bad:
             if bad.reason != "empty_cell":  # a system prompt is optional
                 raise
-    prompt_column = layout.get("prompt", layout["chosen"])
     if prompt[-1].role != "user":
         raise BadRow("bad_turn_order", f"{where(path, rec, prompt_column)}: the prompt does not end with a user turn")
     for part, answer in (("chosen", chosen), ("rejected", rejected)):
