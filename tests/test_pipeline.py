@@ -375,7 +375,7 @@ def test_dvc_exp_run_on_the_conversational_sample_runs_every_stage_with_the_chat
         metrics = flat(json.loads((small_copy / "metrics" / f"{name}.json").read_text()))
         assert metrics and all(v == v for v in metrics.values() if isinstance(v, float)), name  # written, no NaN
     assert json.loads((small_copy / "metrics" / "sft.json").read_text())["fitted"]["question_dropped"] == 0
-    assert "chat-prefs" in dvc(small_copy, "exp", "show", "--no-pager")
+    assert "chat-prefs" in dvc(small_copy, "exp", "show", "--csv")
 
 
 @pytest.mark.slow
