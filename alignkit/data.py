@@ -13,6 +13,7 @@ or turns into the error (on_bad_row: error). Quoted values are cut short.
 """
 
 import csv
+import dataclasses
 import difflib
 import gzip
 import io
@@ -41,7 +42,8 @@ SCHEMAS = {
 HH_TURN = "\n\nAssistant:"
 # Cell texts that mean "no value" in files written by pandas, spreadsheets and databases.
 NA_STRINGS = {"nan", "NaN", "NAN", "-nan", "null", "NULL", "<NA>", "#N/A"}
-SPLITS = ("train", "validation", "test")
+# judge: pairs held out for the judges (reward models only evaluation reads), seen by nothing that trains a policy.
+SPLITS = ("train", "validation", "test", "judge")
 # Why a row was dropped; metrics/data.json counts every one of them.
 BAD_ROW_REASONS = (
     "empty_cell",
@@ -78,6 +80,7 @@ class Pair:
     rejected: str
     row: int  # the row in the raw file, for provenance
     unsafe: bool = False  # the prompt asks for something to decline (data.<set>.columns.unsafe)
+    source: str = ""  # the data set it was prepared in (read_sets sets it; not written to the splits)
 
 
 def where(path, rec, column=None):
@@ -219,7 +222,8 @@ def resolve_columns(path, columns, schema, mapping, key="data", records=()):
     prompt/chosen/rejected, then hh -- and conversational instead of the last two when the first of `records`
     with a chosen value holds a list of messages there. The unsafe flag's column, when mapped, is in the layout
     as "unsafe"."""
-    mapped = {part: column for part, column in mapping.items() if column is not None}
+    every_unsafe = mapping.get("unsafe") is True  # every prompt is one to decline: no column to read
+    mapped = {part: column for part, column in mapping.items() if column is not None and column is not True}
     for part, column in mapped.items():
         if column not in columns:
             close = difflib.get_close_matches(column, columns, n=1)
@@ -244,7 +248,7 @@ def resolve_columns(path, columns, schema, mapping, key="data", records=()):
             name = fitting[0]
             if name != "reference" and _holds_messages(records, layout(name)["chosen"]):
                 name = "conversational"
-            return name, layout(name)
+            return name, {**layout(name), **({"unsafe": True} if every_unsafe else {})}
         # The closest schema is the one most of whose columns are present or nearly so.
         schema = max(
             (name for name in SCHEMAS if layout(name)),
@@ -257,7 +261,7 @@ def resolve_columns(path, columns, schema, mapping, key="data", records=()):
         close = difflib.get_close_matches(missing[0], [c for c in columns if c not in wanted.values()], n=1)
         hint = f"found {show(close[0])} -- check the spelling" if close else f"found columns: {_listing(columns)}"
         raise DataError(f"{path}: header, column {show(missing[0])}: missing, needed by the {schema} schema ({hint})")
-    return schema, wanted
+    return schema, {**wanted, **({"unsafe": True} if every_unsafe else {})}
 
 
 def _holds_messages(records, column):
@@ -414,7 +418,8 @@ def split_hh(path, rec, chosen, rejected):
 def row_pair(path, schema, layout, rec, max_chars):
     """One record -> Pair, or BadRow. layout: {part: column} from resolve_columns."""
     layout = dict(layout)
-    unsafe = unsafe_flag(path, rec, layout.pop("unsafe")) if "unsafe" in layout else False
+    column = layout.pop("unsafe", None)
+    unsafe = column is True or (column is not None and unsafe_flag(path, rec, column))
     if schema == "conversational":
         return conversation_pair(path, rec, layout, max_chars, unsafe)
     texts = {}
@@ -592,10 +597,10 @@ def sample_pairs(pairs, max_rows, seed):
     return [p for i, p in enumerate(pairs) if i in keep]
 
 
-def split_pairs(pairs, val_fraction, test_fraction, seed, path="data"):
-    """Seeded split into train/validation/test; all pairs of one prompt share a split.
+def split_pairs(pairs, val_fraction, test_fraction, seed, path="data", judge_fraction=0.0):
+    """Seeded split into train/validation/test/judge; all pairs of one prompt share a split.
 
-    Prompts are shuffled with `seed`, then test and validation take whole prompt
+    Prompts are shuffled with `seed`, then test, validation and judge take whole prompt
     groups until they hold their fraction of the rows; train takes the rest.
     """
     groups = {}
@@ -604,15 +609,17 @@ def split_pairs(pairs, val_fraction, test_fraction, seed, path="data"):
     order = list(groups)
     random.Random(seed).shuffle(order)
     splits = {name: [] for name in SPLITS}
-    targets = {"test": test_fraction * len(pairs), "validation": val_fraction * len(pairs)}
+    fractions = {"test": test_fraction, "validation": val_fraction, "judge": judge_fraction}
+    targets = {name: fraction * len(pairs) for name, fraction in fractions.items()}
     for prompt in order:
-        name = next((s for s in ("test", "validation") if len(splits[s]) < targets[s]), "train")
+        name = next((s for s in ("test", "validation", "judge") if len(splits[s]) < targets[s]), "train")
         splits[name].extend(groups[prompt])
     empty = [name for name in SPLITS if not splits[name] and (name == "train" or targets[name] > 0)]
     if empty:
         raise DataError(
             f"{path}: {len(pairs)} rows in {len(groups)} prompt groups are too few to split with "
-            f"prepare.val_fraction={val_fraction} and prepare.test_fraction={test_fraction}: "
+            f"prepare.val_fraction={val_fraction}, prepare.test_fraction={test_fraction} and "
+            f"prepare.judge_fraction={judge_fraction}: "
             f"the {empty[0]} split would be empty"
         )
     return splits
@@ -693,5 +700,8 @@ def read_sets(root, sets, *names):
             f"{root}: no prepared data set {show(missing[0])} (prepared: "
             f"{', '.join(sorted(p.name for p in Path(root).iterdir() if p.is_dir())) or 'none'})"
         )
-    per_set = [read_splits(Path(root) / s, *names) for s in sets]
+    per_set = [
+        [[dataclasses.replace(p, source=s) for p in split] for split in read_splits(Path(root) / s, *names)]
+        for s in sets
+    ]
     return [[pair for splits in per_set for pair in splits[i]] for i in range(len(names))]

@@ -86,3 +86,12 @@ class RewardModels:
         if self.cfg.safety is None:
             return None, int(sum(unsafe))
         return violations(raw[self.cfg.safety], torch.tensor(list(unsafe), dtype=torch.bool), self.cfg.safety_threshold)
+
+    def violations(self, raw, unsafe):
+        """Per unsafe prompt (in order), 1.0 where the answer's sigmoid(safety score) is below
+        ppo.reward.safety_threshold, else 0.0: the items of the violation rate. None when ppo.reward.safety is
+        null or no prompt is unsafe."""
+        if self.cfg.safety is None or not any(unsafe):
+            return None
+        below = torch.sigmoid(raw[self.cfg.safety]) < self.cfg.safety_threshold
+        return [float(b) for b, u in zip(below.tolist(), unsafe) if u]

@@ -7,7 +7,8 @@ import torch
 from alignkit.batching import in_order, sorted_batches
 from alignkit.conversation import Renderer, as_text, to_json
 from alignkit.policy import collate, forward_logps, max_prompt_tokens
-from alignkit.textmetrics import bleu, distinct_n, rouge, win_rate
+from alignkit.stats import bootstrap_ci, mean
+from alignkit.textmetrics import bleu, distinct_n, rouge, win_items
 from alignkit.training import progress
 
 
@@ -64,24 +65,51 @@ def answer_logps(model, tokenizer, prompts, answer_ids, batch_size, budget, desc
 
 
 def preference_accuracy(model, tokenizer, pairs, max_length, max_prompt_length, batch_size, desc):
-    """Share of pairs where the policy gives the chosen answer a higher log-prob than the rejected:
-    (by summed log-prob, by mean log-prob per answer token)."""
+    """Per pair whose question fits, whether the policy gives the chosen answer a higher log-prob than the
+    rejected: ([by summed log-prob], [by mean log-prob per answer token]), each a list of 1.0 / 0.0."""
     renderer = Renderer(tokenizer)
     encoded, _ = renderer.encode_pairs(pairs, max_length, max_prompt_length)  # pairs whose question fits
     sums, means = {}, {}
     for side, examples in zip(("chosen", "rejected"), zip(*encoded)):
         sums[side] = summed_logps(model, examples, tokenizer.pad_token_id, batch_size, f"{desc} ({side})")
         means[side] = sums[side] / torch.tensor([len(ids) - prompt_len for ids, prompt_len in examples])
-    return tuple((s["chosen"] > s["rejected"]).float().mean().item() for s in (sums, means))
+    return tuple((s["chosen"] > s["rejected"]).float().tolist() for s in (sums, means))
 
 
-def evaluate_policy(name, policy, sft, tokenizer, scorer, pairs, cfg, gen, seed):
+def with_interval(name, values, cfg, seed):
+    """{name: mean, name_ci: [lo, hi]}: a mean over test prompts and its bootstrap interval (eval.confidence)."""
+    return {
+        name: mean(values),
+        f"{name}_ci": bootstrap_ci(values, cfg.confidence, cfg.bootstrap_samples, seed),
+    }
+
+
+def scored(prefix, models, combined, raw, ref_combined, ref_raw, same_as_reference, cfg, seed):
+    """The mean score and the win rate against the preferred answers, with intervals, of the combined score and
+    of each model's own: reward_mean, win_rate_vs_reference and reward_models.<name> for the reward models
+    (prefix reward); judge_mean, judge_win_rate_vs_reference and judges.<name> for the judges (prefix judge)."""
+
+    def block(mine, reference):
+        return {
+            **with_interval("mean", mine, cfg, seed),
+            **with_interval("win_rate_vs_reference", win_items(mine, reference, same_as_reference), cfg, seed),
+        }
+
+    overall = block(combined.tolist(), ref_combined.tolist())
+    named = {f"{prefix}_{k}" if k.startswith("mean") or prefix != "reward" else k: v for k, v in overall.items()}
+    per_model = {m: block(raw[m].tolist(), ref_raw[m].tolist()) for m in models.names}
+    return {**named, "reward_models" if prefix == "reward" else "judges": per_model}
+
+
+def evaluate_policy(name, policy, sft, tokenizer, scorer, judges, pairs, cfg, gen, seed):
     """All metrics of one policy on `pairs` (the test split), and its generations for people to read.
 
-    sft is the SFT policy: the baseline of win_rate_vs_sft and the reference of kl_to_reference (when it is
-    `policy` itself, its seeded answers and log-probs are those of the policy, computed once). scorer:
-    the reward models (ensemble.RewardModels); reward_mean and the top-level win rates are of their
-    combined reward (ppo.reward), reward_models.<name> of each model's own score.
+    sft is the SFT policy: the reference of kl_to_reference (when it is `policy` itself, the KL is 0). scorer:
+    the reward models the policies trained on (ensemble.RewardModels), the proxy; judges: the judge models only
+    evaluation reads (None: none), combined as the reward models are (ppo.reward). Every mean over prompts has
+    its bootstrap interval (<key>_ci) at eval.confidence, and n says over how many prompts. Comparisons between
+    models (win rates against SFT, paired tests, the verdict) are the report's, from the generations: each
+    model's answers are generated and scored here once.
     """
     # checked against the model before anything runs
     budget = max_prompt_tokens(
@@ -92,65 +120,75 @@ def evaluate_policy(name, policy, sft, tokenizer, scorer, pairs, cfg, gen, seed)
     answers, answer_ids = generate(
         policy, tokenizer, questions, gen, cfg.batch_size, seed, f"generate {name}", cfg.max_prompt_length
     )
-    same = sft is policy
-    sft_answers = (
-        answers
-        if same
-        else generate(sft, tokenizer, questions, gen, cfg.batch_size, seed, "generate sft", cfg.max_prompt_length)[0]
-    )
-    rewards, raw = scorer.score(questions, answers, unsafe, f"score {name}")
+    same_as_reference = [a == r for a, r in zip(answers, references)]  # a tie, whatever padding does to scores
     logps = answer_logps(policy, tokenizer, questions, answer_ids, cfg.batch_size, budget, f"log-probs {name}")
     kl = logps - (
-        logps if same else answer_logps(sft, tokenizer, questions, answer_ids, cfg.batch_size, budget, "log-probs sft")
+        logps
+        if sft is policy
+        else answer_logps(sft, tokenizer, questions, answer_ids, cfg.batch_size, budget, "log-probs sft")
     )
-    accuracy_sum, accuracy_mean = preference_accuracy(
+    by_sum, by_mean = preference_accuracy(
         policy, tokenizer, pairs, cfg.max_length, cfg.max_prompt_length, cfg.batch_size, f"test pairs {name}"
     )
+    rewards, raw = scorer.score(questions, answers, unsafe, f"score {name}")
+    ref_rewards, ref_raw = scorer.score(questions, references, unsafe, "score reference")
+    proxy = scored("reward", scorer, rewards, raw, ref_rewards, ref_raw, same_as_reference, cfg, seed)
+    if judges is not None:
+        judged, judged_raw = judges.score(questions, answers, unsafe, f"judge {name}")
+        judge = scored(
+            "judge",
+            judges,
+            judged,
+            judged_raw,
+            *judges.score(questions, references, unsafe, "judge reference"),
+            same_as_reference,
+            cfg,
+            seed,
+        )
+    violated = scorer.violations(raw, unsafe)  # per unsafe prompt, 1.0 for an answer below the threshold
 
-    others = {
-        "sft": (sft_answers, *((rewards, raw) if same else scorer.score(questions, sft_answers, unsafe, "score sft"))),
-        "reference": (references, *scorer.score(questions, references, unsafe, "score reference")),
-    }
-
-    def win_rate_vs(mine, other, theirs):  # the same text on both sides is a tie, whatever padding does to scores
-        return win_rate(mine.tolist(), theirs.tolist(), [a == b for a, b in zip(answers, other)])
-
-    per_model = {
-        model: {
-            "mean": raw[model].mean().item(),
-            **{
-                f"win_rate_vs_{o}": win_rate_vs(raw[model], texts, theirs[model])
-                for o, (texts, _, theirs) in others.items()
-            },
-        }
-        for model in scorer.names
-    }
-    violation_rate, _ = scorer.violation_rate(raw, unsafe)
     metrics = {
+        "n": len(pairs),
+        "n_unsafe": sum(unsafe),
         "bleu": bleu(references, answers),
         **rouge(references, answers),
-        "reward_mean": rewards.mean().item(),
+        **{k: v for k, v in proxy.items() if k != "reward_models"},
         "reward_std": rewards.std().item(),
-        **{f"win_rate_vs_{o}": win_rate_vs(rewards, texts, combined) for o, (texts, combined, _) in others.items()},
-        "reward_models": per_model,
-        **({"safety_violation_rate": violation_rate} if violation_rate is not None else {}),
-        "preference_accuracy": accuracy_sum,
-        "preference_accuracy_normalized": accuracy_mean,
-        "kl_to_reference": kl.mean().item(),
+        "reward_models": proxy["reward_models"],
+        **(judge if judges is not None else {}),
+        **(with_interval("safety_violation_rate", violated, cfg, seed) if violated is not None else {}),
+        "n_pairs": len(by_sum),
+        **with_interval("preference_accuracy", by_sum, cfg, seed),
+        **with_interval("preference_accuracy_normalized", by_mean, cfg, seed),
+        **with_interval("kl_to_reference", kl.tolist(), cfg, seed),
         "mean_length": statistics.fmean(len(a.split()) for a in answers),
         "distinct_1": distinct_n(answers, 1),
         "distinct_2": distinct_n(answers, 2),
     }
+    unsafe_index = [i for i, u in enumerate(unsafe) if u]
+    violation_at = dict(zip(unsafe_index, violated)) if violated is not None else {}
     generations = [
         {
             "question": as_text(q),
             "prompt": to_json(q),
+            "set": p.source,
             "unsafe": u,
             "reference": r,
             "answer": a,
             "reward": round(s, 4),
             "scores": {m: round(raw[m][i].item(), 4) for m in scorer.names},
+            "reference_reward": round(ref_rewards[i].item(), 4),
+            **(
+                {
+                    "judge": round(judged[i].item(), 4),
+                    "judge_scores": {m: round(judged_raw[m][i].item(), 4) for m in judges.names},
+                }
+                if judges is not None
+                else {}
+            ),
+            "violation": bool(violation_at[i]) if i in violation_at else None,
+            "kl": round(kl[i].item(), 4),
         }
-        for i, (q, u, r, a, s) in enumerate(zip(questions, unsafe, references, answers, rewards.tolist()))
+        for i, (p, q, u, r, a, s) in enumerate(zip(pairs, questions, unsafe, references, answers, rewards.tolist()))
     ]
     return metrics, generations

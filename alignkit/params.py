@@ -44,7 +44,8 @@ class ColumnsParams(Section):
     chosen: str | None
     rejected: str | None
     system: str | None  # null: no system turn
-    unsafe: str | None  # a column of booleans marking prompts to decline; null: none is
+    # a column of booleans marking prompts to decline; true: every prompt of the set is one (red-team data); null: none
+    unsafe: str | Literal[True] | None
 
 
 FILTER_OPS = ("==", "!=", ">=", "<=", ">", "<", "in")
@@ -154,6 +155,7 @@ class PretrainedParams(Section):
 class PrepareParams(Section):
     val_fraction: Fraction
     test_fraction: Fraction
+    judge_fraction: Fraction  # held out for the judges, which only evaluation reads
     max_chars: PositiveInt
     on_bad_row: Literal["drop", "error"]
     max_drop_fraction: Annotated[float, Field(ge=0, le=1)]
@@ -323,6 +325,8 @@ class EvalParams(Section):
     top_p: Annotated[float, Field(gt=0, le=1)] | None
     top_k: Annotated[int, Field(ge=0)] | None
     max_new_tokens: PositiveInt | None
+    confidence: Annotated[float, Field(gt=0, lt=1)]  # of every interval, and of the report's tests
+    bootstrap_samples: Annotated[int, Field(ge=100)]  # resamples of the test prompts per interval
 
     def generation(self, ppo):
         """Sampling settings: each eval.* that is null takes the ppo.* value."""
@@ -336,6 +340,7 @@ class EvalParams(Section):
 
 class ReportParams(Section):
     samples: PositiveInt  # test prompts shown side by side with every model's answer (a seeded sample)
+    kl_warn: Annotated[float, Field(gt=0)]  # a model's KL to the SFT policy above this is flagged
 
 
 class Params(Section):
@@ -346,29 +351,32 @@ class Params(Section):
     prepare: PrepareParams
     reward: TrainingParams  # the training keys every reward model shares
     reward_models: dict[str, RewardModelParams]  # the named reward models, each its own stage reward@<name>
+    judges: dict[str, RewardModelParams]  # reward models only evaluation reads, each its own stage judge@<name>
     sft: SFTParams
     dpo: DPOParams
     ppo: PPOParams
     eval: EvalParams
     report: ReportParams
 
-    def reward_model(self, name):
-        """The training params of reward model `name`: the shared `reward` keys, with the ones it sets itself."""
-        entry = self.reward_models[name]
+    def reward_model(self, name, section="reward_models"):
+        """The training params of reward model `name` (of reward_models, or of judges): the shared `reward` keys,
+        with the ones it sets itself."""
+        entry = getattr(self, section)[name]
         own = {k: getattr(entry, k) for k in entry.model_fields_set if k in TrainingParams.model_fields}
         return TrainingParams(**{**self.reward.model_dump(), **own})
 
     @model_validator(mode="after")
     def _each_reward_model_valid(self):
-        for name in self.reward_models:
-            try:
-                self.reward_model(name)
-            except ValidationError as err:
-                e = err.errors()[0]
-                raise ValueError(
-                    f"reward_models.{name}.{e['loc'][0]}: expected {_expected(['reward', e['loc'][0]])}, "
-                    f"got {show(e['input'])}"
-                ) from None
+        for section in ("reward_models", "judges"):
+            for name in getattr(self, section):
+                try:
+                    self.reward_model(name, section)
+                except ValidationError as err:
+                    e = err.errors()[0]
+                    raise ValueError(
+                        f"{section}.{name}.{e['loc'][0]}: expected {_expected(['reward', e['loc'][0]])}, "
+                        f"got {show(e['input'])}"
+                    ) from None
         return self
 
     @model_validator(mode="after")
@@ -433,6 +441,20 @@ class Params(Section):
         for key in ("helpfulness", "safety"):
             if getattr(rc, key) is not None:
                 check([getattr(rc, key)], f"ppo.reward.{key}", models, "reward model in reward_models")
+        for name, entry in self.judges.items():
+            if not NAME.match(name):
+                raise ValueError(
+                    f"judges: name {show(name)} must be letters, digits, _ or - (it becomes a directory name)"
+                )
+            check([entry.data], f"judges.{name}.data", sets, "data set in data")
+            # A judge stands beside the reward model of its name: judged as that one is combined (ppo.reward).
+            check([name], f"judges.{name}", models, "reward model in reward_models")
+        if self.judges and set(self.judges) != set(models):
+            missing = sorted(set(models) - set(self.judges))[0]
+            raise ValueError(
+                f"judges: no judge {show(missing)}: the judges' scores are combined as ppo.reward combines the reward "
+                f"models', so each reward model needs a judge of its name ({', '.join(models)}), or judges: {{}}"
+            )
         return self
 
 

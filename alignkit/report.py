@@ -7,7 +7,9 @@ It reads only what the pipeline wrote (paths relative to the roots the stage is 
     metrics/data/<set>.json       rows in, filtered, dropped by reason, kept; splits    (prepare)
     metrics/reward/<name>.json    each reward model's validation accuracy               (reward)
     metrics/<stage>.json          sft, dpo, ppo results                                  (training stages)
-    metrics/eval/<model>.json     the evaluation of each model                           (evaluate)
+    metrics/judge/<name>.json     each judge's accuracy on the test pairs                (judge)
+    metrics/eval/<model>.json     the evaluation of each model, with intervals          (evaluate)
+    metrics/compare.json          models against SFT and each other, the verdict         (compare)
     dvclive/**/plots/metrics/*/<curve>.tsv   per-step curves, train/* and val/*          (training stages)
     generations/<model>.jsonl     each model's answers to the test prompts, with rewards (evaluate)
 
@@ -28,7 +30,14 @@ VEGA_LITE = "5.21"  # the Vega-Lite major version DVC's plot templates are writt
 SCHEMA = "https://vega.github.io/schema/vega-lite/v5.json"
 # Best per metric: higher is better, except these; some describe an answer rather than rank it.
 LOWER_IS_BETTER = {"safety_violation_rate"}
-NOT_RANKED = {"reward_std", "kl_to_reference", "mean_length"}
+NOT_RANKED = {"reward_std", "kl_to_reference", "mean_length", "n", "n_unsafe", "n_pairs"}
+# How to read DPO's training curves (trl issue #800): shown beside them.
+DPO_NOTE = (
+    "How to read DPO's curves: the chosen reward (beta times the policy's log-prob of the chosen answer, minus the "
+    "reference's) often falls while the margin grows -- both answers lose probability, the rejected one faster. "
+    "DPO optimises the margin, so a falling chosen reward is not by itself a failure; watch the margin, the reward "
+    "accuracy, and the KL to the reference in the evaluation."
+)
 STAGE_ORDER = ("reward", "sft", "dpo", "ppo")  # pipeline order of the curves' sections
 
 
@@ -132,18 +141,47 @@ def best_models(values, metric):
 
 
 def metric_table(evals):
-    """[(metric, {model: value}, {best models})] over the union of the models' flattened metrics, in file order."""
+    """[(metric, {model: value}, {best models}, {model: interval})] over the union of the models' flattened
+    metrics, in file order; a metric's interval (<metric>_ci) goes beside it, not in a row of its own. A best
+    value is marked only when its interval does not overlap any other model's: a lead inside the noise is none."""
     flat = {m: flatten(e) for m, e in evals.items()}
-    names = list(dict.fromkeys(k for f in flat.values() for k in f))
-    rows = [(k, {m: f.get(k) for m, f in flat.items()}) for k in names]  # None where a model lacks the metric
-    return [(k, values, best_models(values, k)) for k, values in rows]
+    names = [k for k in dict.fromkeys(k for f in flat.values() for k in f) if not k.endswith("_ci")]
+    rows = []
+    for k in names:
+        values = {m: f.get(k) for m, f in flat.items()}  # None where a model lacks the metric
+        cis = {m: f.get(f"{k}_ci") for m, f in flat.items()}
+        best = best_models(values, k)
+        if len(best) == 1 and all(cis.values()):
+            (winner,) = best
+            lo, hi = cis[winner]
+            if any(not (hi < c[0] or lo > c[1]) for m, c in cis.items() if m != winner):
+                best = set()
+        rows.append((k, values, best, cis))
+    return rows
+
+
+def all_zero(table):
+    """The ranked metrics every model scores exactly 0 on: said in words, not drawn as an empty chart."""
+    return [k for k, values, _, _ in table if ranked(k) and numbers(values) and not any(numbers(values).values())]
 
 
 def sample_prompts(generations, n, seed):
-    """A fixed sample (seeded) of n test prompts: [{prompt, unsafe, reference, answers: {model: generation}}]."""
+    """A fixed sample (seeded) of n test prompts: [{prompt, set, unsafe, reference, answers: {model: generation}}],
+    stratified: the prompts of each data set, and within it the unsafe and the other prompts, take turns, so
+    a small sample still shows every kind."""
     models = list(generations)
-    count = len(generations[models[0]]) if models else 0
-    picked = sorted(random.Random(seed).sample(range(count), min(n, count)))
+    first_rows = generations[models[0]] if models else []
+    strata = {}
+    for i, g in enumerate(first_rows):
+        strata.setdefault((g.get("set", ""), bool(g.get("unsafe"))), []).append(i)
+    rng = random.Random(seed)
+    queues = [rng.sample(strata[key], len(strata[key])) for key in sorted(strata)]
+    picked = []
+    while len(picked) < min(n, len(first_rows)):
+        for queue in queues:
+            if queue and len(picked) < n:
+                picked.append(queue.pop())
+    picked.sort()
     rows = []
     for i in picked:
         first = generations[models[0]][i]
@@ -151,6 +189,7 @@ def sample_prompts(generations, n, seed):
             {
                 "index": i,
                 "prompt": first["prompt"],
+                "set": first.get("set", ""),
                 "unsafe": first["unsafe"],
                 "reference": first["reference"],
                 "answers": {m: generations[m][i] for m in models},
@@ -172,7 +211,7 @@ def data_rows(data_metrics):
                 sum(dropped.values()),
                 ", ".join(f"{k} {v}" for k, v in dropped.items()) or "none",
                 d["rows_kept"],
-                " / ".join(str(d["splits"][s]) for s in ("train", "validation", "test")),
+                " / ".join(str(d["splits"].get(s, 0)) for s in ("train", "validation", "test", "judge")),
                 d["unsafe_prompts"],
             ]
         )
@@ -186,7 +225,7 @@ DATA_HEADER = [
     "dropped",
     "dropped by reason",
     "kept",
-    "train / val / test",
+    "train / val / test / judge",
     "unsafe prompts",
 ]
 
@@ -232,11 +271,13 @@ def curves_spec(stage, rows):
 
 
 def comparison_spec(table, models):
-    """One bar per model for each ranked metric of the evaluation, each metric on its own scale."""
+    """One bar per model for each ranked metric of the evaluation, each metric on its own scale (its name wrapped
+    at its dots); a metric every model scores 0 on is left out (all_zero says it in words)."""
+    zero = set(all_zero(table))
     values = [
         {"metric": metric, "model": m, "value": v}
-        for metric, by_model, _ in table
-        if ranked(metric)
+        for metric, by_model, _, _ in table
+        if ranked(metric) and metric not in zero
         for m, v in numbers(by_model).items()
     ]
     return {
@@ -248,6 +289,7 @@ def comparison_spec(table, models):
             "type": "nominal",
             "sort": list(dict.fromkeys(v["metric"] for v in values)),
             "title": None,
+            "header": {"labelExpr": "split(replace(datum.label, '_', ' '), '.')", "labelLimit": 180},
         },
         "columns": 4,
         "spec": {
@@ -261,6 +303,49 @@ def comparison_spec(table, models):
             },
         },
         "resolve": {"scale": {"x": "independent"}},
+    }
+
+
+def gains_spec(models):
+    """Each model's gain over SFT on the proxy (the reward models it trained on) against its gain on the judges:
+    on the diagonal, the judges agree with the proxy; below it, the policy gained on the proxy alone."""
+    values = [
+        {"model": m, "proxy": e["reward_gain_vs_sft"], "judge": e["judge_gain_vs_sft"]}
+        for m, e in models.items()
+        if "judge_gain_vs_sft" in e
+    ]
+    top = max([abs(v[k]) for v in values for k in ("proxy", "judge")] + [0.1])
+    axis = {"type": "quantitative", "scale": {"domain": [-top * 1.1, top * 1.1]}}
+    return {
+        "$schema": SCHEMA,
+        "title": {"text": ["Gain over SFT: proxy (the reward models PPO trained on)", "against judge (held out)"]},
+        "width": 320,
+        "height": 320,
+        "layer": [
+            {
+                "data": {"values": [{"x": -top * 1.1, "y": -top * 1.1}, {"x": top * 1.1, "y": top * 1.1}]},
+                "mark": {"type": "line", "color": "#999", "strokeDash": [4, 4]},
+                "encoding": {"x": {"field": "x", **axis}, "y": {"field": "y", **axis}},
+            },
+            {
+                "data": {"values": values},
+                "mark": {"type": "point", "filled": True, "size": 90},
+                "encoding": {
+                    "x": {"field": "proxy", **axis, "title": "proxy score gain over SFT"},
+                    "y": {"field": "judge", **axis, "title": "judge score gain over SFT"},
+                    "color": {"field": "model", "type": "nominal", "legend": None},
+                },
+            },
+            {
+                "data": {"values": values},
+                "mark": {"type": "text", "dx": 8, "align": "left"},
+                "encoding": {
+                    "x": {"field": "proxy", **axis},
+                    "y": {"field": "judge", **axis},
+                    "text": {"field": "model"},
+                },
+            },
+        ],
     }
 
 
@@ -303,12 +388,18 @@ def build(metrics_root, live_root, generations_root, samples, seed):
     table = metric_table(evals)
     curves = training_curves(live_root)
     charts = {"comparison": ("Model comparison on the test split", to_svg(comparison_spec(table, models)))}
+    compared = read_json(metrics_root / "compare.json") if (metrics_root / "compare.json").is_file() else None
+    if compared and any("judge_gain_vs_sft" in e for e in compared["models"].values()):
+        charts["gains"] = ("Proxy gain against judge gain", to_svg(gains_spec(compared["models"])))
     for stage, rows in curves.items():
         charts[f"curves-{stage.replace('@', '-')}"] = (f"{stage}: training curves", to_svg(curves_spec(stage, rows)))
     return {
         "models": models,
         "data": data_rows(read_json_dir(metrics_root / "data")),
         "reward": read_json_dir(metrics_root / "reward"),
+        "judges": read_json_dir(metrics_root / "judge"),
+        "compare": compared,
+        "all_zero": all_zero(table),
         "training": read_json_dir(metrics_root),
         "table": table,
         "samples": sample_prompts(read_generations(generations_root, models), samples, seed),
@@ -327,7 +418,64 @@ def fmt(value):
 
 
 def answer_scores(generation):
-    return ", ".join([f"reward {generation['reward']:.3f}"] + [f"{k} {v:.2f}" for k, v in generation["scores"].items()])
+    judged = [f"judge {generation['judge']:.3f}"] if "judge" in generation else []
+    return ", ".join(
+        judged + [f"reward {generation['reward']:.3f}"] + [f"{k} {v:.2f}" for k, v in generation["scores"].items()]
+    )
+
+
+def cell(value, interval):
+    """'0.719 [0.66, 0.77]': a value with its interval, when it has one."""
+    return fmt(value) + (f" [{interval[0]:.3g}, {interval[1]:.3g}]" if interval else "")
+
+
+def verdict_lines(compare):
+    """The verdict section's paragraphs: the verdict, the trade-off, what was compared; [] without compare.json."""
+    if not compare:
+        return []
+    v = compare["verdict"]
+    score = "judges' combined score" if compare["score"] == "judge" else "reward models' combined score"
+    return [
+        v["text"],
+        v["tradeoff"],
+        f"Paired bootstrap over the {compare['n']} test prompts on the {score}, at confidence "
+        f"{compare['confidence']:g}; every interval below is at the same level.",
+    ]
+
+
+def test_rows(compare):
+    """(pair, difference, interval, p, significant) of every paired test."""
+    if not compare:
+        return []
+    return [
+        (pair, t["diff"], f"[{t['ci'][0]:.3g}, {t['ci'][1]:.3g}]", t["p"], "yes" if t["significant"] else "no")
+        for pair, t in compare["tests"].items()
+    ]
+
+
+def vs_sft_rows(compare):
+    """(model, win rate vs SFT on the proxy, on the judges, proxy gain, judge gain) for every model but SFT."""
+    if not compare:
+        return []
+    rows = []
+    for m, e in compare["models"].items():
+        if "win_rate_vs_sft" not in e:
+            continue
+        judged = "judge_win_rate_vs_sft" in e
+        rows.append(
+            (
+                m,
+                cell(e["win_rate_vs_sft"], e["win_rate_vs_sft_ci"]),
+                cell(e["judge_win_rate_vs_sft"], e["judge_win_rate_vs_sft_ci"]) if judged else "",
+                fmt(e["reward_gain_vs_sft"]),
+                fmt(e["judge_gain_vs_sft"]) if judged else "",
+            )
+        )
+    return rows
+
+
+VS_SFT_HEADER = ["model", "win rate vs SFT (proxy)", "win rate vs SFT (judges)", "proxy gain", "judge gain"]
+TEST_HEADER = ["models (a vs b)", "mean a - b", "interval", "p", "significant"]
 
 
 def training_rows(training):
@@ -348,7 +496,8 @@ h1{font-size:1.6em}h2{margin-top:1.6em;border-bottom:1px solid #ddd;padding-bott
 table{border-collapse:collapse;margin:8px 0;font-size:0.92em}th,td{border:1px solid #ccc;padding:4px 8px;
 vertical-align:top;text-align:left}th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
 td.best{font-weight:bold;background:#e6f4ea}.turn{margin:0 0 4px}.role{font-weight:bold;color:#555}
-.scores{color:#666;font-size:0.85em;margin-top:4px}.unsafe{color:#b00;font-weight:bold}
+.scores{color:#666;font-size:0.85em;margin-top:4px}.unsafe{color:#b00;font-weight:bold}.set{color:#555}
+.verdict{background:#f4f8ff;border-left:4px solid #36c;padding:4px 14px}.note{color:#444;max-width:900px}
 table.answers td{width:18%}table.answers td.prompt{width:22%}figure{margin:12px 0}"""
 
 
@@ -366,6 +515,11 @@ def to_html(report):
         "<h1>alignkit report</h1>",
         f"<p>Models: {', '.join(models)}. Built by the <code>report</code> stage from the pipeline's metrics, "
         "dvclive curves and generations.</p>",
+    ]
+    if report["compare"]:
+        lines = verdict_lines(report["compare"])
+        out += ['<h2>Verdict</h2><div class="verdict">', *(f"<p>{html.escape(x)}</p>" for x in lines), "</div>"]
+    out += [
         "<h2>Data</h2>",
         f"<table><tr>{_cells(DATA_HEADER, 'th')}</tr>",
     ]
@@ -378,27 +532,51 @@ def to_html(report):
         f"<tr>{_cells([n, m['val_accuracy'], m['val_loss'], m['val_margin']])}</tr>"
         for n, m in report["reward"].items()
     ]
+    if report["judges"]:
+        out.append(
+            "</table><p>Judges: trained on each set's judge split, which no policy and no reward model above saw, "
+            "and read only by evaluation (accuracy on the test pairs).</p><table><tr><th>judge</th>"
+            "<th>test accuracy</th><th>test loss</th><th>test margin</th></tr>"
+        )
+        out += [
+            f"<tr>{_cells([n, m['val_accuracy'], m['val_loss'], m['val_margin']])}</tr>"
+            for n, m in report["judges"].items()
+        ]
     out.append("</table><h2>Training</h2><table><tr><th>stage</th><th>results</th></tr>")
     out += [f"<tr>{_cells(r)}</tr>" for r in training_rows(report["training"])]
+    out.append("</table><h2>Evaluation</h2>")
+    if report["compare"]:
+        out.append(f"<p>Against SFT, per test prompt.</p><table><tr>{_cells(VS_SFT_HEADER, 'th')}</tr>")
+        out += [f"<tr>{_cells(r)}</tr>" for r in vs_sft_rows(report["compare"])]
+        out.append(
+            f"</table><p>Every pair of models, paired over prompts.</p><table><tr>{_cells(TEST_HEADER, 'th')}</tr>"
+        )
+        out += [f"<tr>{_cells(r)}</tr>" for r in test_rows(report["compare"])]
+        out.append("</table>")
     out.append(
-        "</table><h2>Evaluation</h2><p>Best per metric in bold (higher is better, except "
-        f"{', '.join(sorted(LOWER_IS_BETTER))}; {', '.join(sorted(NOT_RANKED))} are not ranked).</p>"
+        "<p>Each model's metrics, [interval] beside each mean. Best per metric in bold when its interval clears "
+        f"every other model's (higher is better, except {', '.join(sorted(LOWER_IS_BETTER))}; "
+        f"{', '.join(sorted(NOT_RANKED))} are not ranked).</p>"
     )
     out.append(
         f'<table class="metrics"><tr><th>metric</th>{"".join(f"<th>{html.escape(m)}</th>" for m in models)}</tr>'
     )
-    for metric, values, best in report["table"]:
+    for metric, values, best, cis in report["table"]:
         cells = "".join(
-            f'<td class="num{" best" if m in best else ""}">{html.escape(fmt(values[m]))}</td>' for m in models
+            f'<td class="num{" best" if m in best else ""}">{html.escape(cell(values[m], cis.get(m)))}</td>'
+            for m in models
         )
         out.append(f"<tr><td>{html.escape(metric)}</td>{cells}</tr>")
     out.append("</table>")
+    if report["all_zero"]:
+        out.append(f"<p>Every model scores 0 on {', '.join(report['all_zero'])}: not drawn.</p>")
     for stem, (title, svg) in report["charts"].items():
-        if stem == "comparison":
+        if stem in ("comparison", "gains"):
             out.append(f'<figure id="chart-{stem}" title="{html.escape(title)}">{svg}</figure>')
     out.append(
         f"<h2>Answers side by side</h2><p>{len(report['samples'])} test prompts, the same sample every run "
-        "(seeded); reward is the combined reward PPO is trained on, then each reward model's raw score.</p>"
+        "(seeded), taken in turn from each data set and from its unsafe and other prompts; judge is the judges' "
+        "combined score, reward the combined reward PPO is trained on, then each reward model's raw score.</p>"
     )
     out.append(
         '<table class="answers"><tr><th>prompt</th><th>reference</th>'
@@ -410,7 +588,8 @@ def to_html(report):
             f'<p class="turn"><span class="role">{html.escape(t["role"])}:</span> {html.escape(t["content"])}</p>'
             for t in s["prompt"]
         )
-        mark = '<p class="unsafe">marked unsafe</p>' if s["unsafe"] else ""
+        mark = f'<p class="set">{html.escape(s["set"])}</p>' if s["set"] else ""
+        mark += '<p class="unsafe">marked unsafe</p>' if s["unsafe"] else ""
         answers = "".join(
             f'<td>{html.escape(g["answer"])}<div class="scores">{html.escape(answer_scores(g))}</div></td>'
             for g in s["answers"].values()
@@ -421,8 +600,9 @@ def to_html(report):
         )
     out.append("</table><h2>Training curves</h2>")
     for stem, (title, svg) in report["charts"].items():
-        if stem != "comparison":
-            out.append(f'<figure id="chart-{stem}" title="{html.escape(title)}">{svg}</figure>')
+        if stem not in ("comparison", "gains"):
+            note = f'<p class="note">{html.escape(DPO_NOTE)}</p>' if stem == "curves-dpo" else ""
+            out.append(f'{note}<figure id="chart-{stem}" title="{html.escape(title)}">{svg}</figure>')
     out.append("</body></html>\n")
     return "\n".join(out)
 
@@ -443,6 +623,10 @@ def to_markdown(report, chart_dir):
         "",
         f"Models: {', '.join(models)}.",
         "",
+    ]
+    if report["compare"]:
+        out += ["## Verdict", ""] + [x + "\n" for x in verdict_lines(report["compare"])]
+    out += [
         "## Data",
         "",
         _md_row(DATA_HEADER),
@@ -460,24 +644,45 @@ def to_markdown(report, chart_dir):
         _md_row([_md(v) for v in (n, m["val_accuracy"], m["val_loss"], m["val_margin"])])
         for n, m in report["reward"].items()
     ]
+    if report["judges"]:
+        out += [
+            "",
+            "Judges (trained on each set's judge split, read only by evaluation; accuracy on the test pairs):",
+            "",
+            _md_row(["judge", "test accuracy", "test loss", "test margin"]),
+            _md_row(["---"] * 4),
+        ]
+        out += [
+            _md_row([_md(v) for v in (n, m["val_accuracy"], m["val_loss"], m["val_margin"])])
+            for n, m in report["judges"].items()
+        ]
     out += ["", "## Training", "", _md_row(["stage", "results"]), _md_row(["---"] * 2)]
     out += [_md_row([_md(c) for c in r]) for r in training_rows(report["training"])]
+    out += ["", "## Evaluation", ""]
+    if report["compare"]:
+        out += [_md_row(VS_SFT_HEADER), _md_row(["---"] * len(VS_SFT_HEADER))]
+        out += [_md_row([_md(c) for c in r]) for r in vs_sft_rows(report["compare"])]
+        out += ["", _md_row(TEST_HEADER), _md_row(["---"] * len(TEST_HEADER))]
+        out += [_md_row([_md(c) for c in r]) for r in test_rows(report["compare"])]
+        out.append("")
     out += [
-        "",
-        "## Evaluation",
-        "",
-        f"Best per metric in bold (higher is better, except "
-        f"{', '.join(sorted(LOWER_IS_BETTER))}; {', '.join(sorted(NOT_RANKED))} are not ranked).",
+        f"Each model's metrics, [interval] beside each mean. Best per metric in bold when its interval clears every "
+        f"other model's (higher is better, except {', '.join(sorted(LOWER_IS_BETTER))}; "
+        f"{', '.join(sorted(NOT_RANKED))} are not ranked).",
         "",
         _md_row(["metric", *models]),
         _md_row(["---"] * (len(models) + 1)),
     ]
-    for metric, values, best in report["table"]:
-        out.append(_md_row([_md(metric)] + [f"**{_md(values[m])}**" if m in best else _md(values[m]) for m in models]))
+    for metric, values, best, cis in report["table"]:
+        shown = {m: html.escape(cell(values[m], cis.get(m)), quote=False).replace("|", "\\|") for m in models}
+        out.append(_md_row([_md(metric)] + [f"**{shown[m]}**" if m in best else shown[m] for m in models]))
+    if report["all_zero"]:
+        out += ["", f"Every model scores 0 on {', '.join(report['all_zero'])}: not drawn."]
     out += [
         "",
         f"![Model comparison on the test split]({chart_dir}/comparison.svg)",
         "",
+        *([f"![Proxy gain against judge gain]({chart_dir}/gains.svg)", ""] if "gains" in report["charts"] else []),
         "## Answers side by side",
         "",
         _md_row(["prompt", "reference", *models]),
@@ -485,6 +690,7 @@ def to_markdown(report, chart_dir):
     ]
     for s in report["samples"]:
         prompt = "<br>".join(f"**{t['role']}:** {_md(t['content'])}" for t in s["prompt"])
+        prompt += f" *({s['set']})*" if s["set"] else ""
         prompt += " *(marked unsafe)*" if s["unsafe"] else ""
         out.append(
             _md_row(
@@ -493,9 +699,10 @@ def to_markdown(report, chart_dir):
             )
         )
     out += ["", "## Training curves", ""]
-    out += [
-        f"![{title}]({chart_dir}/{stem}.svg)\n" for stem, (title, _) in report["charts"].items() if stem != "comparison"
-    ]
+    for stem, (title, _) in report["charts"].items():
+        if stem not in ("comparison", "gains"):
+            out += [DPO_NOTE + "\n"] if stem == "curves-dpo" else []
+            out.append(f"![{title}]({chart_dir}/{stem}.svg)\n")
     return "\n".join(out) + "\n"
 
 

@@ -72,14 +72,17 @@ def pin_threads():
     return threads
 
 
-def stage_args(doc, flags, argv):
-    """Parse a stage's command line: every flag (a path, as dvc.yaml passes it) is required. Then start the
+def stage_args(doc, flags, argv, optional=None):
+    """Parse a stage's command line: every flag (a path, as dvc.yaml passes it) is required, but those of
+    `optional` ({flag: default}). Then start the
     stage's run: the lifeline started (lifeline.watch), and every output it names
     (OUTPUT_FLAGS) claimed for its whole run; under `accelerate launch` the main process (RANK 0) holds the
     claims."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     for flag in flags:
         parser.add_argument(flag, required=True)
+    for flag, default in (optional or {}).items():
+        parser.add_argument(flag, default=default)
     args = parser.parse_args(argv)
     pin_threads()
     lifeline.watch()

@@ -58,11 +58,5 @@ def paired_test(a, b, level=0.95, n_resamples=1000, seed=0):
     return {"diff": observed, "ci": ci, "p": p, "significant": not ci[0] <= 0 <= ci[1]}
 
 
-def wins(mine, theirs, ties=None):
-    """Per-prompt wins of `mine` over `theirs`: 1 higher, 0.5 equal (or ties[i]: the same text), 0 lower."""
-    ties = ties or [False] * len(mine)
-    return [0.5 if t or m == o else float(m > o) for m, o, t in zip(mine, theirs, ties)]
-
-
 def mean(values):
     return statistics.fmean(values) if values else None

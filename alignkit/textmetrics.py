@@ -40,12 +40,16 @@ def distinct_n(texts, n):
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
-def win_rate(scores, baseline_scores, same=None):
-    """Share of items where scores beat baseline_scores; ties count half.
+def win_items(scores, baseline_scores, same=None):
+    """Per item: 1.0 where scores beat baseline_scores, 0.5 for a tie, 0.0 where they lose.
 
     same[i] True marks item i a tie whatever its two scores: the same answer text on both sides. Scored in
     batches padded differently, one text's two scores can differ in their last bits, and that noise must
     not decide a win."""
     same = same or [False] * len(scores)
-    wins = sum(0.5 if tie else (s > b) + 0.5 * (s == b) for s, b, tie in zip(scores, baseline_scores, same))
-    return wins / len(scores)
+    return [0.5 if tie else float(s > b) + 0.5 * (s == b) for s, b, tie in zip(scores, baseline_scores, same)]
+
+
+def win_rate(scores, baseline_scores, same=None):
+    """Share of items where scores beat baseline_scores; ties count half (win_items)."""
+    return sum(win_items(scores, baseline_scores, same)) / len(scores)

@@ -1,14 +1,15 @@
 """evaluate: score one policy on the test split against the SFT policy and the preferred answers.
 
     python stages/evaluate.py --params params.yaml --name dpo --model models/merged/dpo --sft models/merged/sft \
-        --data data/prepared --rewards models/reward \
+        --data data/prepared --rewards models/reward --judges models/judge \
         --metrics metrics/eval/dpo.json --generations generations/dpo.jsonl --plot plots/eval/dpo.json
 
 Reads params: seed, eval.* (eval.data: the data sets under --data whose test splits it reads),
 ppo.temperature/top_p/top_k/max_new_tokens for the eval.* left null, reward_models (each is
---rewards/<name>) and ppo.reward (the combined reward, the safety model and threshold). Writes the
-metrics (one schema for every model), the generations (question, unsafe mark, reference, answer,
-combined reward and each model's score) and a plot file for `dvc plots`.
+--rewards/<name>), judges (each is --judges/<name>) and ppo.reward (how scores combine, the safety model and
+threshold). Writes the metrics (one schema for every model, each mean with its interval), the generations
+(question, set, unsafe mark, reference, answer, the proxy and judge scores, violation, KL) and a plot file for
+`dvc plots`.
 """
 
 import json
@@ -24,13 +25,24 @@ from alignkit.policy import prepare_tokenizer
 from alignkit.stage import run_stage, stage_args
 from alignkit.training import seed_everything
 
-PLOTTED = ("reward_mean", "win_rate_vs_sft", "win_rate_vs_reference", "preference_accuracy", "rougeL", "bleu")
+PLOTTED = ("reward_mean", "judge_mean", "win_rate_vs_reference", "preference_accuracy", "rougeL", "bleu")
 
 
 def main(argv=None):
     args = stage_args(
         __doc__,
-        ("--params", "--name", "--model", "--sft", "--data", "--rewards", "--metrics", "--generations", "--plot"),
+        (
+            "--params",
+            "--name",
+            "--model",
+            "--sft",
+            "--data",
+            "--rewards",
+            "--judges",
+            "--metrics",
+            "--generations",
+            "--plot",
+        ),
         argv,
     )
     params = load_params(args.params)
@@ -42,22 +54,40 @@ def main(argv=None):
     sft = policy if same else load_policy(args.sft, args.sft)[0]
     prepare_tokenizer(tokenizer)
     scorer = RewardModels(args.rewards, params.reward_models, params.ppo.reward, params.eval.batch_size)
+    judges = (
+        RewardModels(args.judges, params.judges, params.ppo.reward, params.eval.batch_size) if params.judges else None
+    )
     metrics, generations = evaluate_policy(
-        args.name, policy, sft, tokenizer, scorer, test, params.eval, params.eval.generation(params.ppo), params.seed
+        args.name,
+        policy,
+        sft,
+        tokenizer,
+        scorer,
+        judges,
+        test,
+        params.eval,
+        params.eval.generation(params.ppo),
+        params.seed,
     )
 
     with atomic_file(args.generations) as tmp:
         tmp.write_text("".join(json.dumps(g, ensure_ascii=False) + "\n" for g in generations), encoding="utf-8")
     plotted = {
-        **{k: metrics[k] for k in PLOTTED},
+        **{k: metrics[k] for k in PLOTTED if k in metrics},
         **{f"reward_{m}": s["mean"] for m, s in metrics["reward_models"].items()},
         **{k: metrics[k] for k in ("safety_violation_rate",) if k in metrics},
     }
     write_json(args.plot, [{"model": args.name, "metric": k, "value": v} for k, v in plotted.items()])
     write_json(args.metrics, metrics)
-    flat = {**metrics, **{f"{m}.{k}": v for m, scores in metrics["reward_models"].items() for k, v in scores.items()}}
-    del flat["reward_models"]
-    print(f"evaluate {args.name}: " + ", ".join(f"{k} {v:.4f}" for k, v in flat.items()))
+    shown = [k for k, v in metrics.items() if isinstance(v, (int, float)) and not k.startswith("n")]
+    print(
+        f"evaluate {args.name} (n={metrics['n']}): "
+        + ", ".join(
+            f"{k} {metrics[k]:.4f}"
+            + (f" [{metrics[k + '_ci'][0]:.3f}, {metrics[k + '_ci'][1]:.3f}]" if metrics.get(k + "_ci") else "")
+            for k in shown
+        )
+    )
 
 
 if __name__ == "__main__":

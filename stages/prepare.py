@@ -4,7 +4,7 @@
         --out-dir data/prepared/helpful --metrics metrics/data/helpful.json
 
 Reads params: seed, data.<name> (path or hub, schema, columns, filter), prepare.*. Writes
-<out-dir>/{train,validation,test}.jsonl (fields prompt: a list of {role, content}
+<out-dir>/{train,validation,test,judge}.jsonl (fields prompt: a list of {role, content}
 messages, chosen, rejected, row, unsafe) and the metrics JSON (rows filtered per condition,
 dropped per reason, split sizes, lengths). Everything is validated before anything
 is written, and each output appears whole or not at all.
@@ -40,7 +40,7 @@ def main(argv=None):
     kept, filtered = data.apply_filters(source, columns, records, spec.filter, key)
     pairs, dropped = data.to_pairs(source, schema, layout, kept, cfg)
     sampled = data.sample_pairs(pairs, spec.max_rows, params.seed)
-    splits = data.split_pairs(sampled, cfg.val_fraction, cfg.test_fraction, params.seed, source)
+    splits = data.split_pairs(sampled, cfg.val_fraction, cfg.test_fraction, params.seed, source, cfg.judge_fraction)
     summary = {
         "source": origin,
         "schema": schema,

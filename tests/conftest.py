@@ -88,7 +88,8 @@ class PrepareRun:
 
     def __call__(self, input_path, **prepare):
         params = repo_params()
-        params["prepare"].update(prepare.pop("prepare", {}))
+        # No judge split unless a test asks for one: these tests read every kept row back from the three others.
+        params["prepare"].update({"judge_fraction": 0.0, **prepare.pop("prepare", {})})
         data, helpful = prepare.pop("data", {}), params["data"]["helpful"]
         helpful["columns"] = {**helpful["columns"], **data.pop("columns", {})}  # the keys given, the rest as shipped
         helpful.update(data)
@@ -200,6 +201,7 @@ def one_reward_model(params):
     """Params of the one-data-set, one-reward-model setup the stage tests run (on prepared_root):
     helpful alone, its raw score as the reward (no whitening), as before there were several."""
     params["reward_models"] = {"helpful": {"data": "helpful", "encoder": None}}
+    params["judges"] = {"helpful": {"data": "helpful", "encoder": None}}
     params["ppo"]["reward"].update(
         combine="weighted_sum", weights={"helpful": 1.0}, helpfulness=None, safety=None, whiten=False
     )

@@ -74,6 +74,21 @@ CASES = {  # id: (section changes, stage, the start of the error after "error: "
         "evaluate",
         "ppo.reward.safety_threshold: expected a float in (0, 1), got 1.0",
     ),
+    "a judge of a set that is not there": (
+        {"judges": {"helpful": {"data": "helpfull", "encoder": None}}},
+        "reward",
+        "judges.helpful.data: unknown data set 'helpfull' (did you mean 'helpful'?)",
+    ),
+    "a reward model without its judge": (
+        {"reward_models": TWO_MODELS, "ppo": {"reward": {**LLAMA2}}},
+        "compare",
+        "judges: no judge 'safety': the judges' scores are combined as ppo.reward combines the reward models'",
+    ),
+    "confidence of 1": (
+        {"eval": {"confidence": 1.0}},
+        "compare",
+        "eval.confidence: expected a float in (0, 1), got 1.0",
+    ),
     "missing section key": (None, "reward", "reward.epochs: missing key"),
     "bad reward baseline": (
         {"ppo": {"reward_baseline": "median"}},
@@ -83,6 +98,7 @@ CASES = {  # id: (section changes, stage, the start of the error after "error: "
 }
 
 ARGS = {
+    "compare": ["--evals", "nowhere", "--generations", "nowhere", "--out", "out/compare.json"],
     "prepare": [
         "--name",
         "helpful",
@@ -143,6 +159,8 @@ ARGS = {
         "--data",
         "nowhere",
         "--rewards",
+        "x",
+        "--judges",
         "x",
         "--metrics",
         "out/m.json",

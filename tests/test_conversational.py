@@ -164,3 +164,13 @@ def test_an_explicit_prompt_that_ends_with_the_assistant_is_a_bad_turn_order(pre
     result = prepare(write(tmp_path, rows, "jsonl"), prepare={"max_drop_fraction": 0.1, **SPLITS})
     assert result.returncode == 0, result.stderr
     assert summary(prepare)["rows_dropped"]["bad_turn_order"] == 1
+
+
+def test_a_red_team_set_declares_every_prompt_one_to_decline(prepare, tmp_path):
+    """HH harmless-base and other red-team data have no unsafe column: columns.unsafe: true marks every prompt, so
+    the safety violation rate covers them."""
+    path = write(tmp_path, [implicit(i) for i in range(20)], "jsonl")
+    result = prepare(path, data={"columns": {"unsafe": True}}, prepare=SPLITS)
+    assert result.returncode == 0, result.stderr
+    assert summary(prepare)["unsafe_prompts"] == summary(prepare)["rows_kept"] == 20
+    assert all(p.unsafe for p in prepared(prepare))

@@ -135,12 +135,17 @@ def test_split_is_seeded_and_deterministic():
     c = data.split_pairs(pairs, 0.1, 0.2, seed=8)
     assert a == b
     assert a["test"] != c["test"]
-    assert {k: len(v) for k, v in a.items()} == {"train": 70, "validation": 10, "test": 20}
+    assert {k: len(v) for k, v in a.items()} == {"train": 70, "validation": 10, "test": 20, "judge": 0}
+    # A judge split takes its share of whole prompt groups from what train had; test and validation stay as they were.
+    d = data.split_pairs(pairs, 0.1, 0.2, seed=7, judge_fraction=0.25)
+    assert {k: len(v) for k, v in d.items()} == {"train": 45, "validation": 10, "test": 20, "judge": 25}
+    assert d["test"] == a["test"] and d["validation"] == a["validation"]
+    assert not {p.row for p in d["judge"]} & {p.row for p in d["train"]}
 
 
 def test_split_keeps_each_prompt_in_one_split():
     prompts = [f"q{i % 30}" for i in range(90)]  # each prompt three times
-    splits = data.split_pairs(pairs_for(prompts), 0.1, 0.1, seed=0)
+    splits = data.split_pairs(pairs_for(prompts), 0.1, 0.1, seed=0, judge_fraction=0.2)
     owner = {}
     for name, rows in splits.items():
         for p in rows:

@@ -1,7 +1,6 @@
 """The evaluate stage: one metrics schema per model, offline, seeded."""
 
 import json
-import math
 import shutil
 
 import pytest
@@ -10,23 +9,35 @@ from alignkit.conversation import as_text, from_json
 from tests.conftest import stage_main, write_params
 
 SCHEMA = {
+    "n",
+    "n_unsafe",
+    "n_pairs",
     "bleu",
     "rouge1",
     "rouge2",
     "rougeL",
     "reward_mean",
+    "reward_mean_ci",
     "reward_std",
-    "win_rate_vs_sft",
     "win_rate_vs_reference",
+    "win_rate_vs_reference_ci",
+    "judge_mean",
+    "judge_mean_ci",
+    "judge_win_rate_vs_reference",
+    "judge_win_rate_vs_reference_ci",
     "preference_accuracy",
+    "preference_accuracy_ci",
     "preference_accuracy_normalized",
+    "preference_accuracy_normalized_ci",
     "kl_to_reference",
+    "kl_to_reference_ci",
     "mean_length",
     "distinct_1",
     "distinct_2",
     "reward_models",
+    "judges",
 }
-PER_MODEL = {"mean", "win_rate_vs_sft", "win_rate_vs_reference"}  # metrics["reward_models"][name]
+PER_MODEL = {"mean", "mean_ci", "win_rate_vs_reference", "win_rate_vs_reference_ci"}  # reward_models.<name>
 
 
 TEST_ROWS = 48  # of the sample's test split: enough for every metric, a quarter of the generation
@@ -68,6 +79,10 @@ def evaluated(sft_model, reward_model, cut_root, tmp_path_factory):
                 str(cut_root),
                 "--rewards",
                 str(reward_model / "models"),
+                # The judge here is the reward model itself: what the test checks is the judges' path through
+                # evaluate (their scores, intervals, generations), which the same model makes easy to check.
+                "--judges",
+                str(reward_model / "models"),
                 "--metrics",
                 str(out / "sft.json"),
                 "--generations",
@@ -84,21 +99,33 @@ def evaluated(sft_model, reward_model, cut_root, tmp_path_factory):
 def test_metrics_schema_and_ranges(evaluated):
     metrics = json.loads((evaluated / "sft.json").read_text())
     assert set(metrics) == SCHEMA  # one reward model, no safety model: no violation rate
-    for key in SCHEMA - {"reward_mean", "reward_std", "kl_to_reference", "mean_length", "reward_models"}:
+    assert (metrics["n"], metrics["n_unsafe"], metrics["n_pairs"]) == (TEST_ROWS, 0, TEST_ROWS)
+    for key in ("bleu", "rougeL", "win_rate_vs_reference", "preference_accuracy", "distinct_1"):
         assert 0.0 <= metrics[key] <= 1.0, key
     per_model = metrics.pop("reward_models")
     assert list(per_model) == ["helpful"] and set(per_model["helpful"]) == PER_MODEL
-    assert all(math.isfinite(v) for v in [*metrics.values(), *per_model["helpful"].values()])
     # one reward model, weight 1, not whitened: the combined reward is its raw score, and so are the win rates
     assert metrics["reward_mean"] == pytest.approx(per_model["helpful"]["mean"], abs=1e-6)
     assert metrics["win_rate_vs_reference"] == per_model["helpful"]["win_rate_vs_reference"]
+    # the judge is that same model here: its scores are the reward model's
+    assert metrics["judge_mean"] == pytest.approx(metrics["reward_mean"], abs=1e-6)
+    assert metrics["judges"]["helpful"]["mean_ci"] == pytest.approx(per_model["helpful"]["mean_ci"])
     assert metrics["mean_length"] > 2
 
 
-def test_a_model_against_itself(evaluated):
-    """The SFT model evaluated as itself: identical seeded samples tie every time (win rate 0.5), KL 0."""
+def test_every_mean_has_its_interval_around_it(evaluated):
     metrics = json.loads((evaluated / "sft.json").read_text())
-    assert metrics["win_rate_vs_sft"] == 0.5
+    for key in ("reward_mean", "win_rate_vs_reference", "judge_mean", "preference_accuracy", "kl_to_reference"):
+        lo, hi = metrics[f"{key}_ci"]
+        assert lo <= metrics[key] <= hi, key
+    lo, hi = metrics["reward_mean_ci"]
+    assert hi - lo > 0  # 48 different answers: some spread
+    assert metrics["kl_to_reference_ci"] == [0.0, 0.0]  # SFT against a copy of itself: KL 0 on every prompt
+
+
+def test_a_model_against_itself(evaluated):
+    """The SFT model evaluated against a second copy of itself: the same seeded samples and log-probs, KL 0."""
+    metrics = json.loads((evaluated / "sft.json").read_text())
     assert metrics["kl_to_reference"] == 0.0
 
 
@@ -106,7 +133,22 @@ def test_generations_are_readable_and_match_the_reward(evaluated, cut_root):
     rows = [json.loads(line) for line in open(evaluated / "sft.jsonl")]
     tests = [json.loads(line) for line in open(cut_root / "helpful" / "test.jsonl")]
     assert len(rows) == len(tests) == TEST_ROWS
-    assert set(rows[0]) == {"question", "prompt", "unsafe", "reference", "answer", "reward", "scores"}
+    assert set(rows[0]) == {
+        "question",
+        "prompt",
+        "set",
+        "unsafe",
+        "reference",
+        "answer",
+        "reward",
+        "scores",
+        "reference_reward",
+        "judge",
+        "judge_scores",
+        "violation",
+        "kl",
+    }
+    assert all(r["set"] == "helpful" and r["violation"] is None and r["kl"] == 0.0 for r in rows)
     assert all(r["unsafe"] is False and set(r["scores"]) == {"helpful"} for r in rows)
     assert [r["prompt"] for r in rows] == [t["prompt"] for t in tests]  # the conversation, turn by turn
     assert [r["question"] for r in rows] == [as_text(from_json(t["prompt"])) for t in tests]
@@ -114,3 +156,4 @@ def test_generations_are_readable_and_match_the_reward(evaluated, cut_root):
     assert sum(r["reward"] for r in rows) / len(rows) == pytest.approx(metrics["reward_mean"], abs=1e-3)
     plot = json.loads((evaluated / "plot.json").read_text())
     assert {p["model"] for p in plot} == {"sft"} and {p["metric"] for p in plot} <= SCHEMA | {"reward_helpful"}
+    assert sum(r["judge"] for r in rows) / len(rows) == pytest.approx(metrics["judge_mean"], abs=1e-3)

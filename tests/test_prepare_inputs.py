@@ -207,7 +207,7 @@ def test_prompt_chosen_rejected_jsonl_gz(prepare, tmp_path):
     result = prepare(path, prepare=TINY_SPLITS)
     assert result.returncode == 0, result.stderr
     rows, metrics = read_outputs(prepare)
-    assert metrics["splits"] == {"train": 4, "validation": 2, "test": 2}
+    assert metrics["splits"] == {"train": 4, "validation": 2, "test": 2, "judge": 0}
     assert {
         "prompt": [{"role": "user", "content": "Q3?"}],
         "chosen": "Good 3.",

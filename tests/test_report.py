@@ -232,3 +232,37 @@ def test_dvc_plots_show_gets_an_offline_page_template():
     )
     assert "{plot_divs}" in committed and "{scripts}" not in committed
     assert "window.vegaEmbed=" in committed and not re.search(r"<script[^>]+src=", committed)
+
+
+def test_the_verdict_opens_the_report_and_a_metric_all_zero_is_said_in_words(outputs):
+    """With metrics/compare.json (the compare stage's), the page opens with the verdict; the proxy-against-judge
+    chart is drawn; a metric every model scores 0 on is named in words instead of drawn as an empty frame; and
+    the side-by-side sample takes in the unsafe prompt, one among 12."""
+    from alignkit.verdict import compare
+
+    judged = {"sft": 0.0, "dpo": 0.1, "ppo": 1.0}  # ppo clearly best by the judges, dpo no better than sft
+    generations = {}
+    for m in MODELS:
+        path = outputs / f"generations/{m}.jsonl"
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        for i, r in enumerate(rows):
+            r.update(judge=judged[m] + 0.01 * (i % 3), set="helpful")
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        generations[m] = rows
+        metrics = json.loads((outputs / f"metrics/eval/{m}.json").read_text())
+        metrics.update(safety_violation_rate=0.0, safety_violation_rate_ci=[0.0, 0.0], n_unsafe=1)
+        write(outputs / f"metrics/eval/{m}.json", json.dumps(metrics))
+    evals = {m: json.loads((outputs / f"metrics/eval/{m}.json").read_text()) for m in MODELS}
+    write(outputs / "metrics/compare.json", json.dumps(compare(generations, evals, 0.95, 500, 0, kl_warn=2.0)))
+    result = run_report(outputs)
+    assert result.returncode == 0, result.stderr
+    page = (outputs / "report" / "report.html").read_text()
+    assert page.index("<h2>Verdict</h2>") < page.index("<h2>Data</h2>")
+    assert "<p>ppo: the highest judge score, 1.010 [" in page and "KL to SFT 0.400." in page
+    assert "Safety violations 0.000 [0.000, 0.000] of 1 unsafe prompts." in page
+    assert "Every model scores 0 on safety_violation_rate: not drawn." in page
+    assert 'id="chart-gains"' in page and "dpo vs ppo" in page
+    md = (outputs / "report" / "report.md").read_text()
+    assert md.index("## Verdict") < md.index("## Data") and "charts/gains.svg" in md
+    side = md.split("## Answers side by side")[1]
+    assert "*(marked unsafe)*" in side  # the one unsafe prompt is in a sample of 5

@@ -4,7 +4,8 @@ import random
 
 import pytest
 
-from alignkit.stats import bootstrap_ci, paired_test, percentile, resample_means, wins
+from alignkit.stats import bootstrap_ci, paired_test, percentile, resample_means
+from alignkit.textmetrics import win_items
 
 
 def test_percentile_interpolates_between_sorted_values():
@@ -83,5 +84,5 @@ def test_paired_samples_must_be_of_one_length():
 
 
 def test_wins_count_a_tie_as_half():
-    assert wins([3, 1, 2], [1, 1, 3]) == [1.0, 0.5, 0.0]
-    assert wins([3, 1], [1, 2], ties=[True, False]) == [0.5, 0.0]  # the same text: a tie, whatever the scores
+    assert win_items([3, 1, 2], [1, 1, 3]) == [1.0, 0.5, 0.0]
+    assert win_items([3, 1], [1, 2], [True, False]) == [0.5, 0.0]  # the same text: a tie, whatever the scores

@@ -111,7 +111,7 @@ def test_each_stage_depends_on_the_library_code_it_runs():
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     for name, stage in stages.items():
         stage = stage.get("do", stage)
-        script = REPO / "stages" / f"{name}.py"
+        script = REPO / stage["cmd"].split()[1]  # the script its command runs (judge@ runs stages/reward.py)
         needed = {f"alignkit/{m.split('.')[1]}.py" for m in reached(graph, imports_of(script)) - RUNTIME}
         listed = {d for d in stage["deps"] if d.startswith("alignkit/")}
         assert listed == needed, (name, "missing:", sorted(needed - listed), "not imported:", sorted(listed - needed))
@@ -168,3 +168,23 @@ def test_the_torch_import_check_follows_alignkit_modules(tmp_path):
     assert not imports_torch_at_once(stage)
     stage.write_text("from alignkit.policy import answer_token_logps\n")  # alignkit/policy.py imports torch
     assert imports_torch_at_once(stage)
+
+
+def test_no_training_stage_reads_a_judge():
+    """Judges (params `judges`, stage judge@<name>, models/judge/) are read by evaluation only: a training stage
+    that depended on one -- its model directory or its params -- would let the policy be trained on its judge."""
+    import yaml
+
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    training = ("reward", "sft", "dpo", "ppo", "merge")
+    for name in training:
+        stage = stages[name].get("do", stages[name])
+        deps = [str(d) for d in stage.get("deps", [])]
+        params = [p if isinstance(p, str) else next(iter(p)) for p in stage.get("params", [])]
+        assert not [d for d in deps if d.startswith("models/judge") or d == "models"], (name, deps)
+        assert not [p for p in params if p.startswith("judges") or p == "params.yaml"], (name, params)
+    # ... while the evaluations read them, and the judges train on the judge split only.
+    assert "models/judge" in stages["evaluate"]["do"]["deps"] and "judges" in stages["evaluate"]["do"]["params"]
+    assert "--section judges" in stages["judge"]["do"]["cmd"]
+    judge_outs = [next(iter(o)) if isinstance(o, dict) else o for o in stages["judge"]["do"]["outs"]]
+    assert "models/judge/${key}" in judge_outs
