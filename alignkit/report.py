@@ -289,7 +289,7 @@ def comparison_spec(table, models):
             "type": "nominal",
             "sort": list(dict.fromkeys(v["metric"] for v in values)),
             "title": None,
-            "header": {"labelExpr": "split(replace(datum.label, '_', ' '), '.')", "labelLimit": 180},
+            "header": {"labelExpr": "split(replace(datum.label, regexp('_', 'g'), ' '), '.')", "labelLimit": 180},
         },
         "columns": 4,
         "spec": {
@@ -448,7 +448,13 @@ def test_rows(compare):
     if not compare:
         return []
     return [
-        (pair, t["diff"], f"[{t['ci'][0]:.3g}, {t['ci'][1]:.3g}]", t["p"], "yes" if t["significant"] else "no")
+        (
+            pair,
+            t["diff"],
+            f"[{t['ci'][0]:.3g}, {t['ci'][1]:.3g}]",
+            "<0.001" if t["p"] == 0 else f"{t['p']:.3f}",
+            "yes" if t["significant"] else "no",
+        )
         for pair, t in compare["tests"].items()
     ]
 

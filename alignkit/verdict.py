@@ -66,6 +66,11 @@ def _test(tests, a, b):
     return {**t, "diff": -t["diff"], "ci": [-t["ci"][1], -t["ci"][0]]}
 
 
+def _p(p):
+    """'p=0.012', or 'p<0.001' where no resample came out as far from 0 (the bootstrap's resolution)."""
+    return "p<0.001" if p == 0 else f"p={p:.3f}"
+
+
 def _interval(values):
     return f"[{values[0]:.3f}, {values[1]:.3f}]" if values else "[n/a]"
 
@@ -91,7 +96,7 @@ def verdict(per_model, tests, evals, score, kl_warn):
         t = lead[runner]
         text = (
             f"{top}: the highest {what}, {per_model[top][f'{score}_mean']:.3f} {_interval(mean_ci)}, ahead of "
-            f"{runner} by {t['diff']:.3f} {_interval(t['ci'])} (p={t['p']:.3f}) and of every other model."
+            f"{runner} by {t['diff']:.3f} {_interval(t['ci'])} ({_p(t['p'])}) and of every other model."
         )
     else:
         group = [top, *tied]

@@ -127,6 +127,8 @@ def test_tiny_benchmark_writes_results_and_table(tmp_path):
         "prepare@safety",
         "reward@helpful",
         "reward@safety",
+        "judge@helpful",
+        "judge@safety",
         "sft",
         "dpo",
         "ppo",
@@ -136,6 +138,7 @@ def test_tiny_benchmark_writes_results_and_table(tmp_path):
         "evaluate@sft",
         "evaluate@ppo",
         "evaluate@dpo",
+        "compare",
         "report",
     }
     assert all(s["peak_rss_mib"] > 0 for s in stages.values())

@@ -15,10 +15,13 @@ from alignkit.report import to_svg
 from tests.conftest import dvc, git_commit, stage_env
 
 STAGES = [
+    "compare",
     "dpo",
     "evaluate@dpo",
     "evaluate@ppo",
     "evaluate@sft",
+    "judge@helpful",
+    "judge@safety",
     "merge@dpo",
     "merge@ppo",
     "merge@sft",
@@ -57,7 +60,14 @@ def structure(repo):
         assert (repo / "models" / "reward" / name / "reward_model.pth").is_file()
     evals = {m: json.loads((repo / "metrics" / "eval" / f"{m}.json").read_text()) for m in ("sft", "ppo", "dpo")}
     assert len({frozenset(flat(e)) for e in evals.values()}) == 1  # one schema for every model
-    assert set(evals["sft"]["reward_models"]) == {"helpful", "safety"}
+    assert set(evals["sft"]["reward_models"]) == set(evals["sft"]["judges"]) == {"helpful", "safety"}
+    assert data["splits"]["judge"] > 0 and safety["splits"]["judge"] > 0  # the judges' split, no other stage's
+    for name in ("helpful", "safety"):
+        assert (repo / "models" / "judge" / name / "reward_model.pth").is_file()
+    compared = json.loads((repo / "metrics" / "compare.json").read_text())
+    assert compared["score"] == "judge" and set(compared["models"]) == {"sft", "ppo", "dpo"}
+    assert set(compared["tests"]) == {"sft vs dpo", "sft vs ppo", "dpo vs ppo"}
+    assert compared["verdict"]["text"] and compared["verdict"]["top"] in ("sft", "ppo", "dpo")
     ppo = json.loads((repo / "metrics" / "ppo.json").read_text())
     assert set(ppo["val_model_scores_after"]) == set(ppo["train_model_scores"]) == {"helpful", "safety"}
     for stage, curves in (
@@ -113,7 +123,7 @@ def test_the_shipped_sample_trains_well_and_only_floating_point_outputs_differ(b
     assert ran(first, checks=True) == STAGES
     data = json.loads((repo / "metrics" / "data" / "helpful.json").read_text())
     assert data["rows_in"] == data["rows_kept"] > 2000
-    assert data["splits"]["train"] > 1900 and data["unsafe_prompts"] == 0
+    assert data["splits"]["train"] > 1400 and data["splits"]["judge"] > 400 and data["unsafe_prompts"] == 0
     assert 150 <= data["splits"]["test"] <= 250 and 150 <= data["splits"]["validation"] <= 250
     safety = json.loads((repo / "metrics" / "data" / "safety.json").read_text())
     assert safety["rows_in"] == safety["rows_kept"] > 900 and 0.4 < safety["unsafe_prompts"] / safety["rows_kept"] < 0.6
@@ -122,9 +132,9 @@ def test_the_shipped_sample_trains_well_and_only_floating_point_outputs_differ(b
         assert json.loads((repo / "metrics" / "reward" / f"{name}.json").read_text())["val_accuracy"] >= 0.9, name
     assert json.loads((repo / "metrics" / "sft.json").read_text())["val_loss"] < 2.0
     assert json.loads((repo / "metrics" / "dpo.json").read_text())["val_reward_accuracy"] >= 0.7
-    # PPO raises the combined held-out reward over SFT, and does not raise the safety violation rate
+    # PPO raises the combined held-out reward over SFT, and not the safety violation rate beyond its interval
     assert evals["ppo"]["reward_mean"] > evals["sft"]["reward_mean"]
-    assert evals["ppo"]["safety_violation_rate"] <= evals["sft"]["safety_violation_rate"]
+    assert evals["ppo"]["safety_violation_rate_ci"][0] <= evals["sft"]["safety_violation_rate"]
     ppo = json.loads((repo / "metrics" / "ppo.json").read_text())
     assert ppo["val_score_after"] > ppo["val_score_before"]
     # The rebuild (committed in the copy as HEAD) differs from the project's dvc.lock (HEAD~1) only in
@@ -250,7 +260,7 @@ def test_changing_a_param_reruns_only_its_readers(small_copy):
 def test_experiment_on_one_reward_models_lr_reruns_it_ppo_and_the_evaluations(built_copy):
     out = dvc(built_copy, "exp", "run", "-n", "safety-lr", "-S", "+reward_models.safety.lr=2e-3")
     # and merge@ppo, which passes the new PPO policy on to evaluate@ppo; not reward@helpful, sft, dpo
-    assert ran(out) == [*EVALUATIONS, "merge@ppo", "ppo", "report", "reward@safety"]
+    assert ran(out) == ["compare", *EVALUATIONS, "merge@ppo", "ppo", "report", "reward@safety"]
     assert json.loads((built_copy / "metrics" / "reward" / "safety.json").read_text())["val_accuracy"] >= 0.9
 
 
@@ -358,7 +368,8 @@ def test_dvc_exp_run_on_the_conversational_sample_runs_every_stage_with_the_chat
         "-S",
         CHAT_PREFERENCES_FILTER,
     )
-    assert ran(printed) == sorted(s for s in STAGES if s not in ("prepare@safety", "reward@safety", "pretrained"))
+    unchanged = ("prepare@safety", "reward@safety", "judge@safety", "pretrained")
+    assert ran(printed) == sorted(s for s in STAGES if s not in unchanged)
     assert "prepare@helpful: data/sample/chat_preferences.jsonl (conversational schema): 400 rows in" in printed
     data = json.loads((small_copy / "metrics" / "data" / "helpful.json").read_text())
     assert data["schema"] == "conversational" and data["source"] == {"path": "data/sample/chat_preferences.jsonl"}
@@ -391,6 +402,7 @@ def test_a_chat_model_with_lora_and_one_reward_model_on_multi_turn_conversations
     params["data"] = {"chat": {**params["data"]["helpful"], "path": "data/sample/conversations.jsonl"}}
     params["data"]["chat"]["columns"]["system"] = "system"
     params["reward_models"] = {"chat": {"data": "chat", "encoder": None}}
+    params["judges"] = {"chat": {"data": "chat", "encoder": None}}
     params["ppo"]["reward"].update(
         combine="weighted_sum", weights={"chat": 1.0}, helpfulness=None, safety=None, whiten=False
     )
@@ -409,7 +421,8 @@ def test_a_chat_model_with_lora_and_one_reward_model_on_multi_turn_conversations
     (repo_copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     printed = dvc(repo_copy, "repro")
     assert ran(printed) == sorted(
-        [s for s in STAGES if "@helpful" not in s and "@safety" not in s] + ["prepare@chat", "reward@chat"]
+        [s for s in STAGES if "@helpful" not in s and "@safety" not in s]
+        + ["judge@chat", "prepare@chat", "reward@chat"]
     )
     assert "6 {'empty_answer': 6} dropped" in printed  # the sample's rows with an empty last answer
 
