@@ -242,14 +242,19 @@ def dry_run(repo, section, key, value):
 def test_changing_a_param_reruns_only_its_readers(small_copy):
     """`repro --dry` lists the stages whose own inputs changed; the stages downstream of them
     rerun as their inputs change (the experiment test below shows evaluate@dpo following dpo)."""
-    assert dry_run(small_copy, "reward", "lr", 5e-4) == ["reward@helpful", "reward@safety"]  # a shared key
+    judges_and_reward_models = ["judge@helpful", "judge@safety", "reward@helpful", "reward@safety"]
+    assert dry_run(small_copy, "reward", "lr", 5e-4) == judges_and_reward_models  # a key they all share
     # one model's own key: that model, and what reads the reward models' params (their names)
     assert dry_run(small_copy, "reward_models.safety", "epochs", 4) == [*EVALUATIONS, "ppo", "reward@safety"]
     assert dry_run(small_copy, "ppo", "lr", 5e-5) == ["ppo"]
     assert dry_run(small_copy, "eval", "batch_size", 16) == EVALUATIONS
     assert dry_run(small_copy, "ppo", "top_p", 0.9) == [*EVALUATIONS, "ppo"]
     assert dry_run(small_copy, "ppo.reward", "combine", "weighted_sum") == [*EVALUATIONS, "ppo"]
-    assert dry_run(small_copy, "models", "reward", "bert-base-uncased") == ["reward@helpful", "reward@safety"]
+    assert dry_run(small_copy, "models", "reward", "bert-base-uncased") == judges_and_reward_models
+    # a judge's own key: that judge and the evaluations (which read the judges); nothing that trains a policy
+    assert dry_run(small_copy, "judges.safety", "epochs", 4) == [*EVALUATIONS, "judge@safety"]
+    # the confidence level: the evaluations' intervals and compare's tests, nothing trained
+    assert dry_run(small_copy, "eval", "confidence", 0.9) == ["compare", *EVALUATIONS]
     assert dry_run(small_copy, "data.safety", "filter", [{"column": "unsafe", "op": "==", "value": True}]) == [
         "prepare@safety"
     ]
@@ -312,7 +317,7 @@ def test_plots_show_draws_the_training_curves_offline(small_copy):
 
 def test_the_report_shows_every_model_and_stage(small_repo):
     repo, printed = small_repo
-    assert "report: report/report.html and report.md (3 models, 6 charts, 8 prompts side by side" in printed
+    assert "report: report/report.html and report.md (3 models, 9 charts, 8 prompts side by side" in printed
     page = (repo / "report" / "report.html").read_text()
     for chart in (
         "comparison",
