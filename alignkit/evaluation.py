@@ -96,9 +96,14 @@ def scored(prefix, models, combined, raw, ref_combined, ref_raw, same_as_referen
         }
 
     overall = block(combined.tolist(), ref_combined.tolist())
-    named = {f"{prefix}_{k}" if k.startswith("mean") or prefix != "reward" else k: v for k, v in overall.items()}
+    win = "win_rate_vs_reference" if prefix == "reward" else f"{prefix}_win_rate_vs_reference"
+    named = {f"{prefix}_mean": "mean", win: "win_rate_vs_reference"}
     per_model = {m: block(raw[m].tolist(), ref_raw[m].tolist()) for m in models.names}
-    return {**named, "reward_models" if prefix == "reward" else "judges": per_model}
+    return {
+        **{key: overall[own] for key, own in named.items()},
+        **{f"{key}_ci": overall[f"{own}_ci"] for key, own in named.items()},
+        "reward_models" if prefix == "reward" else "judges": per_model,
+    }
 
 
 def evaluate_policy(name, policy, sft, tokenizer, scorer, judges, pairs, cfg, gen, seed):
@@ -108,8 +113,8 @@ def evaluate_policy(name, policy, sft, tokenizer, scorer, judges, pairs, cfg, ge
     the reward models the policies trained on (ensemble.RewardModels), the proxy; judges: the judge models only
     evaluation reads (None: none), combined as the reward models are (ppo.reward). Every mean over prompts has
     its bootstrap interval (<key>_ci) at eval.confidence, and n says over how many prompts. Comparisons between
-    models (win rates against SFT, paired tests, the verdict) are the report's, from the generations: each
-    model's answers are generated and scored here once.
+    models (win rates against SFT, paired tests, the verdict) are the compare stage's, from the generations:
+    each model's answers are generated and scored here once.
     """
     # checked against the model before anything runs
     budget = max_prompt_tokens(
