@@ -168,7 +168,19 @@ RTOL = 0.01
 SHARES = re.compile(r"(accuracy|win_rate)")
 
 
+P_ATOL = 0.05  # a bootstrap p-value: near-ties among a thousand resamples move it by a few hundredths
+WORDS = re.compile(r"(verdict\.text|verdict\.tradeoff)$")  # sentences that quote the numbers checked above
+
+
 def within_tolerance(key, committed, rebuilt):
+    if isinstance(committed, list) and committed and isinstance(committed[0], (int, float)):  # an interval
+        return len(committed) == len(rebuilt) and all(within_tolerance(key, a, b) for a, b in zip(committed, rebuilt))
+    if WORDS.search(key):
+        return isinstance(rebuilt, str)
+    if not isinstance(committed, (int, float)) or isinstance(committed, bool):  # a name, a flag, a list of names
+        return committed == rebuilt
+    if key.endswith(".p"):
+        return abs(rebuilt - committed) <= P_ATOL
     if SHARES.search(key):
         return abs(rebuilt - committed) <= SHARE_ATOL
     return abs(rebuilt - committed) <= RTOL * max(1.0, abs(committed))
@@ -183,6 +195,13 @@ def test_the_tolerance_tells_a_regression_from_another_cpu_kind():
     assert not within_tolerance("val_reward_accuracy", 0.954315, 0.92)  # 7 of 197 pairs lost
     assert not within_tolerance("reward_mean", 5.7227, 5.55)  # 3% lower reward
     assert not within_tolerance("val_score_after", 6.923196, 4.308230)  # PPO learned nothing
+    assert within_tolerance("reward_mean_ci", [0.581, 0.709], [0.583, 0.707])  # an interval, bound by bound
+    assert not within_tolerance("win_rate_vs_reference_ci", [0.41, 0.52], [0.41, 0.58])
+    assert within_tolerance("tests.sft vs dpo.p", 0.147, 0.171) and not within_tolerance(
+        "tests.sft vs dpo.p", 0.147, 0.4
+    )
+    assert within_tolerance("verdict.best", "ppo", "ppo") and not within_tolerance("verdict.best", "ppo", None)
+    assert within_tolerance("verdict.text", "ppo: ... 0.088 ...", "ppo: ... 0.087 ...")
 
 
 def git_show(repo, rev, path):
@@ -213,7 +232,8 @@ def test_rebuilt_metrics_agree_with_the_committed_ones(built):
         text=True,
         check=True,
     ).stdout.split()
-    assert len(committed) == 10, committed  # data/{helpful,safety}, reward/{helpful,safety}, sft, dpo, ppo, eval/*
+    # data/{helpful,safety}, reward/{helpful,safety}, judge/{helpful,safety}, sft, dpo, ppo, eval/*, compare
+    assert len(committed) == 13, committed
     off = []
     for path in committed:
         before = flat(json.loads(git_show(repo, "HEAD~1", path)))
@@ -273,7 +293,7 @@ def test_experiment_on_one_reward_models_lr_reruns_it_ppo_and_the_evaluations(bu
 @pytest.mark.same_run_only
 def test_experiment_on_dpo_lr_reruns_exactly_dpo_and_its_evaluation(built_copy):
     out = dvc(built_copy, "exp", "run", "-n", "dpo-lr-1e-5", "-S", "dpo.lr=1e-5")
-    assert ran(out) == ["dpo", "evaluate@dpo", "merge@dpo", "report"]
+    assert ran(out) == ["compare", "dpo", "evaluate@dpo", "merge@dpo", "report"]
 
     table = list(csv.DictReader(io.StringIO(dvc(built_copy, "exp", "show", "--no-pager", "--csv"))))
     row = next(r for r in table if r["Experiment"] == "dpo-lr-1e-5")
@@ -468,7 +488,7 @@ def test_a_chat_model_with_lora_and_one_reward_model_on_multi_turn_conversations
 
     git_commit(repo_copy, "chat model with LoRA")
     out = dvc(repo_copy, "exp", "run", "-S", "dpo.lora.r=4")
-    assert ran(out) == ["dpo", "evaluate@dpo", "merge@dpo", "report"]
+    assert ran(out) == ["compare", "dpo", "evaluate@dpo", "merge@dpo", "report"]
     assert json.loads((repo_copy / "models" / "dpo" / "adapter_config.json").read_text())["r"] == 4
     generation = json.loads((repo_copy / "generations" / "dpo.jsonl").open().readline())
     assert generation["question"].startswith("System: ") and "\n\nHuman: " in generation["question"]
