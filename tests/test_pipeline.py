@@ -119,8 +119,10 @@ def test_the_shipped_sample_trains_well_and_only_floating_point_outputs_differ(b
     """The whole shipped sample, as a user's first `dvc repro`: every model learns, and the rebuild differs from
     the committed dvc.lock only in what floating-point kernels make."""
     repo, first = built
-    # check_params has no outputs, and the committed dvc.lock records this very params.yaml: nothing to check
-    assert ran(first, checks=True) == STAGES
+    # check_params has no outputs, and the committed dvc.lock records this very params.yaml: nothing to check.
+    # compare reads only committed metrics and the generations: where those come out byte for byte as committed
+    # (this CPU kind), its inputs are unchanged and DVC skips it.
+    assert ran(first, checks=True) in (STAGES, [s for s in STAGES if s != "compare"])
     data = json.loads((repo / "metrics" / "data" / "helpful.json").read_text())
     assert data["rows_in"] == data["rows_kept"] > 2000
     assert data["splits"]["train"] > 1400 and data["splits"]["judge"] > 400 and data["unsafe_prompts"] == 0
@@ -153,8 +155,9 @@ def test_the_shipped_sample_trains_well_and_only_floating_point_outputs_differ(b
 # directory holds its weights and score statistics as well as its tokenizer and config; ppo and evaluate depend on
 # models/reward, the directory of all of them.
 FLOAT_MADE = re.compile(
-    r"^(models/(reward(/[^/]+)?|sft|dpo|ppo|merged/(sft|dpo|ppo))|generations(/.+)?|dvclive(/.+/plots/metrics)?"
-    r"|plots/eval/.+|metrics(/(reward/[^/]+|sft|dpo|ppo|eval/.+)\.json)?|report)$"
+    r"^(models/(reward(/[^/]+)?|judge(/[^/]+)?|sft|dpo|ppo|merged/(sft|dpo|ppo))|generations(/.+)?"
+    r"|dvclive(/.+/plots/metrics)?|plots/eval/.+|metrics/eval"
+    r"|metrics(/(reward/[^/]+|judge/[^/]+|sft|dpo|ppo|eval/.+|compare)\.json)?|report)$"
 )
 
 # Rebuilt metrics agree with the committed ones within these tolerances (docs/reliability.md, "Reproducible"):
