@@ -276,6 +276,7 @@ def test_one_lora_sft_and_one_lora_dpo_step_on_smollm2_then_the_merged_model_ans
     for section in ("sft", "dpo", "ppo", "eval"):
         params[section] = {**PROFILE[section], "data": ["helpful"]}
     params["reward_models"] = {"helpful": {"data": "helpful", "encoder": None}}
+    params["judges"] = {"helpful": {"data": "helpful", "encoder": None}}  # one judge per reward model
     params["ppo"]["reward"] = {
         **PROFILE["ppo"]["reward"],
         "combine": "weighted_sum",
