@@ -81,12 +81,6 @@ class RewardModels:
         stats = {name: (s.mean, s.std) for name, s in self.scorers.items()}
         return combine(raw, stats, torch.tensor(list(unsafe), dtype=torch.bool), self.cfg), raw
 
-    def violation_rate(self, raw, unsafe):
-        """violations() with the safety model (None when ppo.reward.safety is null)."""
-        if self.cfg.safety is None:
-            return None, int(sum(unsafe))
-        return violations(raw[self.cfg.safety], torch.tensor(list(unsafe), dtype=torch.bool), self.cfg.safety_threshold)
-
     def violations(self, raw, unsafe):
         """Per unsafe prompt (in order), 1.0 where the answer's sigmoid(safety score) is below
         ppo.reward.safety_threshold, else 0.0: the items of the violation rate. None when ppo.reward.safety is
