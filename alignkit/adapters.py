@@ -9,7 +9,7 @@ copy when there is an adapter.
 """
 
 import copy
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 
@@ -135,3 +135,12 @@ def separate_reference(policy, load_copy):
     """PPO's reference for trl's PPOTrainer: None when the policy has an adapter (trl then switches it off to
     score the reference), else a frozen copy from load_copy()."""
     return None if has_adapter(policy) else load_copy()
+
+
+def live_reference(policy, load_copy, device):
+    """A reference that online RL runs at every step: a function giving a context manager that yields it -- the
+    policy with its adapter off (no second model), or one frozen copy from load_copy() kept on `device`."""
+    if has_adapter(policy):
+        return lambda: frozen_reference(policy, None, device)
+    reference = disable_dropout(load_copy().requires_grad_(False).eval()).to(device)
+    return lambda: nullcontext(reference)

@@ -9,8 +9,11 @@ where order does not matter, sorts by length outright.
 """
 
 import math
+import random
 
 import torch
+
+from alignkit.errors import ParamsError
 
 
 class LengthGroupedBatches(torch.utils.data.Sampler):
@@ -66,3 +69,21 @@ def in_order(batches, results):
     index = torch.tensor([i for b in batches for i in b])
     out = torch.cat(results)
     return out[torch.argsort(index)]
+
+
+def batches(items, batch_size, seed):
+    """Shuffled full batches: every batch has exactly batch_size items; a partial last one is dropped."""
+    order = list(items)
+    random.Random(seed).shuffle(order)
+    return [order[i : i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
+
+
+def step_plan(items, batch_size, epochs, max_steps_per_epoch, seed, key):
+    """An online stage's plan (ppo, online), worked out once: per epoch, its shuffled full batches of prompts
+    (seed + epoch), at most max_steps_per_epoch of them (None: all). Its total length is the number of steps. key:
+    the params key of batch_size, named when it is larger than the items."""
+    if batch_size > len(items):  # batches() keeps full batches only: there would be none
+        raise ParamsError(
+            f"{key}: {batch_size} is more than the {len(items)} prompts of the training split; at most {len(items)}"
+        )
+    return [batches(items, batch_size, seed + epoch)[:max_steps_per_epoch] for epoch in range(epochs)]

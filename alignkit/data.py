@@ -81,6 +81,7 @@ class Pair:
     row: int  # the row in the raw file, for provenance
     unsafe: bool = False  # the prompt asks for something to decline (data.<set>.columns.unsafe)
     source: str = ""  # the data set it was prepared in (read_sets sets it; not written to the splits)
+    answer: str = ""  # the expected answer that verifiable rules check (data.<set>.columns.answer); "": none
 
 
 def where(path, rec, column=None):
@@ -420,8 +421,9 @@ def row_pair(path, schema, layout, rec, max_chars):
     layout = dict(layout)
     column = layout.pop("unsafe", None)
     unsafe = column is True or (column is not None and unsafe_flag(path, rec, column))
+    expected = expected_answer(path, rec, layout.pop("answer", None))
     if schema == "conversational":
-        return conversation_pair(path, rec, layout, max_chars, unsafe)
+        return dataclasses.replace(conversation_pair(path, rec, layout, max_chars, unsafe), answer=expected)
     texts = {}
     for part, column in layout.items():
         try:
@@ -460,7 +462,25 @@ def row_pair(path, schema, layout, rec, max_chars):
             "identical_pair",
             f"{where(path, rec, layout['chosen'])}: the same answer as column {show(layout['rejected'])}",
         )
-    return Pair(messages, chosen, rejected, rec.row, unsafe)
+    return Pair(messages, chosen, rejected, rec.row, unsafe, answer=expected)
+
+
+def expected_answer(path, rec, column):
+    """The expected answer of a row (data.<set>.columns.answer), as text: "" where there is no column or the cell is
+    empty (not every prompt has one); a number (JSONL, Parquet) is written as text, 480.0 as 480."""
+    if column is None:
+        return ""
+    value = rec.values.get(column)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        try:
+            return cell_text(path, rec, column)
+        except BadRow as bad:
+            if bad.reason == "empty_cell":
+                return ""
+            raise
+    if isinstance(value, float) and math.isnan(value):
+        return ""
+    return str(int(value)) if float(value).is_integer() else str(value)
 
 
 def cell_messages(path, rec, column):
@@ -672,6 +692,8 @@ def write_split(path, pairs):
                         "rejected": p.rejected,
                         "row": p.row,
                         "unsafe": p.unsafe,
+                        # only where there is one, so a set without expected answers is written as before
+                        **({"answer": p.answer} if p.answer else {}),
                     },
                     ensure_ascii=False,
                 )

@@ -16,7 +16,8 @@ from alignkit.training import progress
 def generate(model, tokenizer, prompts, gen, batch_size, seed, desc, max_prompt_length):
     """Sampled answers, batched with left padding: ([answer text], [answer ids, end-of-turn included if produced]).
 
-    gen: temperature, top_p, top_k, max_new_tokens (and do_sample=False for greedy). Prompts (Messages) are
+    gen: temperature, top_p, top_k, max_new_tokens (and do_sample=False for greedy). desc: the progress bar's
+    label (None: no bar). Prompts (Messages) are
     rendered by Renderer and fitted to max_prompt_tokens (oldest turns dropped first). Seeded, so every model
     evaluated with the same seed sees the same sampling noise.
     """
@@ -25,7 +26,8 @@ def generate(model, tokenizer, prompts, gen, batch_size, seed, desc, max_prompt_
     renderer = Renderer(tokenizer)
     budget = max_prompt_tokens(model.config, gen["max_new_tokens"], max_prompt_length)
     texts, ids = [], []
-    for start in progress(range(0, len(prompts), batch_size), desc):
+    starts = range(0, len(prompts), batch_size)
+    for start in progress(starts, desc) if desc else starts:
         queries = [renderer.fit_prompt(m, budget)[0] for m in prompts[start : start + batch_size]]
         width = max(map(len, queries))
         input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(q)) + q for q in queries])
@@ -106,7 +108,30 @@ def scored(prefix, models, combined, raw, ref_combined, ref_raw, same_as_referen
     }
 
 
-def evaluate_policy(name, policy, sft, tokenizer, scorer, judges, pairs, cfg, gen, seed):
+def rule_passes(rules, pairs, answers, answer_ids, tokenizer):
+    """{rule: [True/False/None per answer]} (None: the rule does not apply to that prompt), for verifiable.Rules."""
+    ended = [len(a) > 0 and a[-1] in Renderer(tokenizer).stop_ids for a in answer_ids]
+    return rules.check(answers, [p.answer for p in pairs], ended)
+
+
+def rule_metrics(passed, cfg, seed):
+    """{rule: {pass_rate, pass_rate_ci, n}} over the prompts each rule applies to (pass_rate null where none)."""
+    out = {}
+    for name, values in passed.items():
+        counted = [float(v) for v in values if v is not None]
+        out[name] = (
+            {**with_interval("pass_rate", counted, cfg, seed), "n": len(counted)}
+            if counted
+            else {
+                "pass_rate": None,
+                "pass_rate_ci": None,
+                "n": 0,
+            }
+        )
+    return out
+
+
+def evaluate_policy(name, policy, sft, tokenizer, scorer, judges, pairs, cfg, gen, seed, rules=None):
     """All metrics of one policy on `pairs` (the test split), and its generations for people to read.
 
     sft is the SFT policy: the reference of kl_to_reference (when it is `policy` itself, the KL is 0). scorer:
@@ -114,7 +139,8 @@ def evaluate_policy(name, policy, sft, tokenizer, scorer, judges, pairs, cfg, ge
     evaluation reads (None: none), combined as the reward models are (ppo.reward). Every mean over prompts has
     its bootstrap interval (<key>_ci) at eval.confidence, and n says over how many prompts. Comparisons between
     models (win rates against SFT, paired tests, the verdict) are the compare stage's, from the generations:
-    each model's answers are generated and scored here once.
+    each model's answers are generated and scored here once. rules: the verifiable rules (verifiable.Rules), each
+    one's pass rate reported over the prompts it applies to; None: none.
     """
     # checked against the model before anything runs
     budget = max_prompt_tokens(
@@ -151,6 +177,7 @@ def evaluate_policy(name, policy, sft, tokenizer, scorer, judges, pairs, cfg, ge
             seed,
         )
     violated = scorer.violations(raw, unsafe)  # per unsafe prompt, 1.0 for an answer below the threshold
+    passed = rule_passes(rules, pairs, answers, answer_ids, tokenizer) if rules is not None else {}
 
     metrics = {
         "n": len(pairs),
@@ -162,6 +189,7 @@ def evaluate_policy(name, policy, sft, tokenizer, scorer, judges, pairs, cfg, ge
         "reward_models": proxy["reward_models"],
         **(judge if judges is not None else {}),
         **(with_interval("safety_violation_rate", violated, cfg, seed) if violated is not None else {}),
+        **({"rules": rule_metrics(passed, cfg, seed)} if passed else {}),
         "n_pairs": len(by_sum),
         **with_interval("preference_accuracy", by_sum, cfg, seed),
         **with_interval("preference_accuracy_normalized", by_mean, cfg, seed),
@@ -192,6 +220,7 @@ def evaluate_policy(name, policy, sft, tokenizer, scorer, judges, pairs, cfg, ge
                 else {}
             ),
             "violation": bool(violation_at[i]) if i in violation_at else None,
+            **({"rules": {rule: values[i] for rule, values in passed.items()}} if passed else {}),
             "kl": round(kl[i].item(), 4),
         }
         for i, (p, q, u, r, a, s) in enumerate(zip(pairs, questions, unsafe, references, answers, rewards.tolist()))

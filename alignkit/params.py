@@ -46,6 +46,7 @@ class ColumnsParams(Section):
     system: str | None  # null: no system turn
     # a column of booleans marking prompts to decline; true: every prompt of the set is one (red-team data); null: none
     unsafe: str | Literal[True] | None
+    answer: str | None  # the expected answer that verifiable rules (`rules`) check; null: none
 
 
 FILTER_OPS = ("==", "!=", ">=", "<=", ">", "<", "in")
@@ -316,6 +317,64 @@ class PPOParams(Section):
         return self
 
 
+class RuleParams(Section):
+    """One verifiable rule (alignkit.verifiable): a kind, and for regex the pattern."""
+
+    kind: Literal["number", "exact", "regex", "format"]
+    pattern: str | None  # regex only: a Python regular expression; {expected} stands for the expected answer
+
+
+class OnlineRewardParams(Section):
+    """What the online stage's reward is made of."""
+
+    reward_models: Annotated[float, Field(ge=0)]  # weight of the reward models' score, combined as ppo.reward says
+    rules: dict[str, float]  # weight of each verifiable rule (names in `rules`) that passes
+
+
+class OnlineParams(Section):
+    data: list[str]  # the prepared data sets whose training prompts it samples answers to
+    algorithm: Literal["grpo", "rloo"]
+    reward: OnlineRewardParams
+    prompts_per_step: PositiveInt
+    num_generations: Annotated[int, Field(ge=2)]  # answers per prompt: a group needs two to compare
+    num_iterations: PositiveInt  # optimisation passes (optimizer steps) over each rollout
+    mini_batch_size: PositiveInt  # answers per forward/backward pass
+    epsilon: Annotated[float, Field(gt=0, lt=1)]
+    epsilon_high: Annotated[float, Field(gt=0)]
+    beta: Annotated[float, Field(ge=0)]
+    scale_rewards: bool
+    loss_aggregation: Literal["grpo", "dapo", "dr_grpo"]
+    lr: Annotated[float, Field(gt=0)]
+    weight_decay: Annotated[float, Field(ge=0)]
+    warmup_ratio: Fraction
+    lr_scheduler: Literal["linear", "cosine", "constant_with_warmup"]
+    optimizer: Optimizer
+    max_grad_norm: Annotated[float, Field(gt=0)]
+    epochs: PositiveInt
+    max_steps_per_epoch: PositiveInt | None
+    checkpoint_every: Annotated[int, Field(ge=0)]
+    lora: LoraParams
+    quantization: Literal["none", "nf4"]
+    precision: Precision
+    temperature: Annotated[float, Field(gt=0)]
+    top_p: Annotated[float, Field(gt=0, le=1)]
+    top_k: Annotated[int, Field(ge=0)]
+    max_new_tokens: PositiveInt
+    max_prompt_length: PositiveInt
+    reward_batch_size: PositiveInt
+    reward_device: Literal["cpu", "auto"]
+
+    @model_validator(mode="after")
+    def _checked(self):
+        _check_quantization(self, "online")
+        if self.epsilon_high < self.epsilon:
+            raise ValueError(
+                f"online.epsilon_high: {self.epsilon_high} is below online.epsilon ({self.epsilon}); the upper clip "
+                "is at least the lower one (DAPO raises it to let unlikely tokens grow)"
+            )
+        return self
+
+
 class EvalParams(Section):
     data: list[str]  # the prepared data sets whose test splits every model is evaluated on, as one
     batch_size: PositiveInt
@@ -355,6 +414,8 @@ class Params(Section):
     sft: SFTParams
     dpo: DPOParams
     ppo: PPOParams
+    rules: dict[str, RuleParams]  # verifiable rules, by name; the online stage and evaluate read them
+    online: OnlineParams
     eval: EvalParams
     report: ReportParams
 
@@ -413,7 +474,7 @@ class Params(Section):
         sets, models = list(self.data), list(self.reward_models)
         for name, entry in self.reward_models.items():
             check([entry.data], f"reward_models.{name}.data", sets, "data set in data")
-        for stage in ("sft", "dpo", "ppo", "eval"):
+        for stage in ("sft", "dpo", "ppo", "online", "eval"):
             if not getattr(self, stage).data:
                 raise ValueError(f"{stage}.data: expected at least one data set name, got []")
             for i, name in enumerate(getattr(self, stage).data):
@@ -441,6 +502,30 @@ class Params(Section):
         for key in ("helpfulness", "safety"):
             if getattr(rc, key) is not None:
                 check([getattr(rc, key)], f"ppo.reward.{key}", models, "reward model in reward_models")
+        for name, rule in self.rules.items():
+            if (rule.kind == "regex") != (rule.pattern is not None):
+                raise ValueError(
+                    f"rules.{name}.pattern: "
+                    + (
+                        "kind regex needs a pattern, got null"
+                        if rule.pattern is None
+                        else f"only kind regex reads a "
+                        f"pattern, got {show(rule.pattern)} with kind {rule.kind}; set it to null"
+                    )
+                )
+            if rule.pattern is not None:
+                try:
+                    re.compile(rule.pattern.replace("{expected}", "x"))
+                except re.error as err:
+                    raise ValueError(
+                        f"rules.{name}.pattern: not a regular expression ({err}): {show(rule.pattern)}"
+                    ) from None
+        check(list(self.online.reward.rules), "online.reward.rules", list(self.rules), "rule in rules")
+        if not self.online.reward.reward_models and not any(self.online.reward.rules.values()):
+            raise ValueError(
+                "online.reward: reward_models is 0 and no rule has a weight, so the reward would be 0 whatever "
+                "the answer"
+            )
         for name, entry in self.judges.items():
             if not NAME.match(name):
                 raise ValueError(

@@ -69,8 +69,9 @@ def sequence_logps(logits, input_ids, loss_mask):
     return (token_logps(logits, input_ids) * loss_mask[:, 1:]).sum(-1)
 
 
-def answer_token_logps(model, batch):
+def answer_token_logps(model, batch, temperature=1.0):
     """One forward pass -> (B, T-1) next-token log-probs, 0 wherever the next token is not an answer token.
+    temperature: the log-probs of logits / temperature, the distribution answers were sampled from (online RL).
 
     The output layer (model.get_output_embeddings(), the LM head) runs only at the positions that predict an
     answer token: a forward pre-hook hands it those hidden states alone, (n, H), so no logits or vocabulary-wide
@@ -90,6 +91,8 @@ def answer_token_logps(model, batch):
     finally:
         hook.remove()
     out = torch.zeros(predicts.shape, dtype=torch.float32, device=logits.device)
+    if temperature != 1.0:
+        logits = logits / temperature
     out[rows, cols] = label_logps(logits, batch["input_ids"][:, 1:][rows, cols])  # (n, V) logits -> (n,)
     return out
 

@@ -14,25 +14,17 @@ a step's PPO epochs once the policy's KL to its rollout exceeds 1.5 x target_kl.
 """
 
 import copy
-import random
 import warnings
 
 import numpy as np
 import torch
 
+from alignkit.batching import step_plan
 from alignkit.conversation import Renderer
-from alignkit.errors import ParamsError
 from alignkit.loop import TrainingRun
 from alignkit.modeldir import language_model
 from alignkit.policy import disable_dropout, max_prompt_tokens
 from alignkit.training import PRECISIONS, check_precision, choose_optimizer, progress
-
-
-def batches(items, batch_size, seed):
-    """Shuffled full batches: every batch has exactly batch_size items; a partial last one is dropped."""
-    order = list(items)
-    random.Random(seed).shuffle(order)
-    return [order[i : i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
 
 
 def query_tensors(tokenizer, prompts, max_prompt_tokens):
@@ -210,14 +202,8 @@ def kl_value(state):
 
 
 def plan_epochs(pairs, cfg, seed):
-    """PPO's step plan, worked out once: per epoch, its shuffled full batches of prompts (seed + epoch), at most
-    cfg.max_steps_per_epoch of them. Its total length is the number of PPO steps."""
-    if cfg.batch_size > len(pairs):  # batches() keeps full batches only: there would be none
-        raise ParamsError(
-            f"ppo.batch_size: {cfg.batch_size} is more than the {len(pairs)} prompts of the training "
-            f"split; at most {len(pairs)}"
-        )
-    return [batches(pairs, cfg.batch_size, seed + epoch)[: cfg.max_steps_per_epoch] for epoch in range(cfg.epochs)]
+    """PPO's step plan (batching.step_plan): per epoch, shuffled full batches of ppo.batch_size prompts."""
+    return step_plan(pairs, cfg.batch_size, cfg.epochs, cfg.max_steps_per_epoch, seed, "ppo.batch_size")
 
 
 def train_ppo(

@@ -17,6 +17,10 @@ preferred one, so only their content tells them apart. Each kind of flaw is
 learnable from ~2,000 pairs by a small reward model trained from scratch, while
 length alone does not separate the two answers (see chosen_longer_share in
 metrics/data.json).
+
+The Answer column holds the expected number of the arithmetic and conversion
+questions (empty for the others): what a verifiable rule checks an answer
+against (params.yaml's rules, data.helpful.columns.answer).
 """
 
 import csv
@@ -109,7 +113,7 @@ def arithmetic(rng):
     a, b = rng.randint(2, 99), rng.randint(2, 30 if op == "times" else 99)
     q = rng.choice(["What is {a} {op} {b}?", "Can you tell me what {a} {op} {b} is?",
                     "Please calculate {a} {op} {b}."]).format(a=a, op=op, b=b)
-    return q, f"{a} {op} {b} equals {OPS[op](a, b)}.", None  # no learnable "wrong" for sums
+    return q, f"{a} {op} {b} equals {OPS[op](a, b)}.", None, OPS[op](a, b)  # no learnable "wrong" for sums
 
 
 def conversion(rng):
@@ -117,7 +121,7 @@ def conversion(rng):
     n = rng.randint(2, 60)
     q = rng.choice(["How many {dst} are in {n} {src}?", "Convert {n} {src} to {dst}.",
                     "What is {n} {src} in {dst}?"]).format(n=n, src=src, dst=dst)
-    return q, f"{n} {src} is {n * factor} {dst}.", f"{n} {src} is {n * factor} {confused}."
+    return q, f"{n} {src} is {n * factor} {dst}.", f"{n} {src} is {n * factor} {confused}.", n * factor
 
 
 def capital(rng):
@@ -125,7 +129,7 @@ def capital(rng):
     q = rng.choice(["What is the capital of {c}?", "Which city is the capital of {c}?",
                     "Can you name the capital city of {c}?"]).format(c=c)
     good, bad = CAPITALS[c]
-    return q, f"The capital of {c} is {good}.", f"The capital of {c} is {bad}."
+    return q, f"The capital of {c} is {good}.", f"The capital of {c} is {bad}.", None
 
 
 def symbol(rng):
@@ -133,7 +137,7 @@ def symbol(rng):
     q = rng.choice(["What is the chemical symbol for {e}?", "Which symbol stands for {e}?",
                     "How is {e} written as a chemical symbol?"]).format(e=e)
     good, bad = SYMBOLS[e]
-    return q, f"The chemical symbol for {e} is {good}.", f"The chemical symbol for {e} is {bad}."
+    return q, f"The chemical symbol for {e} is {good}.", f"The chemical symbol for {e} is {bad}.", None
 
 
 def opposite(rng):
@@ -141,7 +145,7 @@ def opposite(rng):
     q = rng.choice(["What is the opposite of '{w}'?", "Give me the opposite of the word '{w}'.",
                     "Which word means the opposite of '{w}'?"]).format(w=w)
     good, bad = OPPOSITES[w]
-    return q, f"The opposite of '{w}' is '{good}'.", f"The opposite of '{w}' is '{bad}'."
+    return q, f"The opposite of '{w}' is '{good}'.", f"The opposite of '{w}' is '{bad}'.", None
 
 
 def young(rng):
@@ -149,7 +153,7 @@ def young(rng):
     q = rng.choice(["What is a baby {a} called?", "What do you call a young {a}?",
                     "What is the name for a {a}'s baby?"]).format(a=a)
     good, bad = YOUNG[a]
-    return q, f"A baby {a} is called a {good}.", f"A baby {a} is called a {bad}."
+    return q, f"A baby {a} is called a {good}.", f"A baby {a} is called a {bad}.", None
 
 
 def definition(rng):
@@ -157,7 +161,7 @@ def definition(rng):
     q = rng.choice(["What is {t}?", "Can you define {t}?", "Please explain what {t} means."]).format(t=t)
     good, bad = DEFINITIONS[t]
     term = t[0].upper() + t[1:]
-    return q, f"{term} is {good}.", f"{term} is {bad}."
+    return q, f"{term} is {good}.", f"{term} is {bad}.", None
 
 
 FAMILIES = [arithmetic, conversion, capital, symbol, opposite, young, definition]
@@ -174,7 +178,7 @@ def make_rows(n_rows, seed):
     rng = random.Random(seed)
     rows, seen = [], set()
     for _ in range(n_rows):
-        q, good, wrong = rng.choice(FAMILIES)(rng)
+        q, good, wrong, answer = rng.choice(FAMILIES)(rng)
         prefix, suffix = rng.choice(PREFIXES), rng.choice(SUFFIXES)
         chosen = prefix + good + suffix
         kinds, weights = ["wrong", "evasive", "off_topic", "truncated"], [0.3, 0.2, 0.25, 0.25]
@@ -190,14 +194,14 @@ def make_rows(n_rows, seed):
             rejected = truncate(rng, chosen)
         if (q, chosen, rejected) not in seen:  # the sample itself has no exact duplicates
             seen.add((q, chosen, rejected))
-            rows.append((q, chosen, rejected))
+            rows.append((q, chosen, rejected, "" if answer is None else answer))
     return rows
 
 
 def main(path):
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["Question", "More_Prefered", "Less_Prefered"])
+        writer.writerow(["Question", "More_Prefered", "Less_Prefered", "Answer"])
         writer.writerows(make_rows(N_ROWS, SEED))
 
 

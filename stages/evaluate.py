@@ -6,8 +6,9 @@
 
 Reads params: seed, eval.* (eval.data: the data sets under --data whose test splits it reads),
 ppo.temperature/top_p/top_k/max_new_tokens for the eval.* left null, reward_models (each is
---rewards/<name>), judges (each is --judges/<name>) and ppo.reward (how scores combine, the safety model and
-threshold). Writes the metrics (one schema for every model, each mean with its interval), the generations
+--rewards/<name>), judges (each is --judges/<name>), ppo.reward (how scores combine, the safety model and
+threshold) and rules (the verifiable rules: each one's pass rate on the prompts it applies to). Writes the
+metrics (one schema for every model, each mean with its interval), the generations
 (question, set, unsafe mark, reference, answer, the proxy and judge scores, violation, KL) and a plot file for
 `dvc plots`.
 """
@@ -24,6 +25,7 @@ from alignkit.params import load_params
 from alignkit.policy import prepare_tokenizer
 from alignkit.stage import run_stage, stage_args
 from alignkit.training import seed_everything
+from alignkit.verifiable import Rules
 
 PLOTTED = ("reward_mean", "judge_mean", "win_rate_vs_reference", "preference_accuracy", "rougeL", "bleu")
 
@@ -68,6 +70,7 @@ def main(argv=None):
         params.eval,
         params.eval.generation(params.ppo),
         params.seed,
+        Rules(params.rules) if params.rules else None,
     )
 
     with atomic_file(args.generations) as tmp:
@@ -76,6 +79,7 @@ def main(argv=None):
         **{k: metrics[k] for k in PLOTTED if k in metrics},
         **{f"reward_{m}": s["mean"] for m, s in metrics["reward_models"].items()},
         **{k: metrics[k] for k in ("safety_violation_rate",) if k in metrics},
+        **{f"rule_{r}": m["pass_rate"] for r, m in metrics.get("rules", {}).items() if m["pass_rate"] is not None},
     }
     write_json(args.plot, [{"model": args.name, "metric": k, "value": v} for k, v in plotted.items()])
     write_json(args.metrics, metrics)

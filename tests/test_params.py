@@ -197,8 +197,16 @@ def test_the_profile_command_prints_each_change(tmp_path, capsys):
         (
             "data.helpful",
             "columns",
-            {"prompt": "input", "chosen": None, "rejected": None, "system": None, "unsafe": None, "answer": "x"},
-            "data.helpful.columns.answer: unknown key (known keys: prompt, chosen, rejected, system, unsafe)",
+            {
+                "prompt": "input",
+                "chosen": None,
+                "rejected": None,
+                "system": None,
+                "unsafe": None,
+                "answer": None,
+                "reason": "x",
+            },
+            "data.helpful.columns.reason: unknown key (known keys: prompt, chosen, rejected, system, unsafe, answer)",
         ),
         (
             "data.helpful",

@@ -6,12 +6,13 @@ import math
 import pytest
 import torch
 
+from alignkit.batching import batches
 from alignkit.conversation import single_turn
 from alignkit.errors import ParamsError
 from alignkit.modeldir import load_policy
 from alignkit.params import load_params
 from alignkit.policy import prepare_tokenizer
-from alignkit.ppo import batches, make_trainer, shaped_rewards, value_head_model
+from alignkit.ppo import make_trainer, shaped_rewards, value_head_model
 from alignkit.reward import RewardScorer, encode_pairs
 from tests.conftest import stage_main, write_params
 

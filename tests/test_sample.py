@@ -22,11 +22,22 @@ def test_sample_is_exactly_what_its_script_writes(tmp_path):
 
 def test_sample_shape_and_cleanliness():
     data = rows()
-    assert list(data[0]) == ["Question", "More_Prefered", "Less_Prefered"]
+    assert list(data[0]) == ["Question", "More_Prefered", "Less_Prefered", "Answer"]
     assert 2300 <= len(data) <= 2600  # about 2,000 training rows and 200 each for validation and test
     assert all(r["More_Prefered"] != r["Less_Prefered"] for r in data)
     assert len({tuple(r.values()) for r in data}) == len(data)
-    assert all(v.strip() == v and v for r in data for v in r.values())
+    assert all(v.strip() == v and v for r in data for k, v in r.items() if k != "Answer")
+
+
+def test_the_expected_answer_is_the_number_in_the_preferred_answer():
+    """Arithmetic and conversion questions hold their expected number in Answer (the verifiable rules' column), the
+    number the preferred answer states; other questions leave it empty."""
+    data = rows()
+    numeric = [r for r in data if r["Answer"]]
+    assert 500 <= len(numeric) <= 900
+    assert all(r["Answer"].lstrip("-").isdigit() for r in numeric)
+    assert all(f" {r['Answer']}" in r["More_Prefered"] for r in numeric)
+    assert not any(w in r["Question"] for r in data if not r["Answer"] for w in (" plus ", " minus ", " times "))
 
 
 def test_sample_covers_several_question_families():
