@@ -39,11 +39,11 @@ def conversation(system, history, question, answer):
 
 def make_chat_preferences(n_rows, seed):
     rng = random.Random(seed)
-    pool = make_rows(n_rows * 3, seed)  # (question, chosen, rejected) rows to draw turns from
+    pool = make_rows(n_rows * 3, seed)  # (question, chosen, rejected, expected answer) rows to draw turns from
     rows = []
     for i in range(n_rows):
-        q, chosen, rejected = pool[i]
-        history = [(hq, ha) for hq, ha, _ in rng.sample(pool[n_rows:], rng.choices([0, 1, 2], [5, 3, 2])[0])]
+        q, chosen, rejected, expected = pool[i]
+        history = [(hq, ha) for hq, ha, *_ in rng.sample(pool[n_rows:], rng.choices([0, 1, 2], [5, 3, 2])[0])]
         system = rng.choice(SYSTEMS) if rng.random() < 1 / 3 else None
         score_chosen = rng.choice([9.0, 8.5, 8.0, 7.5, 7.0, 6.0, 5.0])  # 6 and 5: a low-rated chosen answer
         score_rejected = rng.choice([score_chosen, *[s for s in (2.0, 3.0, 4.0, 5.0) if s < score_chosen] * 3])
@@ -56,6 +56,7 @@ def make_chat_preferences(n_rows, seed):
                 "messages": conversation(system, history, q, chosen),
                 "score_chosen": score_chosen,
                 "score_rejected": score_rejected,
+                "Answer": "" if expected is None else str(expected),  # the last question's, for verifiable rules
             }
         )
     for i in rng.sample(range(n_rows), EMPTY_TURNS):

@@ -39,14 +39,15 @@ def dialogue(turns):
 
 def make_conversations(n_rows, seed):
     rng = random.Random(seed)
-    pool = make_rows(n_rows * 3, seed)  # (question, chosen, rejected) rows to draw turns from
+    pool = make_rows(n_rows * 3, seed)  # (question, chosen, rejected, expected answer) rows to draw turns from
     rows = []
     for i in range(n_rows):
-        q, chosen, rejected = pool[i]
-        history = [(hq, ha) for hq, ha, _ in rng.sample(pool[n_rows:], rng.choices([0, 1, 2, 3], [3, 4, 2, 1])[0])]
+        q, chosen, rejected, expected = pool[i]
+        history = [(hq, ha) for hq, ha, *_ in rng.sample(pool[n_rows:], rng.choices([0, 1, 2, 3], [3, 4, 2, 1])[0])]
         rows.append({"system": rng.choice(SYSTEMS), "turns": len(history) + 1,
                      "chosen": dialogue(history + [(q, chosen)]),
-                     "rejected": dialogue(history + [(q, rejected)])})
+                     "rejected": dialogue(history + [(q, rejected)]),
+                     "Answer": "" if expected is None else str(expected)})  # what verifiable rules check
     for i in rng.sample(range(n_rows), EMPTY_ANSWERS):
         rows[i]["chosen"] = rows[i]["chosen"][: rows[i]["chosen"].rfind("\n\nAssistant:")] + "\n\nAssistant:"
     return rows

@@ -91,7 +91,8 @@ class PrepareRun:
         # No judge split unless a test asks for one: these tests read every kept row back from the three others.
         params["prepare"].update({"judge_fraction": 0.0, **prepare.pop("prepare", {})})
         data, helpful = prepare.pop("data", {}), params["data"]["helpful"]
-        helpful["columns"] = {**helpful["columns"], **data.pop("columns", {})}  # the keys given, the rest as shipped
+        # the keys given, the rest as shipped -- but no expected answers: the shipped Answer column is the sample's own
+        helpful["columns"] = {**helpful["columns"], "answer": None, **data.pop("columns", {})}
         helpful.update(data)
         assert not prepare, prepare
         params_path = self.tmp / "params.yaml"
@@ -205,7 +206,7 @@ def one_reward_model(params):
     params["ppo"]["reward"].update(
         combine="weighted_sum", weights={"helpful": 1.0}, helpfulness=None, safety=None, whiten=False
     )
-    for section in ("sft", "dpo", "ppo", "eval"):
+    for section in ("sft", "dpo", "ppo", "online", "eval"):
         params[section]["data"] = ["helpful"]
     return params
 
@@ -325,6 +326,7 @@ SMALL = {
     "sft": {"epochs": 2},
     "dpo": {"epochs": 1},
     "ppo": {"max_steps_per_epoch": 4, "ppo_epochs": 2, "checkpoint_every": 2},
+    "online": {"max_steps_per_epoch": 2, "checkpoint_every": 1},
 }
 
 

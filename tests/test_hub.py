@@ -60,6 +60,7 @@ def hub_params(tmp_path, **hub):
     params = repo_params()
     helpful = params["data"]["helpful"]
     helpful.update(path="data/hub", schema="auto")
+    helpful["columns"]["answer"] = None  # the shipped Answer column is the sample's own
     helpful["hub"] = {"id": DATASET, "config": None, "split": "train", "revision": FIRST, **hub}
     helpful["filter"] = [{"column": "score_chosen", "op": ">=", "value": 3}]
     path = tmp_path / "params.yaml"

@@ -49,7 +49,7 @@ def test_shipped_params_and_the_reference_profiles_validate(tmp_path):
     assert reference.models.reward == "bert-base-uncased"
     assert list(reference.data) == list(reference.reward_models) == ["helpful"]  # one data set, one reward model
     assert reference.data["helpful"].columns.model_dump() == dict.fromkeys(
-        ("prompt", "chosen", "rejected", "system", "unsafe")
+        ("prompt", "chosen", "rejected", "system", "unsafe", "answer")
     )
     assert (reference.ppo.reward.combine, reference.ppo.reward.weights, reference.ppo.reward.whiten) == (
         "weighted_sum",

@@ -907,6 +907,8 @@ def test_a_stage_started_by_hand_stops_on_sighup_in_one_line(tmp_path):
         text=True,
         env=stage_env(),
         start_new_session=True,
+        # SIGHUP as a terminal leaves it, even where this test itself runs under nohup (which the child would inherit)
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),
     )
     assert proc.stdout.readline().strip() == "watched: None"
     proc.send_signal(signal.SIGHUP)

@@ -76,7 +76,7 @@ def test_multi_turn_sample_shape():
     from alignkit.conversation import parse_hh
 
     rows = [json.loads(line) for line in CONVERSATIONS.open(encoding="utf-8")]
-    assert len(rows) == 1200 and all(set(r) == {"system", "turns", "chosen", "rejected"} for r in rows)
+    assert len(rows) == 1200 and all(set(r) == {"system", "turns", "chosen", "rejected", "Answer"} for r in rows)
     empty = [r for r in rows if r["chosen"].endswith("\n\nAssistant:")]
     assert len(empty) == 6  # real HH data has such rows; prepare drops and counts them
     for r in rows:
@@ -101,7 +101,7 @@ def test_conversational_sample_shape():
     import json
 
     rows = [json.loads(line) for line in CHAT_PREFERENCES.open(encoding="utf-8")]
-    columns = {"prompt", "prompt_id", "chosen", "rejected", "messages", "score_chosen", "score_rejected"}
+    columns = {"prompt", "prompt_id", "chosen", "rejected", "messages", "score_chosen", "score_rejected", "Answer"}
     assert len(rows) == 400 and all(set(r) == columns for r in rows)
     for r in rows:
         assert r["chosen"][:-1] == r["rejected"][:-1] and r["chosen"] == r["messages"]  # all shared but the answer

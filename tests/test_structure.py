@@ -149,7 +149,7 @@ def test_every_stage_that_computes_with_torch_imports_it_before_pinning_threads(
     import subprocess
     import sys
 
-    computes = {"reward", "sft", "dpo", "ppo", "merge", "evaluate"}
+    computes = {"reward", "sft", "dpo", "ppo", "online", "merge", "evaluate"}
     stages = {path.stem: path for path in sorted((REPO / "stages").glob("*.py"))}
     assert {name for name, path in stages.items() if imports_torch_at_once(path)} == computes
     script = (
