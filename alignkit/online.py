@@ -202,7 +202,7 @@ class OnlineTrainer:
             logs["loss"].append(reduced[0].item())
             logs["kl"].append((reduced[1] / tokens).item() if cfg.beta else None)
             logs["clipfrac"].append((reduced[2] / tokens).item())
-        return {k: summarise(v) for k, v in logs.items()}
+        return {**{k: summarise(v) for k, v in logs.items()}, "lr": self.scheduler.get_last_lr()[0]}
 
     @torch.no_grad()
     def held_out(self, pairs, seed, desc):
@@ -306,6 +306,7 @@ def step_curves(roll, losses, accelerator):
     means = accelerator.reduce({k: v.float().to(device) for k, v in local.items()}, "mean")
     # kl: the k3 estimate of KL(policy || reference) per answer token; not measured with beta 0 (no reference)
     out = {"loss": losses["loss"], **{k: v.item() for k, v in means.items()}, "clipfrac": losses["clipfrac"]}
+    out["lr"] = losses["lr"]
     if losses["kl"] is not None:
         out["kl"] = losses["kl"]
     for name, values in parts.items():

@@ -10,12 +10,15 @@ median of `repeats` timed ones; training steps of the two sides alternate.
 
 import statistics
 import tempfile
+from contextlib import nullcontext
 from pathlib import Path
+from types import SimpleNamespace
 
 import peers
 import torch
 from harness import device, peak_memory_mib, sync, timed, timed_interleaved
 
+from alignkit.batching import batches
 from alignkit.data import read_splits
 from alignkit.loop import train_step
 from alignkit.params import load_params
@@ -229,7 +232,7 @@ def ppo(work, precision, warmup, repeats, **_):
     weights = reward_dir / "reward_model.pth"
     tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(sft, local_files_only=True))
     n = warmup + repeats
-    plan = list(enumerate(ours.batches(train, cfg.batch_size, params.seed)[:n]))
+    plan = list(enumerate(batches(train, cfg.batch_size, params.seed)[:n]))
 
     def trainer(load):
         return ours.make_trainer(
@@ -462,6 +465,200 @@ def dpo_step_profile(work, precision, warmup, model, pairs, seq_len, top=15, **_
     }
 
 
+# ---------------------------------------------------------------- online RL: RLOO
+
+
+def _trl_lines(method, first, last):
+    """The lines of a trl method from the one that reads `first` to the one that reads `last`, dedented: trl's own
+    code, run on our numbers."""
+    import inspect
+    import textwrap
+
+    lines = inspect.getsource(method).splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip() == first)
+    end = next(i for i, line in enumerate(lines) if line.strip() == last)
+    return textwrap.dedent("\n".join(lines[start : end + 1]))
+
+
+def rloo(work, precision, warmup, repeats, **_):
+    """One RLOO iteration (sample k answers to each of B prompts, score, advantages, one optimizer step): the online
+    stage's against trl 0.11.4's RLOOTrainer, on the same SFT policy, prompts and reward models, the same k and the
+    same sampling (temperature, top_p 1, top_k 0, max_new_tokens as trl's response_length; trl samples every answer to
+    its full length, as it does). First, on one of our rollouts, trl's own lines give the same advantages and the same
+    loss on a micro-batch as ours."""
+    import time
+
+    import datasets
+    import trl.trainer.rloo_trainer as trl_rloo
+    from transformers import TrainerCallback
+    from trl import RLOOConfig, RLOOTrainer
+
+    from alignkit.conversation import Renderer
+    from alignkit.ensemble import RewardModels
+    from alignkit.losses import aggregate, clipped_objective
+    from alignkit.modeldir import load_policy
+    from alignkit.online import OnlineTrainer, Rewards
+    from alignkit.policy import disable_dropout, max_prompt_tokens, prepare_tokenizer
+    from alignkit.training import make_accelerator
+    from alignkit.verifiable import Rules
+
+    params = load_params(work / "params.yaml")
+    updates = {"precision": precision, "algorithm": "rloo", "num_iterations": 1, "top_p": 1.0, "top_k": 0}
+    cfg = params.online.model_copy(update={**updates, "reward": params.online.reward.model_copy(update={"rules": {}})})
+    k, prompts_per_step = cfg.num_generations, cfg.prompts_per_step
+    cfg = cfg.model_copy(update={"mini_batch_size": k * prompts_per_step})
+    sft = work / "models" / "sft"
+    (train,) = read_splits(work / "data" / "prepared" / "helpful", "train")
+    n = warmup + repeats
+    plan = batches(train, prompts_per_step, params.seed)[:n]
+    scorer = RewardModels(work / "models" / "reward", params.reward_models, params.ppo.reward, cfg.reward_batch_size)
+    rewards = Rewards(scorer, Rules({}), cfg.reward)
+
+    def policy():
+        model, tokenizer = load_policy(str(sft))
+        return disable_dropout(model), prepare_tokenizer(tokenizer)
+
+    # ours: the online stage's trainer, one rollout and one optimizer step per iteration
+    accelerator = make_accelerator(precision, "online.precision")
+    model, tokenizer = policy()
+    reference = disable_dropout(load_policy(str(sft))[0]).requires_grad_(False).eval()
+    optimizer, scheduler = make_optimizer(model, cfg, n, "online")
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    ours = OnlineTrainer(
+        model, optimizer, scheduler, lambda: nullcontext(reference), tokenizer, rewards, cfg, params.seed, accelerator
+    )
+
+    # agreement, on our first rollout: trl's advantage lines, and trl's loss lines on a micro-batch of k answers
+    roll = ours.rollout(plan[0], 0)
+    logprobs = torch.cat([o for o in roll["old"]])
+    ref_logprobs = torch.cat([r for r in roll["ref"]])
+    # trl's layout: answer j of prompt p at row j * B + p; ours p * k + j
+    order = [p * k + j for j in range(k) for p in range(prompts_per_step)]
+    names = {
+        "logprobs": logprobs[order],
+        "ref_logprobs": ref_logprobs[order],
+        "scores": roll["rewards"][order],
+        "args": SimpleNamespace(kl_coef=cfg.beta, rloo_k=k),
+    }
+    exec(
+        _trl_lines(RLOOTrainer.train, "kl = logprobs - ref_logprobs", "advantages = advantages.flatten()"),
+        {"torch": torch},
+        names,
+    )
+    back = [order.index(i) for i in range(len(order))]
+    advantages_diff = (names["advantages"][back] - roll["advantages"].cpu()).abs().max().item()
+    mask = roll["batches"][0]["loss_mask"][:, 1:]
+    rows = [p * k for p in range(prompts_per_step)]  # a micro-batch: each prompt's first answer; ratio 1
+    new = token_mb = logprobs[rows]
+    mb = {
+        "new_logprobs": new.masked_fill(~mask[rows], trl_rloo.INVALID_LOGPROB),
+        "mb_logprobs": new.masked_fill(~mask[rows], trl_rloo.INVALID_LOGPROB),
+        "mb_advantage": names["advantages"][back][rows],
+        "args": SimpleNamespace(cliprange=cfg.epsilon),
+    }
+    exec(
+        _trl_lines(RLOOTrainer.train, "new_ratio = (new_logprobs - mb_logprobs).exp()", "pg_loss = pg_loss_max.mean()"),
+        {"torch": torch},
+        mb,
+    )
+    losses, _ = clipped_objective(token_mb, token_mb, roll["advantages"].cpu()[rows], cfg.epsilon, cfg.epsilon_high)
+    our_loss = aggregate(losses, mask[rows], "grpo", cfg.max_new_tokens).item()
+    agreement = {
+        "advantages_max_abs_diff": advantages_diff,
+        "ours_loss": our_loss,
+        "theirs_loss": mb["pg_loss"].item(),
+        "abs_diff": abs(our_loss - mb["pg_loss"].item()),
+    }
+    if advantages_diff > AGREE_TOL or agreement["abs_diff"] > AGREE_TOL:
+        raise AssertionError(f"RLOO: ours and trl's RLOOTrainer disagree: {agreement}")
+
+    def ours_iteration(item):
+        step, batch = item
+        return ours.optimise(ours.rollout(batch, step))
+
+    ours_s, _ = timed(ours_iteration, list(enumerate(plan)), warmup)
+
+    # theirs: RLOOTrainer.train over the same prompts (rendered and fitted as ours), timed per update by a callback
+    renderer = Renderer(tokenizer)
+    budget = max_prompt_tokens(accelerator.unwrap_model(model).config, cfg.max_new_tokens, cfg.max_prompt_length)
+    prompt_ids = [renderer.fit_prompt(p.prompt, budget)[0] for batch in plan for p in batch]
+    by_ids = {tuple(ids): p for ids, p in zip(prompt_ids, (p for batch in plan for p in batch))}
+
+    def get_reward(model, query_responses, pad_token_id, context_length):
+        """trl's reward call, scored by our reward models from the decoded text (each prompt found by its ids)."""
+        pairs, texts = [], []
+        for row in query_responses.tolist():
+            query, response = row[:context_length], row[context_length:]
+            while query and query[0] == pad_token_id:
+                query = query[1:]
+            pairs.append(by_ids[tuple(query)])
+            end = response.index(pad_token_id) if pad_token_id in response else len(response)
+            texts.append(tokenizer.decode(response[:end], skip_special_tokens=True).strip())
+        scores, _ = rewards(pairs, texts, [True] * len(texts))
+        return None, scores.to(query_responses.device), None
+
+    stamps = []
+
+    class Stamp(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            stamps.append(time.perf_counter())
+
+    with tempfile.TemporaryDirectory() as out_dir:
+        config = RLOOConfig(
+            output_dir=out_dir,
+            per_device_train_batch_size=k * prompts_per_step,
+            gradient_accumulation_steps=1,
+            num_mini_batches=1,
+            num_ppo_epochs=1,
+            rloo_k=k,
+            kl_coef=cfg.beta,
+            cliprange=cfg.epsilon,
+            temperature=cfg.temperature,
+            response_length=cfg.max_new_tokens,
+            stop_token="eos",
+            total_episodes=n * prompts_per_step * k,
+            learning_rate=cfg.lr,
+            num_sample_generations=0,
+            report_to="none",
+            disable_tqdm=True,
+            save_strategy="no",
+            seed=params.seed,
+            local_rollout_forward_batch_size=k * prompts_per_step,
+            bf16=precision == "bf16",
+        )
+        dataset = datasets.Dataset.from_dict({"input_ids": prompt_ids})
+        tokenizer.padding_side = "left"
+        theirs_policy, ref = policy()[0], disable_dropout(load_policy(str(sft))[0])
+        trainer = RLOOTrainer(
+            config=config,
+            tokenizer=tokenizer,
+            policy=theirs_policy,
+            ref_policy=ref,
+            reward_model=torch.nn.Identity(),
+            train_dataset=dataset,
+            eval_dataset=dataset,
+            callbacks=[Stamp()],
+        )
+        original, trl_rloo.get_reward = trl_rloo.get_reward, get_reward
+        try:
+            start = time.perf_counter()
+            trainer.train()
+        finally:
+            trl_rloo.get_reward = original
+    steps = [b - a for a, b in zip([start, *stamps], stamps)]
+    theirs_s = statistics.median(steps[warmup:])
+    return {
+        "answers": k * prompts_per_step,
+        "prompts": prompts_per_step,
+        "k": k,
+        "precision": precision,
+        "ours_step_s": ours_s,
+        "theirs_step_s": theirs_s,
+        "theirs_steps": len(steps),
+        "agreement": agreement,
+    }
+
+
 SECTIONS = {
     "reward": reward,
     "dpo": dpo,
@@ -469,6 +666,7 @@ SECTIONS = {
     "generation": generation,
     "dpo_step_at_scale": dpo_step_at_scale,
     "dpo_step_profile": dpo_step_profile,
+    "rloo": rloo,
 }
 
 

@@ -30,6 +30,7 @@ GOALS = {
     "dpo_precompute": 1.3,
     "ppo": 3.0,
     "generation": 7.0,
+    "rloo": 1.5,
     "mfu_fp32": 0.4,
     "mfu_bf16": 0.25,
 }
@@ -111,6 +112,8 @@ def run(settings, out_path, keep):
     dpo_bf16 = worker("dpo", work, precision=reduced, warmup=w, repeats=r, with_peer=False) if native else None
     log("PPO: ours vs the notebook loop")
     ppo = worker("ppo", work, precision=precision, warmup=settings["ppo_warmup"], repeats=settings["ppo_repeats"])
+    log("RLOO iteration: ours vs trl RLOOTrainer")
+    rloo = worker("rloo", work, precision=precision, warmup=settings["ppo_warmup"], repeats=settings["ppo_repeats"])
     log("generation: batched vs one prompt at a time")
     gen = worker(
         "generation",
@@ -151,7 +154,8 @@ def run(settings, out_path, keep):
             "dpo": dpo["padding"],
             "dpo_lm_head_positions_share": dpo["lm_head_positions_share"],
         },
-        "comparisons": comparisons(reward, dpo, ppo, gen, at_scale),
+        "comparisons": comparisons(reward, dpo, ppo, rloo, gen, at_scale),
+        "online_vs_ppo": online_vs_ppo(work, stages),
         "precision": precision_rows(reward, reward_bf16, dpo, dpo_bf16, at_scale),
         "lora": lora_rows(at_scale),
         "memory": {
@@ -174,6 +178,7 @@ def run(settings, out_path, keep):
             "dpo": dpo,
             "dpo_bf16": dpo_bf16,
             "ppo": ppo,
+            "rloo": rloo,
             "generation": gen,
             "dpo_step_at_scale": at_scale,
         },
@@ -185,7 +190,40 @@ def run(settings, out_path, keep):
     return results
 
 
-def comparisons(reward, dpo, ppo, gen, at_scale):
+def online_vs_ppo(work, stages):
+    """The online stage beside PPO, as the benchmark's pipeline run trained them: the same SFT policy, prompts and
+    reward models, and (by default) the same number of generated answers. Each one's held-out gain over SFT by the
+    reward models it trained on and by the judges (metrics/compare.json), its KL to SFT on the test prompts, and the
+    stage's wall time and peak memory. Goal: the online stage's judge gain at least PPO's, in at most PPO's time."""
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    compared = json.loads((work / "metrics" / "compare.json").read_text())["models"]
+    online = json.loads((work / "metrics" / "online.json").read_text())
+    ppo = params["ppo"]
+    answers = {
+        "ppo": ppo["epochs"] * ppo["max_steps_per_epoch"] * ppo["batch_size"],
+        "online": online["answers_generated"],
+    }
+    rows = {}
+    for name in ("ppo", "online"):
+        evaluated = json.loads((work / "metrics" / "eval" / f"{name}.json").read_text())
+        rows[name] = {
+            "answers_generated": answers[name],
+            "reward_gain_vs_sft": compared[name]["reward_gain_vs_sft"],
+            "judge_gain_vs_sft": compared[name]["judge_gain_vs_sft"],
+            "kl_to_sft": evaluated["kl_to_reference"],
+            "seconds": stages[name]["seconds"],
+            "peak_rss_mib": stages[name]["peak_rss_mib"],
+            "peak_gpu_mib": stages[name]["peak_gpu_mib"],
+        }
+    rows["online"]["algorithm"] = online["algorithm"]
+    met = (
+        rows["online"]["judge_gain_vs_sft"] >= rows["ppo"]["judge_gain_vs_sft"]
+        and rows["online"]["seconds"] <= rows["ppo"]["seconds"]
+    )
+    return {**rows, "goal": "online judge gain >= PPO's at <= PPO's wall time", "met": met}
+
+
+def comparisons(reward, dpo, ppo, rloo, gen, at_scale):
     from harness import ratio_row
 
     rows = [
@@ -223,6 +261,16 @@ def comparisons(reward, dpo, ppo, gen, at_scale):
             "ppo stage loop",
             "notebook loop (one at a time, caches emptied)",
             agreement=ppo["agreement"],
+        ),
+        ratio_row(
+            "RLOO iteration",
+            "answers/s",
+            rloo["answers"] / rloo["ours_step_s"],
+            rloo["answers"] / rloo["theirs_step_s"],
+            GOALS["rloo"],
+            "online stage, algorithm rloo",
+            "trl RLOOTrainer",
+            agreement=rloo["agreement"],
         ),
         ratio_row(
             "evaluation generation",
@@ -369,6 +417,20 @@ def table(results):
             f"| one DPO step at scale, {a['precision']}, gradient checkpointing "
             f"{'on' if a['checkpointing'] else 'off'}{', LoRA' if a['lora'] else ''} | | {a['peak_mib']:.0f} |"
         )
+    o = results["online_vs_ppo"]
+    lines += [
+        "",
+        "| same SFT policy, prompts, reward models | answers generated | reward gain vs SFT | judge gain vs SFT | "
+        "KL to SFT | seconds | peak RSS MiB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, label in (("ppo", "ppo (trl PPOTrainer)"), ("online", f"online ({o['online']['algorithm']})")):
+        r = o[name]
+        lines.append(
+            f"| {label} | {r['answers_generated']} | {r['reward_gain_vs_sft']:+.3f} | {r['judge_gain_vs_sft']:+.3f} | "
+            f"{r['kl_to_sft']:.3f} | {r['seconds']:.1f} | {r['peak_rss_mib']:.0f} |"
+        )
+    lines.append(f"goal: {o['goal']}: {'met' if o['met'] else 'not met'}")
     d = results["dvc"]
     lines += ["", f"dvc status: {d['status_s']:.2f}s; no-op dvc repro: {d['repro_noop_s']:.2f}s"]
     return "\n".join(lines)

@@ -61,6 +61,10 @@ def test_settings_merge_overrides_nested_keys_only():
 
 @pytest.mark.slow
 @pytest.mark.same_run_only
+def stages_of(results):
+    return results["memory"]["stages"]
+
+
 def test_tiny_benchmark_writes_results_and_table(tmp_path):
     out = tmp_path / "results.json"
     proc = subprocess.run(
@@ -85,17 +89,18 @@ def test_tiny_benchmark_writes_results_and_table(tmp_path):
     native = cpu_has_native_bf16()  # without it, the bf16 rows are skipped, and the results say so
     assert bool(results["skipped"]) is not native
     paths = [c["path"] for c in results["comparisons"]]
-    assert paths[:5] == [
+    assert paths[:6] == [
         "reward-model training",
         "DPO training",
         "DPO training",
         "PPO iteration",
+        "RLOO iteration",
         "evaluation generation",
     ]
-    assert {"hardware efficiency (fp32)", *(["hardware efficiency (bf16)"] if native else [])} == set(paths[5:])
+    assert {"hardware efficiency (fp32)", *(["hardware efficiency (bf16)"] if native else [])} == set(paths[6:])
     for c in results["comparisons"]:
         assert c["ours"] > 0 and c["theirs"] > 0
-    for c in results["comparisons"][3:5]:
+    for c in results["comparisons"][3:6]:
         assert c["ratio"] == pytest.approx(c["ours"] / c["theirs"])
     # Reward and DPO: the median over steps of the per-step ratio on the same batch.
     reward, dpo = results["details"]["reward"], results["details"]["dpo"]
@@ -116,7 +121,17 @@ def test_tiny_benchmark_writes_results_and_table(tmp_path):
     for c in results["comparisons"][:3]:
         assert c["agreement"]["abs_diff"] <= compare.AGREE_TOL
     assert results["comparisons"][3]["agreement"]["max_abs_score_diff"] <= compare.AGREE_TOL
-    assert results["comparisons"][4]["agreement"]["greedy_identical_share"] >= 0.9
+    # RLOO: trl's own lines give our advantages and our loss on a micro-batch of our rollout
+    rloo = results["comparisons"][4]["agreement"]
+    assert rloo["advantages_max_abs_diff"] <= compare.AGREE_TOL and rloo["abs_diff"] <= compare.AGREE_TOL
+    assert rloo["theirs_loss"] != 0  # answers of different prompts: their advantages do not cancel
+    assert results["comparisons"][5]["agreement"]["greedy_identical_share"] >= 0.9
+    # Online RL beside PPO at an equal budget of generated answers, from the same pipeline run.
+    side = results["online_vs_ppo"]
+    assert side["ppo"]["answers_generated"] == side["online"]["answers_generated"] > 0
+    for name in ("ppo", "online"):
+        assert side[name]["seconds"] == stages_of(results)[name]["seconds"] and side[name]["kl_to_sft"] >= 0
+    assert "| online (grpo) |" in proc.stdout
 
     stages = results["memory"]["stages"]
     assert list(stages)[0].startswith(("check_params", "prepare@", "pretrained"))  # stages without inputs from another
@@ -132,12 +147,15 @@ def test_tiny_benchmark_writes_results_and_table(tmp_path):
         "sft",
         "dpo",
         "ppo",
+        "online",
         "merge@sft",
         "merge@ppo",
         "merge@dpo",
+        "merge@online",
         "evaluate@sft",
         "evaluate@ppo",
         "evaluate@dpo",
+        "evaluate@online",
         "compare",
         "report",
     }

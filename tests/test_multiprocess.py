@@ -120,3 +120,25 @@ def test_two_processes_match_one_with_the_same_global_batch(stage, small_data, d
 
     for key in ("train_loss", "val_loss"):
         assert metrics[2][key] == pytest.approx(metrics[1][key], abs=TOLERANCE), (key, metrics)
+
+
+@pytest.mark.slow
+@pytest.mark.same_run_only
+def test_two_processes_take_the_online_step_one_process_takes(small_data, sft_model, reward_model, tmp_path):
+    """Each process samples whole groups of its share of a step's prompts (each group seeded by its place in the
+    step), and the loss is normalised over the whole rollout: two processes train what one does."""
+    metrics = {}
+    for processes in (1, 2):
+        out = tmp_path / f"p{processes}"
+        section = {"max_steps_per_epoch": 3, "prompts_per_step": 2, "warmup_ratio": 0.0, "checkpoint_every": 1}
+        params = write_params(tmp_path / f"params{processes}.yaml", online=section)
+        inputs = ["--params", str(params), "--data", str(small_data), "--sft", str(sft_model / "sft")]
+        inputs += ["--rewards", str(reward_model / "models")]
+        printed = run("online", inputs + outputs("online", out), processes, tmp_path)
+        metrics[processes] = json.loads((out / "metrics.json").read_text())
+        assert printed.count("online (grpo): held-out reward") == 1, printed  # only the main process wrote
+        curve = (out / "live" / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()
+        assert len(curve) == 1 + 3, curve
+    assert metrics[2]["answers_generated"] == metrics[1]["answers_generated"] == 3 * 2 * 4
+    for key in ("train_reward", "kl", "clipfrac", "val_reward_after", "response_length"):
+        assert metrics[2][key] == pytest.approx(metrics[1][key], abs=TOLERANCE), (key, metrics)

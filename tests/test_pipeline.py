@@ -18,13 +18,16 @@ STAGES = [
     "compare",
     "dpo",
     "evaluate@dpo",
+    "evaluate@online",
     "evaluate@ppo",
     "evaluate@sft",
     "judge@helpful",
     "judge@safety",
     "merge@dpo",
+    "merge@online",
     "merge@ppo",
     "merge@sft",
+    "online",
     "ppo",
     "prepare@helpful",
     "prepare@safety",
@@ -34,7 +37,8 @@ STAGES = [
     "reward@safety",
     "sft",
 ]
-EVALUATIONS = ["evaluate@dpo", "evaluate@ppo", "evaluate@sft"]
+EVALUATIONS = ["evaluate@dpo", "evaluate@online", "evaluate@ppo", "evaluate@sft"]
+MODELS = ("sft", "ppo", "dpo", "online")
 
 
 def ran(output, checks=False):
@@ -58,16 +62,19 @@ def structure(repo):
     assert 0.3 < safety["unsafe_prompts"] / safety["rows_kept"] < 0.7
     for name in ("helpful", "safety"):
         assert (repo / "models" / "reward" / name / "reward_model.pth").is_file()
-    evals = {m: json.loads((repo / "metrics" / "eval" / f"{m}.json").read_text()) for m in ("sft", "ppo", "dpo")}
+    evals = {m: json.loads((repo / "metrics" / "eval" / f"{m}.json").read_text()) for m in MODELS}
     assert len({frozenset(flat(e)) for e in evals.values()}) == 1  # one schema for every model
     assert set(evals["sft"]["reward_models"]) == set(evals["sft"]["judges"]) == {"helpful", "safety"}
     assert data["splits"]["judge"] > 0 and safety["splits"]["judge"] > 0  # the judges' split, no other stage's
     for name in ("helpful", "safety"):
         assert (repo / "models" / "judge" / name / "reward_model.pth").is_file()
     compared = json.loads((repo / "metrics" / "compare.json").read_text())
-    assert compared["score"] == "judge" and set(compared["models"]) == {"sft", "ppo", "dpo"}
-    assert set(compared["tests"]) == {"sft vs dpo", "sft vs ppo", "dpo vs ppo"}
-    assert compared["verdict"]["text"] and compared["verdict"]["top"] in ("sft", "ppo", "dpo")
+    assert compared["score"] == "judge" and set(compared["models"]) == set(MODELS)
+    assert len(compared["tests"]) == 6  # each pair of the four models
+    assert compared["verdict"]["text"] and compared["verdict"]["top"] in MODELS
+    # each rule's pass rate for every model, over the prompts it applies to
+    assert set(evals["sft"]["rules"]) == {"number", "ends_turn"}
+    assert evals["sft"]["rules"]["ends_turn"]["n"] == evals["sft"]["n"] > evals["sft"]["rules"]["number"]["n"] > 0
     ppo = json.loads((repo / "metrics" / "ppo.json").read_text())
     assert set(ppo["val_model_scores_after"]) == set(ppo["train_model_scores"]) == {"helpful", "safety"}
     for stage, curves in (
@@ -91,9 +98,29 @@ def structure(repo):
                 "score_safety",
             ],
         ),
+        (
+            "online",
+            [
+                "clipfrac",
+                "group_reward_std",
+                "kl",
+                "loss",
+                "lr",
+                "response_length",
+                "reward",
+                "rule_ends_turn",
+                "rule_number",
+                "score",
+                "score_helpful",
+                "score_safety",
+                "zero_variance_share",
+            ],
+        ),
     ):
         found = sorted(p.stem for p in (repo / "dvclive" / stage / "plots" / "metrics" / "train").iterdir())
-        assert found == curves, (stage, found)
+        if stage == "online":  # a rule's curve has points at the steps whose prompts it applies to, if any
+            found = [c for c in found if c != "rule_number"]
+        assert found == [c for c in curves if c != "rule_number"], (stage, found)
     return evals
 
 
@@ -139,6 +166,11 @@ def test_the_shipped_sample_trains_well_and_only_floating_point_outputs_differ(b
     assert evals["ppo"]["safety_violation_rate_ci"][0] <= evals["sft"]["safety_violation_rate"]
     ppo = json.loads((repo / "metrics" / "ppo.json").read_text())
     assert ppo["val_score_after"] > ppo["val_score_before"]
+    # Online RL raises the held-out reward over SFT, and the end-of-turn rule's pass rate on the test prompts
+    assert evals["online"]["reward_mean"] > evals["sft"]["reward_mean"]
+    assert evals["online"]["rules"]["ends_turn"]["pass_rate"] > evals["sft"]["rules"]["ends_turn"]["pass_rate"]
+    online = json.loads((repo / "metrics" / "online.json").read_text())
+    assert online["val_reward_after"] > online["val_reward_before"] and online["reference_forwards"] > 0
     # The rebuild (committed in the copy as HEAD) differs from the project's dvc.lock (HEAD~1) only in
     # what floating-point kernels make: on another CPU kind, the trained outputs' hashes.
     differing = (
@@ -242,8 +274,8 @@ def test_rebuilt_metrics_agree_with_the_committed_ones(built):
         text=True,
         check=True,
     ).stdout.split()
-    # data/{helpful,safety}, reward/{helpful,safety}, judge/{helpful,safety}, sft, dpo, ppo, eval/*, compare
-    assert len(committed) == 13, committed
+    # data/{helpful,safety}, reward/{helpful,safety}, judge/{helpful,safety}, sft, dpo, ppo, online, eval/*, compare
+    assert len(committed) == 15, committed
     off = []
     for path in committed:
         before = flat(json.loads(git_show(repo, "HEAD~1", path)))
@@ -275,11 +307,14 @@ def test_changing_a_param_reruns_only_its_readers(small_copy):
     judges_and_reward_models = ["judge@helpful", "judge@safety", "reward@helpful", "reward@safety"]
     assert dry_run(small_copy, "reward", "lr", 5e-4) == judges_and_reward_models  # a key they all share
     # one model's own key: that model, and what reads the reward models' params (their names)
-    assert dry_run(small_copy, "reward_models.safety", "epochs", 4) == [*EVALUATIONS, "ppo", "reward@safety"]
+    assert dry_run(small_copy, "reward_models.safety", "epochs", 4) == [*EVALUATIONS, "online", "ppo", "reward@safety"]
     assert dry_run(small_copy, "ppo", "lr", 5e-5) == ["ppo"]
+    assert dry_run(small_copy, "online", "beta", 0.0) == ["online"]
+    # a rule: the online stage's reward and every evaluation's pass rates
+    assert dry_run(small_copy, "rules.number", "kind", "exact") == [*EVALUATIONS, "online"]
     assert dry_run(small_copy, "eval", "batch_size", 16) == EVALUATIONS
     assert dry_run(small_copy, "ppo", "top_p", 0.9) == [*EVALUATIONS, "ppo"]
-    assert dry_run(small_copy, "ppo.reward", "combine", "weighted_sum") == [*EVALUATIONS, "ppo"]
+    assert dry_run(small_copy, "ppo.reward", "combine", "weighted_sum") == [*EVALUATIONS, "online", "ppo"]
     assert dry_run(small_copy, "models", "reward", "bert-base-uncased") == judges_and_reward_models
     # a judge's own key: that judge and the evaluations (which read the judges); nothing that trains a policy
     assert dry_run(small_copy, "judges.safety", "epochs", 4) == [*EVALUATIONS, "judge@safety"]
@@ -294,8 +329,9 @@ def test_changing_a_param_reruns_only_its_readers(small_copy):
 @pytest.mark.same_run_only
 def test_experiment_on_one_reward_models_lr_reruns_it_ppo_and_the_evaluations(built_copy):
     out = dvc(built_copy, "exp", "run", "-n", "safety-lr", "-S", "+reward_models.safety.lr=2e-3")
-    # and merge@ppo, which passes the new PPO policy on to evaluate@ppo; not reward@helpful, sft, dpo
-    assert ran(out) == ["compare", *EVALUATIONS, "merge@ppo", "ppo", "report", "reward@safety"]
+    # and merge@ppo and merge@online, which pass the new policies on to their evaluations; not reward@helpful, sft, dpo
+    trained = ["merge@online", "merge@ppo", "online", "ppo"]
+    assert ran(out) == ["compare", *EVALUATIONS, *trained, "report", "reward@safety"]
     assert json.loads((built_copy / "metrics" / "reward" / "safety.json").read_text())["val_accuracy"] >= 0.9
 
 
@@ -326,14 +362,28 @@ def test_experiment_on_dpo_lr_reruns_exactly_dpo_and_its_evaluation(built_copy):
     assert all(f"metrics/eval/{m}.json" in shown for m in ("sft", "ppo", "dpo"))
 
 
+@pytest.mark.slow
+@pytest.mark.same_run_only
+def test_experiment_on_online_beta_reruns_exactly_online_and_its_evaluation(built_copy):
+    """beta 0: no reference is loaded or run (its forward passes counted: none), and no KL to it is measured."""
+    out = dvc(built_copy, "exp", "run", "-n", "online-beta-0", "-S", "online.beta=0")
+    assert ran(out) == ["compare", "evaluate@online", "merge@online", "online", "report"]
+    online = json.loads((built_copy / "metrics" / "online.json").read_text())
+    assert online["reference_forwards"] == 0 and online["kl"] is None
+    baseline = json.loads(git_show(built_copy, "HEAD", "metrics/online.json"))
+    assert baseline["reference_forwards"] == 24 and baseline["kl"] > 0  # one per step at beta 0.04
+    assert not (built_copy / "dvclive" / "online" / "plots" / "metrics" / "train" / "kl.tsv").exists()
+
+
 def test_plots_show_draws_the_training_curves_offline(small_copy):
     """`dvc plots show` fills the offline template (.dvc/config): Vega inlined, nothing fetched, and every plot's
     spec, drawn by the same Vega (vl-convert), has marks: a line through each curve, the comparison's bars."""
     out = dvc(small_copy, "plots", "show", "-o", "plots_html")
     html = (small_copy / "plots_html" / "index.html").read_text()
-    for stage in ("reward/helpful", "reward/safety", "sft", "dpo", "ppo"):
+    for stage in ("reward/helpful", "reward/safety", "sft", "dpo", "ppo", "online"):
         assert f"dvclive/{stage}/plots/metrics/train/loss.tsv" in html
-        assert f"dvclive/{stage}/plots/metrics/val/loss.tsv" in html or stage == "ppo"  # one point per epoch
+        # one point per epoch; the online stages have none
+        assert f"dvclive/{stage}/plots/metrics/val/loss.tsv" in html or stage in ("ppo", "online")
     assert "Model comparison on the test split" in html
     assert "plots_html" in out
     assert "window.vegaEmbed=" in html and not re.search(r"<script[^>]+src=", html)
@@ -347,7 +397,7 @@ def test_plots_show_draws_the_training_curves_offline(small_copy):
 
 def test_the_report_shows_every_model_and_stage(small_repo):
     repo, printed = small_repo
-    assert "report: report/report.html and report.md (3 models, 9 charts, 8 prompts side by side" in printed
+    assert "report: report/report.html and report.md (4 models, 10 charts, 8 prompts side by side" in printed
     page = (repo / "report" / "report.html").read_text()
     for chart in (
         "comparison",
@@ -356,6 +406,7 @@ def test_the_report_shows_every_model_and_stage(small_repo):
         "curves-sft",
         "curves-dpo",
         "curves-ppo",
+        "curves-online",
     ):
         assert f'<figure id="chart-{chart}"' in page
     assert page.count('<tr class="sample">') == 8
@@ -363,7 +414,7 @@ def test_the_report_shows_every_model_and_stage(small_repo):
 
 def test_bad_input_under_dvc_fails_and_leaves_no_output(repo_copy):
     bad = repo_copy / "data" / "bad.csv"
-    bad.write_text("Question,More_Prefered,Less_Prefered\nWhat?,,No.\n")
+    bad.write_text("Question,More_Prefered,Less_Prefered,Answer\nWhat?,,No.,\n")
     result = subprocess.run(
         [sys.executable, "-m", "dvc", "exp", "run", "prepare@helpful", "-S", "data.helpful.path=data/bad.csv"],
         cwd=repo_copy,
@@ -417,7 +468,7 @@ def test_dvc_exp_run_on_the_conversational_sample_runs_every_stage_with_the_chat
     assert any(r[0] == "system" for r in roles) and all(r[-1] == "user" for r in roles)
     tokenizer = json.loads((small_copy / "models" / "merged" / "sft" / "tokenizer_config.json").read_text())
     assert "<|assistant|>" in tokenizer["chat_template"]
-    for name in ("sft", "dpo", "ppo", "eval/sft", "eval/dpo", "eval/ppo"):
+    for name in ("sft", "dpo", "ppo", "online", "eval/sft", "eval/dpo", "eval/ppo", "eval/online"):
         metrics = flat(json.loads((small_copy / "metrics" / f"{name}.json").read_text()))
         assert metrics and all(v == v for v in metrics.values() if isinstance(v, float)), name  # written, no NaN
     assert json.loads((small_copy / "metrics" / "sft.json").read_text())["fitted"]["question_dropped"] == 0
@@ -441,17 +492,18 @@ def test_a_chat_model_with_lora_and_one_reward_model_on_multi_turn_conversations
     params["ppo"]["reward"].update(
         combine="weighted_sum", weights={"chat": 1.0}, helpfulness=None, safety=None, whiten=False
     )
-    for section in ("sft", "dpo", "ppo", "eval"):
+    for section in ("sft", "dpo", "ppo", "online", "eval"):
         params[section]["data"] = ["chat"]
     params["reward"]["epochs"] = 1
     params["sft"]["epochs"] = 2
     params["dpo"]["epochs"] = 1
     params["ppo"]["max_steps_per_epoch"] = 3
+    params["online"]["max_steps_per_epoch"] = 3
     for section in ("sft", "dpo", "eval"):
         params[section]["max_length"] = 192
-    for section in ("sft", "dpo", "ppo", "eval"):
+    for section in ("sft", "dpo", "ppo", "online", "eval"):
         params[section]["max_prompt_length"] = 160
-    for section in ("sft", "dpo"):
+    for section in ("sft", "dpo", "online"):
         params[section]["lora"]["enabled"] = True
     (repo_copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     printed = dvc(repo_copy, "repro")
@@ -470,7 +522,7 @@ def test_a_chat_model_with_lora_and_one_reward_model_on_multi_turn_conversations
     config = json.loads((repo_copy / "models" / "merged" / "sft" / "config.json").read_text())
     tokenizer = json.loads((repo_copy / "models" / "merged" / "sft" / "tokenizer_config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLM"] and "<|assistant|>" in tokenizer["chat_template"]
-    for name in ("reward/chat", "sft", "dpo", "ppo", "eval/sft", "eval/dpo", "eval/ppo"):
+    for name in ("reward/chat", "sft", "dpo", "ppo", "online", "eval/sft", "eval/dpo", "eval/ppo", "eval/online"):
         metrics = flat(json.loads((repo_copy / "metrics" / f"{name}.json").read_text()))
         assert metrics and all(v == v for v in metrics.values() if isinstance(v, float)), name  # written, no NaN
     evaluated = json.loads((repo_copy / "metrics" / "eval" / "ppo.json").read_text())
@@ -480,8 +532,8 @@ def test_a_chat_model_with_lora_and_one_reward_model_on_multi_turn_conversations
     dpo = json.loads((repo_copy / "metrics" / "dpo.json").read_text())
     assert dpo["val_loss"] < dpo["val_loss_before"]
 
-    # Adapters, not whole models, are the outputs of sft and dpo (sft's preset base beside its adapter).
-    for name in ("sft", "dpo"):
+    # Adapters, not whole models, are the outputs of sft, dpo and online (sft's preset base beside its adapter).
+    for name in ("sft", "dpo", "online"):
         files = {p.name for p in (repo_copy / "models" / name).iterdir()}
         assert {"adapter_config.json", "adapter_model.safetensors"} <= files and "model.safetensors" not in files
     assert (
@@ -492,7 +544,9 @@ def test_a_chat_model_with_lora_and_one_reward_model_on_multi_turn_conversations
     assert "models/dpo" in [o["path"] for o in lock["dpo"]["outs"]]
     assert {"models/dpo", "models/sft"} <= {d["path"] for d in lock["merge@dpo"]["deps"]}
     assert "models/merged/dpo" in {d["path"] for d in lock["evaluate@dpo"]["deps"]}
-    for name in ("sft", "ppo", "dpo"):
+    # online's reference: its policy with the adapter switched off, run at every step
+    assert json.loads((repo_copy / "metrics" / "online.json").read_text())["reference_forwards"] > 0
+    for name in ("sft", "ppo", "dpo", "online"):
         assert (repo_copy / "models" / "merged" / name / "model.safetensors").is_file()
         assert not (repo_copy / "models" / "merged" / name / "adapter_config.json").exists()
 

@@ -34,6 +34,7 @@ REDUCED = {
         "gradient_accumulation_steps": 2,
         "checkpoint_every": 2,
     },
+    "online": {"max_steps_per_epoch": 6, "prompts_per_step": 2, "mini_batch_size": 4, "checkpoint_every": 2},
 }
 ROWS = 240
 OUTPUTS = {
@@ -41,6 +42,7 @@ OUTPUTS = {
     "sft": ["models/sft"],
     "dpo": ["models/dpo"],
     "ppo": ["models/ppo"],
+    "online": ["models/online"],
 }
 
 
@@ -84,9 +86,9 @@ def test_two_clean_runs_give_identical_metrics_and_models(reduced_repo, tmp_path
     repo = private_copy(reduced_repo, tmp_path)
     dvc(repo, "repro", "-f")
     first = metrics_files(reduced_repo)
-    # data/{helpful,safety}, reward/{helpful,safety}, judge/{helpful,safety}, sft, dpo, ppo, eval/{sft,ppo,dpo},
-    # compare: the verdict too is byte for byte the same
-    assert len(first) == 13
+    # data/{helpful,safety}, reward/{helpful,safety}, judge/{helpful,safety}, sft, dpo, ppo, online,
+    # eval/{sft,ppo,dpo,online}, compare: the verdict too is byte for byte the same
+    assert len(first) == 15
     assert metrics_files(repo) == first
     assert (repo / "dvc.lock").read_text() == (reduced_repo / "dvc.lock").read_text()
 
@@ -126,7 +128,7 @@ def kill_when_checkpointed(repo, stage, every):
 
 @pytest.mark.slow
 @pytest.mark.same_run_only
-@pytest.mark.parametrize("stage", ["reward@helpful", "sft", "dpo", "ppo"])
+@pytest.mark.parametrize("stage", ["reward@helpful", "sft", "dpo", "ppo", "online"])
 def test_killed_stage_resumes_from_its_checkpoint(reduced_repo, tmp_path, stage):
     repo = private_copy(reduced_repo, tmp_path)
     step = kill_when_checkpointed(repo, stage, REDUCED[stage.split("@")[0]]["checkpoint_every"])
