@@ -285,7 +285,10 @@ def train_online(trainer, plan, val, cfg, live_dir, checkpoint=None, step_hook=N
         "kl": curves[-1].get("kl"),  # of the last step; null with beta 0
         "clipfrac": over_run("clipfrac"),
         "response_length": over_run("response_length"),
-        "train_rules": {k[len("rule_") :]: over_run(k) for k in curves[-1] if k.startswith("rule_")},
+        # each rule's pass rate over the steps with prompts it applies to
+        "train_rules": {
+            k[len("rule_") :]: over_run(k) for k in sorted({k for c in curves for k in c}) if k.startswith("rule_")
+        },
         # Forward passes of the reference model (0 with beta: 0: none is loaded).
         "reference_forwards": trainer.reference_forwards,
     }

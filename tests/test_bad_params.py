@@ -45,6 +45,34 @@ CASES = {  # id: (section changes, stage, the start of the error after "error: "
     ),
     "fp16 without a GPU": ({"dpo": {"precision": "fp16"}}, "dpo", "!dpo.precision: fp16 needs a CUDA GPU"),
     "top_p above 1": ({"ppo": {"top_p": 1.5}}, "ppo", "ppo.top_p: "),
+    # Verifiable rules: declared in `rules`, weighed by name, a pattern only where the kind reads one.
+    "a weight for an undeclared rule": (
+        {"online": {"reward": {"reward_models": 1.0, "rules": {"numbr": 1.0}}}},
+        "online",
+        "online.reward.rules: unknown rule 'numbr' (did you mean 'number'?)",
+    ),
+    "an unknown rule kind": (
+        {"rules": {"number": {"kind": "python", "pattern": None}}},
+        "online",
+        "rules.number.kind: expected one of 'number', 'exact', 'regex', 'format', got 'python'",
+    ),
+    "a regex rule without a pattern": (
+        {"rules": {"number": {"kind": "regex", "pattern": None}}},
+        "evaluate",
+        "rules.number.pattern: kind regex needs a pattern, got null",
+    ),
+    "a pattern that is not a regular expression": (
+        {"rules": {"number": {"kind": "regex", "pattern": "(unclosed"}}},
+        "online",
+        "rules.number.pattern: not a regular expression (missing ), unterminated subpattern at position 0): "
+        "'(unclosed'",
+    ),
+    "an upper clip below the lower": (
+        {"online": {"epsilon_high": 0.1}},
+        "online",
+        "online.epsilon_high: 0.1 is below online.epsilon (0.2)",
+    ),
+    "one answer per prompt": ({"online": {"num_generations": 1}}, "online", "online.num_generations: "),
     "unknown model preset": (
         {"models": {"policy": "tiny-gpt3"}},
         "sft",
@@ -168,6 +196,22 @@ ARGS = {
         "out/g.jsonl",
         "--plot",
         "out/p.json",
+    ],
+    "online": [
+        "--data",
+        "nowhere",
+        "--sft",
+        "nowhere",
+        "--rewards",
+        "x",
+        "--out",
+        "out/online",
+        "--metrics",
+        "out/m.json",
+        "--live",
+        "out/live",
+        "--checkpoints",
+        "out/ck",
     ],
     "ppo": [
         "--data",
