@@ -12,14 +12,36 @@ from alignkit.textmetrics import bleu, distinct_n, rouge, win_items
 from alignkit.training import progress
 
 
+class RowNoise:
+    """A logits processor that samples each row of a batch from its own seeded generator, so that a row's answer does
+    not depend on which rows share its batch (or its process): after temperature, top-k and top-p (as Hugging Face's
+    sampling applies them), it adds Gumbel noise drawn from the row's torch.Generator, and greedy decoding then picks
+    argmax(scores + Gumbel), a sample of the row's distribution (the Gumbel-max trick)."""
+
+    def __init__(self, seeds, temperature, top_k, top_p):
+        from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+        self.generators = [torch.Generator().manual_seed(s) for s in seeds]
+        self.warpers = [TemperatureLogitsWarper(temperature)]
+        self.warpers += [TopKLogitsWarper(top_k)] if top_k else []
+        self.warpers += [TopPLogitsWarper(top_p)] if top_p < 1 else []
+
+    def __call__(self, input_ids, scores):
+        for warper in self.warpers:
+            scores = warper(input_ids, scores)
+        vocab = scores.shape[-1]
+        uniform = torch.stack([torch.rand(vocab, generator=g) for g in self.generators]).clamp(1e-20, 1 - 1e-7)
+        return scores + (-torch.log(-torch.log(uniform))).to(scores.device, scores.dtype)
+
+
 @torch.no_grad()
-def generate(model, tokenizer, prompts, gen, batch_size, seed, desc, max_prompt_length):
+def generate(model, tokenizer, prompts, gen, batch_size, seed, desc, max_prompt_length, row_seeds=None):
     """Sampled answers, batched with left padding: ([answer text], [answer ids, end-of-turn included if produced]).
 
     gen: temperature, top_p, top_k, max_new_tokens (and do_sample=False for greedy). desc: the progress bar's
-    label (None: no bar). Prompts (Messages) are
-    rendered by Renderer and fitted to max_prompt_tokens (oldest turns dropped first). Seeded, so every model
-    evaluated with the same seed sees the same sampling noise.
+    label (None: no bar). Prompts (Messages) are rendered by Renderer and fitted to max_prompt_tokens (oldest turns
+    dropped first). Seeded, so every model evaluated with the same seed sees the same sampling noise; row_seeds (one
+    per prompt): each answer sampled from its own seeded generator instead (RowNoise), whatever shares its batch.
     """
     torch.manual_seed(seed)
     model.eval()
@@ -32,12 +54,27 @@ def generate(model, tokenizer, prompts, gen, batch_size, seed, desc, max_prompt_
         width = max(map(len, queries))
         input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(q)) + q for q in queries])
         attention_mask = torch.tensor([[0] * (width - len(q)) + [1] * len(q) for q in queries])
+        if row_seeds is None:
+            sampling = {"do_sample": True, **gen}
+        else:
+            from transformers import LogitsProcessorList
+
+            noise = RowNoise(row_seeds[start : start + batch_size], gen["temperature"], gen["top_k"], gen["top_p"])
+            sampling = {
+                "do_sample": False,  # greedy over the noised scores: each row's own sample
+                "max_new_tokens": gen["max_new_tokens"],
+                "logits_processor": LogitsProcessorList([noise]),
+                # the model's own generation config must not add sampling settings of its own
+                "temperature": None,
+                "top_p": None,
+                "top_k": None,
+            }
         out = model.generate(
             input_ids=input_ids.to(model.device),
             attention_mask=attention_mask.to(model.device),
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=renderer.stop_ids,
-            **{"do_sample": True, **gen},
+            **sampling,
         )
         for row in out[:, width:].tolist():
             stop = next((i for i, t in enumerate(row) if t in renderer.stop_ids), None)

@@ -11,8 +11,8 @@ Log-probs are those of logits / temperature, the distribution the answers were s
 reference is loaded or run (metrics' reference_forwards counts its forward passes). Under `accelerate launch`
 each process samples and scores whole groups of its share of the step's prompts, and the loss is normalised
 over the whole rollout (every process's answers and tokens), so P processes take the step one process would.
-Sampling is seeded per prompt (seed, step, the prompt's place in the step), so it does not depend on which
-process samples it.
+Each answer is sampled from a generator of its own, seeded by the step and its place in it (evaluation.RowNoise),
+so it does not depend on which process samples it or on what shares its batch.
 """
 
 import copy
@@ -59,14 +59,19 @@ def ended_turn(ids, stop_ids):
     return [len(a) > 0 and a[-1] in stop_ids for a in ids]
 
 
-def sample_group(model, tokenizer, pair, cfg, seed, budget):
-    """num_generations answers to one pair's prompt, sampled in one batch seeded with `seed`:
-    ([text], [answer ids], [ended its turn], [prompt ids])."""
+def sample_groups(model, tokenizer, pairs, seeds, cfg, budget):
+    """num_generations answers to each of `pairs`, in one batch, grouped (answer j of pair i at row i * G + j), each
+    answer sampled from its own generator (seeds: one per pair; answer j's is seed * G + j), so it does not depend
+    on the rest of the batch: ([text], [answer ids], [ended its turn], [prompt ids])."""
     group = cfg.num_generations
-    prompts = [pair.prompt] * group
-    texts, ids = generate(model, tokenizer, prompts, generation(cfg), group, seed, None, cfg.max_prompt_length)
+    prompts = [p.prompt for p in pairs for _ in range(group)]
+    row_seeds = [seed * group + j for seed in seeds for j in range(group)]
+    texts, ids = generate(
+        model, tokenizer, prompts, generation(cfg), len(prompts), 0, None, cfg.max_prompt_length, row_seeds
+    )
     renderer = Renderer(tokenizer)
-    return texts, ids, ended_turn(ids, renderer.stop_ids), [renderer.fit_prompt(pair.prompt, budget)[0]] * group
+    prompt_ids = [renderer.fit_prompt(p.prompt, budget)[0] for p in pairs for _ in range(group)]
+    return texts, ids, ended_turn(ids, renderer.stop_ids), prompt_ids
 
 
 def token_logps(model, batch, temperature):
@@ -121,10 +126,10 @@ class OnlineTrainer:
         cfg, acc = self.cfg, self.accelerator
         mine = list(range(acc.process_index, len(pairs), acc.num_processes))
         model = acc.unwrap_model(self.model)
-        texts, ids, ended, prompts = [], [], [], []
-        for i in mine:  # each prompt's group seeded by its place in the step, on whichever process samples it
-            t, a, e, p = sample_group(model, self.tokenizer, pairs[i], cfg, self._seed(step, i), self.budget)
-            texts, ids, ended, prompts = texts + t, ids + a, ended + e, prompts + p
+        # each answer seeded by the step and its prompt's place in it, on whichever process samples it
+        texts, ids, ended, prompts = sample_groups(
+            model, self.tokenizer, [pairs[i] for i in mine], [self._seed(step, i) for i in mine], cfg, self.budget
+        )
         model.train()
         group = [pairs[i] for i in mine for _ in range(cfg.num_generations)]
         rewards, parts = self.rewards(group, texts, ended)
