@@ -145,9 +145,15 @@ def scored(prefix, models, combined, raw, ref_combined, ref_raw, same_as_referen
     }
 
 
+def ended_turn(ids, stop_ids):
+    """Per answer (its ids, as generate returns them), whether it ends with an end-of-turn or EOS: it stopped within
+    the token limit instead of running on."""
+    return [len(a) > 0 and a[-1] in stop_ids for a in ids]
+
+
 def rule_passes(rules, pairs, answers, answer_ids, tokenizer):
     """{rule: [True/False/None per answer]} (None: the rule does not apply to that prompt), for verifiable.Rules."""
-    ended = [len(a) > 0 and a[-1] in Renderer(tokenizer).stop_ids for a in answer_ids]
+    ended = ended_turn(answer_ids, Renderer(tokenizer).stop_ids)
     return rules.check(answers, [p.answer for p in pairs], ended)
 
 

@@ -21,7 +21,7 @@ from contextlib import nullcontext
 import torch
 
 from alignkit.conversation import Renderer
-from alignkit.evaluation import generate
+from alignkit.evaluation import ended_turn, generate
 from alignkit.loop import TrainingRun
 from alignkit.losses import aggregate, clipped_objective, group_advantages, k3_kl, rloo_advantages
 from alignkit.policy import answer_token_logps, collate, max_prompt_tokens
@@ -52,11 +52,6 @@ class Rewards:
 def generation(cfg):
     """The sampling settings of the online params section."""
     return {k: getattr(cfg, k) for k in ("temperature", "top_p", "top_k", "max_new_tokens")}
-
-
-def ended_turn(ids, stop_ids):
-    """Per answer (its ids), whether it ends with an end-of-turn or EOS: it stopped within the token limit."""
-    return [len(a) > 0 and a[-1] in stop_ids for a in ids]
 
 
 def sample_groups(model, tokenizer, pairs, seeds, cfg, budget):
