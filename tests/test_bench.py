@@ -4,6 +4,7 @@ Timings are reported by the benchmark, never asserted here.
 """
 
 import json
+import math
 import subprocess
 import sys
 
@@ -59,12 +60,12 @@ def test_settings_merge_overrides_nested_keys_only():
     assert merge(base, {"at_scale": {"pairs": 8}}) == {"warmup": 2, "at_scale": {"pairs": 8, "seq_len": 256}}
 
 
-@pytest.mark.slow
-@pytest.mark.same_run_only
 def stages_of(results):
     return results["memory"]["stages"]
 
 
+@pytest.mark.slow
+@pytest.mark.same_run_only
 def test_tiny_benchmark_writes_results_and_table(tmp_path):
     out = tmp_path / "results.json"
     proc = subprocess.run(
@@ -130,7 +131,8 @@ def test_tiny_benchmark_writes_results_and_table(tmp_path):
     side = results["online_vs_ppo"]
     assert side["ppo"]["answers_generated"] == side["online"]["answers_generated"] > 0
     for name in ("ppo", "online"):
-        assert side[name]["seconds"] == stages_of(results)[name]["seconds"] and side[name]["kl_to_sft"] >= 0
+        # the KL is a mean of sampled log-ratios: an estimate, which a short run can leave just below 0
+        assert side[name]["seconds"] == stages_of(results)[name]["seconds"] and math.isfinite(side[name]["kl_to_sft"])
     assert "| online (grpo) |" in proc.stdout
 
     stages = results["memory"]["stages"]

@@ -9,6 +9,7 @@ from alignkit.conversation import as_text, from_json
 from tests.conftest import stage_main, write_params
 
 SCHEMA = {
+    "rules",
     "n",
     "n_unsafe",
     "n_pairs",
@@ -111,6 +112,10 @@ def test_metrics_schema_and_ranges(evaluated):
     assert metrics["judge_mean"] == pytest.approx(metrics["reward_mean"], abs=1e-6)
     assert metrics["judges"]["helpful"]["mean_ci"] == pytest.approx(per_model["helpful"]["mean_ci"])
     assert metrics["mean_length"] > 2
+    # each verifiable rule over the prompts it applies to: ends_turn all of them, number those with an expected answer
+    rules = metrics["rules"]
+    assert set(rules) == {"number", "ends_turn"} and rules["ends_turn"]["n"] == TEST_ROWS > rules["number"]["n"]
+    assert 0 <= rules["ends_turn"]["pass_rate"] <= 1 and len(rules["ends_turn"]["pass_rate_ci"]) == 2
 
 
 def test_every_mean_has_its_interval_around_it(evaluated):
@@ -146,6 +151,7 @@ def test_generations_are_readable_and_match_the_reward(evaluated, cut_root):
         "judge",
         "judge_scores",
         "violation",
+        "rules",
         "kl",
     }
     assert all(r["set"] == "helpful" and r["violation"] is None and r["kl"] == 0.0 for r in rows)
@@ -155,5 +161,9 @@ def test_generations_are_readable_and_match_the_reward(evaluated, cut_root):
     metrics = json.loads((evaluated / "sft.json").read_text())
     assert sum(r["reward"] for r in rows) / len(rows) == pytest.approx(metrics["reward_mean"], abs=1e-3)
     plot = json.loads((evaluated / "plot.json").read_text())
-    assert {p["model"] for p in plot} == {"sft"} and {p["metric"] for p in plot} <= SCHEMA | {"reward_helpful"}
+    plotted = SCHEMA | {"reward_helpful", "rule_ends_turn", "rule_number"}
+    assert {p["model"] for p in plot} == {"sft"} and {p["metric"] for p in plot} <= plotted
+    # a generation's rules: true or false, or null for a rule that needs an expected answer the prompt lacks
+    assert all(set(r["rules"]) == {"number", "ends_turn"} and r["rules"]["ends_turn"] is not None for r in rows)
+    assert {r["rules"]["number"] is None for r in rows} == {True, False}
     assert sum(r["judge"] for r in rows) / len(rows) == pytest.approx(metrics["judge_mean"], abs=1e-3)

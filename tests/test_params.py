@@ -478,7 +478,7 @@ def test_changing_one_reward_models_key_reruns_only_that_model(tmp_path):
         for name, stage in stages.items()
         if any(p == "reward_models" for p in stage.get("do", stage).get("params", []))
     }
-    assert readers == {"ppo", "evaluate"}  # the names of the models, which they score with
+    assert readers == {"ppo", "online", "evaluate"}  # the names of the models, which they score with
 
 
 def test_dvc_repro_refuses_a_misspelt_key_that_no_stage_reads(repo_copy):
