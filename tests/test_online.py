@@ -57,6 +57,7 @@ def run_online(sft_model, reward_model, prepared_root, out, **online):
     return json.loads((out / "m.json").read_text()), rollouts
 
 
+@pytest.mark.slow
 def test_a_short_grpo_run_and_an_rloo_run_without_a_reference(
     sft_model, reward_model, prepared_root, tmp_path, monkeypatch
 ):

@@ -301,6 +301,7 @@ def dry_run(repo, section, key, value):
         subprocess.run(["git", "checkout", "params.yaml"], cwd=repo, check=True)
 
 
+@pytest.mark.slow
 def test_changing_a_param_reruns_only_its_readers(small_copy):
     """`repro --dry` lists the stages whose own inputs changed; the stages downstream of them
     rerun as their inputs change (the experiment test below shows evaluate@dpo following dpo)."""
