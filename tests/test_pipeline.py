@@ -187,9 +187,9 @@ def test_the_shipped_sample_trains_well_and_only_floating_point_outputs_differ(b
 # directory holds its weights and score statistics as well as its tokenizer and config; ppo and evaluate depend on
 # models/reward, the directory of all of them.
 FLOAT_MADE = re.compile(
-    r"^(models/(reward(/[^/]+)?|judge(/[^/]+)?|sft|dpo|ppo|merged/(sft|dpo|ppo))|generations(/.+)?"
+    r"^(models/(reward(/[^/]+)?|judge(/[^/]+)?|sft|dpo|ppo|online|merged/(sft|dpo|ppo|online))|generations(/.+)?"
     r"|dvclive(/.+/plots/metrics)?|plots/eval/.+|metrics/eval"
-    r"|metrics(/(reward/[^/]+|judge/[^/]+|sft|dpo|ppo|eval/.+|compare)\.json)?|report)$"
+    r"|metrics(/(reward/[^/]+|judge/[^/]+|sft|dpo|ppo|online|eval/.+|compare)\.json)?|report)$"
 )
 
 # Rebuilt metrics agree with the committed ones within these tolerances (docs/reliability.md, "Reproducible"):

@@ -273,7 +273,7 @@ def test_one_lora_sft_and_one_lora_dpo_step_on_smollm2_then_the_merged_model_ans
     params["data"] = {
         "helpful": {**PROFILE["data"]["helpful"], "path": str(REPO / "data/sample/preferences.csv"), "max_rows": 24}
     }
-    for section in ("sft", "dpo", "ppo", "eval"):
+    for section in ("sft", "dpo", "ppo", "online", "eval"):
         params[section] = {**PROFILE[section], "data": ["helpful"]}
     params["reward_models"] = {"helpful": {"data": "helpful", "encoder": None}}
     params["judges"] = {"helpful": {"data": "helpful", "encoder": None}}  # one judge per reward model
