@@ -12,7 +12,6 @@ import statistics
 import tempfile
 from contextlib import nullcontext
 from pathlib import Path
-from types import SimpleNamespace
 
 import peers
 import torch
@@ -468,24 +467,12 @@ def dpo_step_profile(work, precision, warmup, model, pairs, seq_len, top=15, **_
 # ---------------------------------------------------------------- online RL: RLOO
 
 
-def _trl_lines(method, first, last):
-    """The lines of a trl method from the one that reads `first` to the one that reads `last`, dedented: trl's own
-    code, run on our numbers."""
-    import inspect
-    import textwrap
-
-    lines = inspect.getsource(method).splitlines()
-    start = next(i for i, line in enumerate(lines) if line.strip() == first)
-    end = next(i for i, line in enumerate(lines) if line.strip() == last)
-    return textwrap.dedent("\n".join(lines[start : end + 1]))
-
-
 def rloo(work, precision, warmup, repeats, **_):
     """One RLOO iteration (sample k answers to each of B prompts, score, advantages, one optimizer step): the online
     stage's against trl 0.11.4's RLOOTrainer, on the same SFT policy, prompts and reward models, the same k and the
     same sampling (temperature, top_p 1, top_k 0, max_new_tokens as trl's response_length; trl samples every answer to
-    its full length, as it does). First, on one of our rollouts, trl's own lines give the same advantages and the same
-    loss on a micro-batch as ours."""
+    its full length, as it does). First, on one of our rollouts, trl's lines (transcribed in peers.py, checked against
+    trl's source as text) give the same advantages and the same loss on a micro-batch as ours."""
     import time
 
     import datasets
@@ -534,40 +521,24 @@ def rloo(work, precision, warmup, repeats, **_):
     ref_logprobs = torch.cat([r for r in roll["ref"]])
     # trl's layout: answer j of prompt p at row j * B + p; ours p * k + j
     order = [p * k + j for j in range(k) for p in range(prompts_per_step)]
-    names = {
-        "logprobs": logprobs[order],
-        "ref_logprobs": ref_logprobs[order],
-        "scores": roll["rewards"][order],
-        "args": SimpleNamespace(kl_coef=cfg.beta, rloo_k=k),
-    }
-    exec(
-        _trl_lines(RLOOTrainer.train, "kl = logprobs - ref_logprobs", "advantages = advantages.flatten()"),
-        {"torch": torch},
-        names,
-    )
+    if not peers.trl_rloo_source_matches():
+        raise AssertionError("trl's RLOOTrainer.train no longer holds the lines bench/peers.py transcribes")
+    theirs = peers.trl_rloo_advantages(logprobs[order], ref_logprobs[order], roll["rewards"][order], cfg.beta, k)
     back = [order.index(i) for i in range(len(order))]
-    advantages_diff = (names["advantages"][back] - roll["advantages"].cpu()).abs().max().item()
+    theirs = theirs[back]  # back in our order
+    advantages_diff = (theirs - roll["advantages"].cpu()).abs().max().item()
     mask = roll["batches"][0]["loss_mask"][:, 1:]
     rows = [p * k for p in range(prompts_per_step)]  # a micro-batch: each prompt's first answer; ratio 1
-    new = token_mb = logprobs[rows]
-    mb = {
-        "new_logprobs": new.masked_fill(~mask[rows], trl_rloo.INVALID_LOGPROB),
-        "mb_logprobs": new.masked_fill(~mask[rows], trl_rloo.INVALID_LOGPROB),
-        "mb_advantage": names["advantages"][back][rows],
-        "args": SimpleNamespace(cliprange=cfg.epsilon),
-    }
-    exec(
-        _trl_lines(RLOOTrainer.train, "new_ratio = (new_logprobs - mb_logprobs).exp()", "pg_loss = pg_loss_max.mean()"),
-        {"torch": torch},
-        mb,
-    )
+    token_mb = logprobs[rows]
+    padded = token_mb.masked_fill(~mask[rows], trl_rloo.INVALID_LOGPROB)
+    theirs_loss = peers.trl_rloo_pg_loss(padded, padded, theirs[rows], cfg.epsilon).item()
     losses, _ = clipped_objective(token_mb, token_mb, roll["advantages"].cpu()[rows], cfg.epsilon, cfg.epsilon_high)
     our_loss = aggregate(losses, mask[rows], "grpo", cfg.max_new_tokens).item()
     agreement = {
         "advantages_max_abs_diff": advantages_diff,
         "ours_loss": our_loss,
-        "theirs_loss": mb["pg_loss"].item(),
-        "abs_diff": abs(our_loss - mb["pg_loss"].item()),
+        "theirs_loss": theirs_loss,
+        "abs_diff": abs(our_loss - theirs_loss),
     }
     if advantages_diff > AGREE_TOL or agreement["abs_diff"] > AGREE_TOL:
         raise AssertionError(f"RLOO: ours and trl's RLOOTrainer disagree: {agreement}")

@@ -242,3 +242,69 @@ def generate_one_at_a_time(model, tokenizer, questions, gen, max_prompt):
         )
         texts.append(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip())
     return texts
+
+
+# ---------------------------------------------------------------- trl 0.11.4's RLOOTrainer, transcribed
+
+# The lines of RLOOTrainer.train that these two functions transcribe, as trl 0.11.4 ships them (compared as text
+# with trl's source by trl_rloo_source_matches, never executed).
+TRL_RLOO_ADVANTAGES = (
+    "kl = logprobs - ref_logprobs",
+    "non_score_reward = (-args.kl_coef * kl).sum(1)",
+    "rlhf_reward = scores + non_score_reward",
+    "rlhf_reward = rlhf_reward.reshape(args.rloo_k, -1)",
+    "baseline = (rlhf_reward.sum(0) - rlhf_reward) / (args.rloo_k - 1)",
+    "advantages = rlhf_reward - baseline",
+    "advantages = advantages.flatten()",
+)
+TRL_RLOO_PG_LOSS = (
+    "new_logprobs = new_logprobs.sum(1)",
+    "mb_logprobs = mb_logprobs.sum(1)",
+    "logprobs_diff = new_logprobs - mb_logprobs",
+    "ratio = torch.exp(logprobs_diff)",
+    "pg_losses = -mb_advantage * ratio",
+    "pg_losses2 = -mb_advantage * torch.clamp(ratio, 1.0 - args.cliprange, 1.0 + args.cliprange)",
+    "pg_loss_max = torch.max(pg_losses, pg_losses2)",
+    "pg_loss = pg_loss_max.mean()",
+)
+
+
+def trl_rloo_source_matches():
+    """Whether trl's installed RLOOTrainer.train still holds the transcribed lines, each block in order (comments and
+    blank lines between them aside)."""
+    import inspect
+
+    from trl import RLOOTrainer
+
+    code = [line.strip() for line in inspect.getsource(RLOOTrainer.train).splitlines()]
+    code = [line for line in code if line and not line.startswith("#")]
+
+    def holds(block):
+        return any(code[i : i + len(block)] == list(block) for i in range(len(code)))
+
+    return holds(TRL_RLOO_ADVANTAGES) and holds(TRL_RLOO_PG_LOSS)
+
+
+def trl_rloo_advantages(logprobs, ref_logprobs, scores, kl_coef, rloo_k):
+    """TRL_RLOO_ADVANTAGES: rows in trl's order (answer j of prompt p at row j * B + p); (N, T) log-probs, (N,)
+    scores -> (N,) advantages."""
+    kl = logprobs - ref_logprobs
+    non_score_reward = (-kl_coef * kl).sum(1)
+    rlhf_reward = scores + non_score_reward
+    rlhf_reward = rlhf_reward.reshape(rloo_k, -1)
+    baseline = (rlhf_reward.sum(0) - rlhf_reward) / (rloo_k - 1)
+    advantages = rlhf_reward - baseline
+    return advantages.flatten()
+
+
+def trl_rloo_pg_loss(new_logprobs, mb_logprobs, mb_advantage, cliprange):
+    """TRL_RLOO_PG_LOSS: a micro-batch's policy loss from (n, T) per-token log-probs (padding filled with trl's
+    INVALID_LOGPROB) and (n,) advantages, with the sequence-level ratio trl takes."""
+    new_logprobs = new_logprobs.sum(1)
+    mb_logprobs = mb_logprobs.sum(1)
+    logprobs_diff = new_logprobs - mb_logprobs
+    ratio = torch.exp(logprobs_diff)
+    pg_losses = -mb_advantage * ratio
+    pg_losses2 = -mb_advantage * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
+    pg_loss_max = torch.max(pg_losses, pg_losses2)
+    return pg_loss_max.mean()

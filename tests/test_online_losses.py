@@ -1,14 +1,17 @@
-"""GRPO and RLOO as pure functions, on tensors worked out by hand; RLOO against trl 0.11.4's own lines."""
+"""GRPO and RLOO as pure functions, on tensors worked out by hand; RLOO against trl 0.11.4's lines (bench/peers.py
+transcribes them and checks them against trl's source as text)."""
 
-import inspect
 import math
-import textwrap
-from types import SimpleNamespace
+import sys
 
 import pytest
 import torch
 
 from alignkit.losses import aggregate, clipped_objective, group_advantages, k3_kl, rloo_advantages
+from tests.conftest import REPO
+
+sys.path.insert(0, str(REPO / "bench"))
+import peers  # noqa: E402
 
 EPS = 1e-4  # group_advantages' default
 
@@ -38,17 +41,6 @@ def test_rloo_advantages_leave_one_out():
     assert a.tolist() == [-4.0, -1.0, 5.0]
 
 
-def trl_rloo_block():
-    """The lines of trl 0.11.4's RLOOTrainer.train that turn scores and log-probs into advantages, as trl ships
-    them: from `kl = logprobs - ref_logprobs` to `advantages = advantages.flatten()`."""
-    from trl import RLOOTrainer
-
-    lines = inspect.getsource(RLOOTrainer.train).splitlines()
-    start = next(i for i, line in enumerate(lines) if line.strip() == "kl = logprobs - ref_logprobs")
-    end = next(i for i, line in enumerate(lines) if line.strip() == "advantages = advantages.flatten()")
-    return textwrap.dedent("\n".join(lines[start : end + 1]))
-
-
 def test_rloo_advantages_equal_trl_rloo_trainers():
     """trl repeats the batch of B prompts k times (row j*B + p: prompt p's j-th answer) and puts the KL, summed over
     the answer, into the reward with kl_coef; our groups are contiguous (row p*k + j). Same numbers either way."""
@@ -56,10 +48,8 @@ def test_rloo_advantages_equal_trl_rloo_trainers():
     prompts, k, tokens, beta = 3, 4, 5, 0.05
     scores = torch.randn(prompts * k)
     logprobs, ref_logprobs = -torch.rand(prompts * k, tokens) * 3, -torch.rand(prompts * k, tokens) * 3
-    names = {"logprobs": logprobs, "ref_logprobs": ref_logprobs, "scores": scores}
-    names["args"] = SimpleNamespace(kl_coef=beta, rloo_k=k)
-    exec(trl_rloo_block(), {"torch": torch}, names)
-    theirs = names["advantages"]  # trl's row order: answer j of prompt p at j * B + p
+    assert peers.trl_rloo_source_matches()  # the transcription is trl 0.11.4's code, line for line
+    theirs = peers.trl_rloo_advantages(logprobs, ref_logprobs, scores, beta, k)  # trl's order: row j * B + p
     order = [j * prompts + p for p in range(prompts) for j in range(k)]  # ours: p * k + j
     ours = rloo_advantages(scores[order], (logprobs - ref_logprobs).sum(1)[order], beta, k)
     assert torch.allclose(ours, theirs[order], atol=1e-6)
