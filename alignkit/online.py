@@ -69,11 +69,6 @@ def sample_groups(model, tokenizer, pairs, seeds, cfg, budget):
     return texts, ids, ended_turn(ids, renderer.stop_ids), prompt_ids
 
 
-def token_logps(model, batch, temperature):
-    """(B, T-1) per-token log-probs at temperature, 0 off the answer tokens."""
-    return answer_token_logps(model, batch, temperature)
-
-
 def chunks(n, size):
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
@@ -101,7 +96,7 @@ class OnlineTrainer:
         )
 
     def _logps(self, model, batches):
-        return [token_logps(model, b, self.cfg.temperature) for b in batches]
+        return [answer_token_logps(model, b, self.cfg.temperature) for b in batches]
 
     @torch.no_grad()
     def _frozen_logps(self, batches, reference):
@@ -180,7 +175,7 @@ class OnlineTrainer:
                 last = k == len(masks) - 1
                 with acc.no_sync(self.model) if not last else nullcontext():
                     with acc.autocast():
-                        logps = token_logps(self.model, batch, cfg.temperature)
+                        logps = answer_token_logps(self.model, batch, cfg.temperature)
                     old = roll["old"][k] if roll["old"] is not None else logps.detach()
                     losses, clipped = clipped_objective(logps, old, advantages, cfg.epsilon, cfg.epsilon_high)
                     if cfg.beta and cfg.algorithm == "grpo":
