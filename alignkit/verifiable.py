@@ -86,12 +86,3 @@ class Rules:
         for name, weight in weights.items():
             total += weight * torch.tensor([float(bool(p)) for p in passed[name]])
         return total
-
-    @staticmethod
-    def pass_rates(passed):
-        """{name: the share of the answers it applies to that pass it (None: it applies to none)}."""
-        out = {}
-        for name, values in passed.items():
-            counted = [v for v in values if v is not None]
-            out[name] = sum(counted) / len(counted) if counted else None
-        return out
