@@ -38,7 +38,11 @@ SCHEMAS = {
     # conversation so far, chosen and rejected the assistant's turn. Implicit prompt: chosen and rejected hold
     # whole conversations; the prompt is their shared opening (a prompt column, if any, is not read).
     "conversational": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"},
+    # Unpaired feedback (KTO; trl's unpaired preference format): a prompt, one completion and a label, true where
+    # the completion is desirable (thumbs up). Prompt and completion cells may hold text or lists of messages.
+    "unpaired": {"prompt": "prompt", "completion": "completion", "label": "label"},
 }
+PAIR_PARTS, FEEDBACK_PARTS = ("chosen", "rejected"), ("completion", "label")
 HH_TURN = "\n\nAssistant:"
 # Cell texts that mean "no value" in files written by pandas, spreadsheets and databases.
 NA_STRINGS = {"nan", "NaN", "NAN", "-nan", "null", "NULL", "<NA>", "#N/A"}
@@ -61,6 +65,8 @@ BAD_ROW_REASONS = (
     "bad_role",  # a role other than system, user, assistant
     "empty_turn",  # a message with empty content
     "bad_turn_order",  # turns that do not alternate, a prompt not ending with the user, an answer not one turn
+    # unpaired feedback:
+    "bad_label",  # a label that is not true or false
 )
 
 
@@ -82,6 +88,44 @@ class Pair:
     unsafe: bool = False  # the prompt asks for something to decline (data.<set>.columns.unsafe)
     source: str = ""  # the data set it was prepared in (read_sets sets it; not written to the splits)
     answer: str = ""  # the expected answer that verifiable rules check (data.<set>.columns.answer); "": none
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """One unpaired answer with a thumbs up or down (schema unpaired): what KTO learns from."""
+
+    prompt: tuple  # of conversation.Message, ending with a user turn
+    completion: str
+    desirable: bool  # the label: true, a desirable answer
+    row: int
+    unsafe: bool = False
+    source: str = ""
+
+
+def unpair(pairs):
+    """Preference pairs as 2n unpaired examples: each chosen answer desirable, each rejected one not."""
+    return [
+        Feedback(p.prompt, answer, desirable, p.row, p.unsafe, p.source)
+        for p in pairs
+        for answer, desirable in ((p.chosen, True), (p.rejected, False))
+    ]
+
+
+def feedback_pairs(items):
+    """Preference pairs from unpaired feedback: in each prompt's examples, every undesirable answer against a
+    desirable one (taken in turn); pairs among items pass through. Prompts with one kind of answer give none."""
+    pairs, groups = [], {}
+    for item in items:
+        if isinstance(item, Pair):
+            pairs.append(item)
+        else:
+            groups.setdefault(item.prompt, ([], []))[0 if item.desirable else 1].append(item)
+    for good, bad in groups.values():
+        for k, b in enumerate(bad if good else []):
+            g = good[k % len(good)]
+            if g.completion != b.completion:
+                pairs.append(Pair(g.prompt, g.completion, b.completion, b.row, b.unsafe, b.source))
+    return pairs
 
 
 def where(path, rec, column=None):
@@ -234,7 +278,8 @@ def resolve_columns(path, columns, schema, mapping, key="data", records=()):
     def layout(name):
         if name == "hh" and "prompt" in mapped:
             return None
-        out = {**SCHEMAS[name], **mapped}
+        other = PAIR_PARTS if name == "unpaired" else FEEDBACK_PARTS  # the other kind's parts are not read
+        out = {**SCHEMAS[name], **{part: c for part, c in mapped.items() if part not in other}}
         if name == "conversational" and "prompt" not in mapped and out["prompt"] not in columns:
             del out["prompt"]  # the implicit prompt: chosen and rejected share it
         return out
@@ -247,7 +292,7 @@ def resolve_columns(path, columns, schema, mapping, key="data", records=()):
         fitting = [name for name in SCHEMAS if layout(name) and set(layout(name).values()) <= set(columns)]
         if fitting:
             name = fitting[0]
-            if name != "reference" and _holds_messages(records, layout(name)["chosen"]):
+            if name not in ("reference", "unpaired") and _holds_messages(records, layout(name)["chosen"]):
                 name = "conversational"
             return name, {**layout(name), **({"unsafe": True} if every_unsafe else {})}
         # The closest schema is the one most of whose columns are present or nearly so.
@@ -562,6 +607,53 @@ def conversation_pair(path, rec, layout, max_chars, unsafe):
     return Pair(prompt, chosen[0].content, rejected[0].content, rec.row, unsafe)
 
 
+def _turn_text(path, rec, column, role):
+    """A cell holding text, or a list of messages: (messages, their text) -- one user question or a conversation
+    ending with the user (role user), or one assistant answer (role assistant)."""
+    value = rec.values.get(column)
+    if isinstance(value, str) and not value.lstrip().startswith("["):
+        text = cell_text(path, rec, column)
+        return (single_turn(text) if role == "user" else (Message("assistant", text),)), [text]
+    messages = cell_messages(path, rec, column)
+    if role == "user" and messages[-1].role != "user":
+        raise BadRow("bad_turn_order", f"{where(path, rec, column)}: the prompt does not end with a user turn")
+    if role == "assistant" and [m.role for m in messages] != ["assistant"]:
+        got = " > ".join(m.role for m in messages)[:60]
+        raise BadRow("bad_turn_order", f"{where(path, rec, column)}: expected one assistant turn, got {got}")
+    return messages, [m.content for m in messages]
+
+
+def row_feedback(path, layout, rec, max_chars):
+    """One record of the unpaired schema -> Feedback, or BadRow."""
+    column = layout.get("unsafe")
+    unsafe = column is True or (column is not None and unsafe_flag(path, rec, column))
+    prompt, texts = _turn_text(path, rec, layout["prompt"], "user")
+    if "system" in layout and prompt[0].role != "system":
+        try:
+            prompt = (Message("system", cell_text(path, rec, layout["system"])),) + prompt
+        except BadRow as bad:
+            if bad.reason != "empty_cell":  # a system prompt is optional
+                raise
+    answer, answer_texts = _turn_text(path, rec, layout["completion"], "assistant")
+    for part, text in [("prompt", t) for t in texts] + [("completion", t) for t in answer_texts]:
+        if len(text) > max_chars:
+            raise BadRow(
+                "too_long",
+                f"{where(path, rec, layout[part])}: text of {len(text)} characters is longer than "
+                f"prepare.max_chars={max_chars}",
+            )
+    value = rec.values.get(layout["label"])
+    if _empty(value):
+        raise BadRow("empty_cell", f"{where(path, rec, layout['label'])}: missing value")
+    try:
+        desirable = _as_kind_of(value.decode("utf-8") if isinstance(value, bytes) else value, True)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRow(
+            "bad_label", f"{where(path, rec, layout['label'])}: expected true or false, got {show(value)}"
+        ) from None
+    return Feedback(prompt, answer[0].content, desirable, rec.row, unsafe)
+
+
 def unsafe_flag(path, rec, column):
     """The unsafe mark of a row: a boolean, 0/1, or true/false/yes/no/1/0 text; BadRow otherwise."""
     value = rec.values.get(column)
@@ -574,15 +666,19 @@ def unsafe_flag(path, rec, column):
 
 
 def to_pairs(path, schema, layout, records, cfg):
-    """Validate records into Pairs; return (pairs, Counter of dropped rows by reason).
+    """Validate records into Pairs (Feedback with schema unpaired); return (them, Counter of dropped rows by reason).
 
     cfg: the `prepare` params (max_chars, on_bad_row, max_drop_fraction). With on_bad_row: error
     the first bad row stops the stage; with drop, more than max_drop_fraction of the rows does."""
     pairs, dropped, seen, first = [], Counter(), set(), {}
     for rec in records:
         try:
-            pair = row_pair(path, schema, layout, rec, cfg.max_chars)
-            key = (pair.prompt, pair.chosen, pair.rejected)
+            if schema == "unpaired":
+                pair = row_feedback(path, layout, rec, cfg.max_chars)
+                key = (pair.prompt, pair.completion, pair.desirable)
+            else:
+                pair = row_pair(path, schema, layout, rec, cfg.max_chars)
+                key = (pair.prompt, pair.chosen, pair.rejected)
             if key in seen:
                 raise BadRow("duplicate", f"{where(path, rec)}: the same prompt and answers as an earlier row")
         except BadRow as bad:
@@ -650,6 +746,14 @@ def split_pairs(pairs, val_fraction, test_fraction, seed, path="data", judge_fra
 
 def describe(rows_in, filtered, pairs, dropped, splits, sampled_out=0):
     """The contents of metrics/data.json."""
+    if isinstance(pairs[0], Feedback):
+        answer_parts = ("completion",)
+        # Unpaired feedback: how many answers are marked desirable (KTO weighs the two kinds: dpo.*_weight).
+        kind = {"desirable": sum(p.desirable for p in pairs), "undesirable": sum(not p.desirable for p in pairs)}
+    else:
+        answer_parts = ("chosen", "rejected")
+        # Share of pairs whose chosen answer is the longer one: near 0.5, length alone does not separate them.
+        kind = {"chosen_longer_share": round(sum(len(p.chosen) > len(p.rejected) for p in pairs) / len(pairs), 4)}
 
     def stats(values):
         return {
@@ -672,18 +776,21 @@ def describe(rows_in, filtered, pairs, dropped, splits, sampled_out=0):
         "unsafe_prompts": sum(p.unsafe for p in pairs),
         "chars": {
             "prompt": stats([len(as_text(p.prompt)) for p in pairs]),
-            **{side: stats([len(getattr(p, side)) for p in pairs]) for side in ("chosen", "rejected")},
+            **{side: stats([len(getattr(p, side)) for p in pairs]) for side in answer_parts},
         },
         # Messages per prompt: system, user and earlier assistant turns.
         "prompt_messages": stats([len(p.prompt) for p in pairs]),
-        # Share of pairs whose chosen answer is the longer one: near 0.5 means length alone does not separate them.
-        "chosen_longer_share": round(sum(len(p.chosen) > len(p.rejected) for p in pairs) / len(pairs), 4),
+        **kind,
     }
 
 
 def write_split(path, pairs):
     with open(path, "w", encoding="utf-8") as f:
         for p in pairs:
+            if isinstance(p, Feedback):
+                row = {"prompt": to_json(p.prompt), "completion": p.completion, "label": p.desirable, "row": p.row}
+                f.write(json.dumps({**row, "unsafe": p.unsafe}, ensure_ascii=False) + "\n")
+                continue
             f.write(
                 json.dumps(
                     {
@@ -702,9 +809,16 @@ def write_split(path, pairs):
 
 
 def read_split(path):
-    """Read one prepared split (JSONL written by write_split) back into Pairs."""
+    """Read one prepared split (JSONL written by write_split) back into Pairs, or Feedback (rows with a label)."""
+
+    def item(row):
+        if "label" in row:
+            row = {**row, "desirable": row.pop("label"), "completion": row.pop("completion")}
+            return Feedback(**{**row, "prompt": from_json(row["prompt"])})
+        return Pair(**{**row, "prompt": from_json(row["prompt"])})
+
     with open(path, encoding="utf-8") as f:
-        return [Pair(**{**row, "prompt": from_json(row["prompt"])}) for row in map(json.loads, f)]
+        return [item(row) for row in map(json.loads, f)]
 
 
 def read_splits(directory, *names):
@@ -712,10 +826,23 @@ def read_splits(directory, *names):
     return [read_split(Path(directory) / f"{name}.jsonl") for name in names]
 
 
-def read_sets(root, sets, *names):
+def pairs_only(splits, key, name):
+    """The splits of data set `name`, when they hold preference pairs; DataError naming the params key `key` that
+    names it when they hold unpaired feedback (only dpo with loss_type kto reads that)."""
+    if any(isinstance(item, Feedback) for split in splits for item in split[:1]):
+        raise DataError(
+            f"{key}: data set {show(name)} holds unpaired feedback (prompt, completion, label), not preference "
+            "pairs; only dpo with loss_type kto trains on it"
+        )
+    return splits
+
+
+def read_sets(root, sets, *names, key="data", unpaired=False):
     """Each named split of the union of prepared data sets root/<set>/ (in the order of `sets`).
 
-    A set missing under root is a DataError naming it: the stage's params name a set that prepare did not write."""
+    A set missing under root is a DataError naming it: the stage's params name a set that prepare did not write.
+    Unpaired feedback is read only with unpaired=True; otherwise it is a DataError naming `key`, the params key
+    that lists the sets."""
     missing = [s for s in sets if not (Path(root) / s).is_dir()]
     if missing:
         raise DataError(
@@ -723,7 +850,14 @@ def read_sets(root, sets, *names):
             f"{', '.join(sorted(p.name for p in Path(root).iterdir() if p.is_dir())) or 'none'})"
         )
     per_set = [
-        [[dataclasses.replace(p, source=s) for p in split] for split in read_splits(Path(root) / s, *names)]
+        [
+            [dataclasses.replace(p, source=s) for p in split]
+            for split in (
+                read_splits(Path(root) / s, *names)
+                if unpaired
+                else pairs_only(read_splits(Path(root) / s, *names), key, s)
+            )
+        ]
         for s in sets
     ]
     return [[pair for splits in per_set for pair in splits[i]] for i in range(len(names))]

@@ -231,6 +231,7 @@ def fit(
     evaluate,
     grad_accum_steps=1,
     checkpoint=None,
+    state=None,
 ):
     """The supervised loop of the reward, SFT and DPO stages, run in alignkit.loop.TrainingRun: AdamW (or
     cfg.optimizer), a warmup-then-decay schedule, clipping, gradient accumulation.
@@ -242,6 +243,8 @@ def fit(
     evaluate(model, val_loader) -> {name: float}, computed on every process, before training and after each
     epoch. checkpoint: a Checkpointer, or None. Returns (metrics before training; after the kept epoch, with
     "kept_epoch" and "train_loss", the mean over the last epoch; the unwrapped model).
+    state: an object with state_dict() and load_state_dict() that step() updates (bco_pair's running mean), kept
+    in checkpoints and restored on resume; None: none.
     """
     size, examples = train_loader.batch_sampler.batch_size, len(train_loader.dataset)
     if size > examples:  # one batch of everything would be another algorithm (and fewer steps), silently
@@ -262,6 +265,8 @@ def fit(
     if saved:
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
+        if state is not None:
+            state.load_state_dict(saved["state"])
     before = saved["before"] if saved else evaluate(model, val_loader)
     run.start(before)
     after, epoch_losses = before, saved["epoch_losses"] if saved else []
@@ -293,6 +298,7 @@ def fit(
                     "before": before,
                     "epoch_generator": epoch_generator,  # noqa: B023
                     "epoch_losses": list(epoch_losses),  # noqa: B023
+                    **({"state": state.state_dict()} if state is not None else {}),
                 },
             )
         after = evaluate(model, val_loader)

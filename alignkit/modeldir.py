@@ -27,6 +27,7 @@ from alignkit.models import fused_activations, load_causal_lm
 ADAPTER_CONFIG = "adapter_config.json"
 BASE_DIR = "base"  # an adapter's base saved inside the adapter folder (a preset has no other home)
 VALUE_HEAD = "value_head.safetensors"
+PROVENANCE = "alignment.json"  # how the model was tuned: {"stage": "dpo", "objective": "simpo"}
 _BASES = weakref.WeakKeyDictionary()  # adapter model -> its base as built in memory, to write beside the adapter
 
 
@@ -74,9 +75,16 @@ def _save_adapter(model, tokenizer, tmp):
     model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False)
 
 
-def save_policy(model, tokenizer, out):
+def provenance(path):
+    """The folder's alignment.json ({"stage", "objective"}), or {} where it has none."""
+    file = Path(path) / PROVENANCE
+    return json.loads(file.read_text()) if file.is_file() else {}
+
+
+def save_policy(model, tokenizer, out, tuned=None):
     """Write a policy folder `out` atomically: the whole model (safetensors) or its LoRA adapter alone, the
-    tokenizer, and trl's value head, if the model has one, in value_head.safetensors."""
+    tokenizer, trl's value head, if the model has one, in value_head.safetensors, and `tuned` (how the model was
+    tuned: stage, objective), if given, in alignment.json."""
     from safetensors.torch import save_file
 
     from alignkit.io import atomic_dir
@@ -93,6 +101,8 @@ def save_policy(model, tokenizer, out):
                 {k: v.detach().cpu().contiguous() for k, v in model.v_head.state_dict().items()}, tmp / VALUE_HEAD
             )
         tokenizer.save_pretrained(tmp)
+        if tuned:
+            (tmp / PROVENANCE).write_text(json.dumps(tuned, indent=2) + "\n")
 
 
 def load_policy(spec, key="models.policy", texts=(), seed=0):

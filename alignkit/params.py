@@ -47,6 +47,9 @@ class ColumnsParams(Section):
     # a column of booleans marking prompts to decline; true: every prompt of the set is one (red-team data); null: none
     unsafe: str | Literal[True] | None
     answer: str | None  # the expected answer that verifiable rules (`rules`) check; null: none
+    # unpaired feedback (schema unpaired): the answer, and the label marking it desirable; absent: the schema's own
+    completion: str | None = None
+    label: str | None = None
 
 
 FILTER_OPS = ("==", "!=", ">=", "<=", ">", "<", "in")
@@ -99,7 +102,9 @@ class HubParams(Section):
 class DataParams(Section):
     path: str
     hub: HubParams | None  # read from the Hub instead of path (then path: data/hub)
-    schema_: Literal["auto", "reference", "prompt_chosen_rejected", "hh", "conversational"] = Field(alias="schema")
+    schema_: Literal["auto", "reference", "prompt_chosen_rejected", "hh", "conversational", "unpaired"] = Field(
+        alias="schema"
+    )
     columns: ColumnsParams
     filter: list[Condition]
     max_rows: PositiveInt | None  # at most this many good rows, a seeded sample; null: all
@@ -242,10 +247,37 @@ class SFTParams(PolicyTrainingParams):
     epochs: Annotated[int, Field(ge=0)]  # 0 saves the base model unchanged
 
 
+# dpo.loss_type: trl 0.11.4's DPO loss types (alignkit.losses.DPO_LOSS_TYPES), the reference-free objectives and
+# KTO (alignkit.dpo.OBJECTIVES, the same list).
+OBJECTIVES = (
+    "sigmoid",
+    "hinge",
+    "ipo",
+    "robust",
+    "exo_pair",
+    "nca_pair",
+    "bco_pair",
+    "sppo_hard",
+    "aot",
+    "aot_pair",
+    "apo_zero",
+    "apo_down",
+    "simpo",
+    "cpo",
+    "orpo",
+    "kto",
+)
+
+
 class DPOParams(PolicyTrainingParams):
     beta: Annotated[float, Field(gt=0)]
-    loss_type: Literal["sigmoid", "hinge", "ipo", "robust"]
+    loss_type: Literal[OBJECTIVES]
     label_smoothing: Annotated[float, Field(ge=0, lt=0.5)]
+    simpo_gamma: Annotated[float, Field(ge=0)]
+    cpo_alpha: Annotated[float, Field(ge=0)]
+    desirable_weight: Annotated[float, Field(gt=0)]
+    undesirable_weight: Annotated[float, Field(gt=0)]
+    precompute_ref_log_probs: bool
     grad_accum_steps: PositiveInt
     gradient_checkpointing: bool
 

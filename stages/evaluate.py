@@ -20,7 +20,7 @@ from alignkit.data import read_sets
 from alignkit.ensemble import RewardModels
 from alignkit.evaluation import evaluate_policy
 from alignkit.io import atomic_file, write_json
-from alignkit.modeldir import load_policy
+from alignkit.modeldir import load_policy, provenance
 from alignkit.params import load_params
 from alignkit.policy import prepare_tokenizer
 from alignkit.stage import run_stage, stage_args
@@ -50,7 +50,7 @@ def main(argv=None):
     params = load_params(args.params)
     seed_everything(params.seed)
 
-    (test,) = read_sets(args.data, params.eval.data, "test")
+    (test,) = read_sets(args.data, params.eval.data, "test", key="eval.data")
     policy, tokenizer = load_policy(args.model, args.model)
     same = Path(args.model).resolve() == Path(args.sft).resolve()  # evaluate@sft: SFT against itself
     sft = policy if same else load_policy(args.sft, args.sft)[0]
@@ -72,6 +72,8 @@ def main(argv=None):
         params.seed,
         Rules(params.rules) if params.rules else None,
     )
+    # How the model was tuned (alignment.json, carried by merge): dpo's objective, online's algorithm.
+    metrics = {"objective": provenance(args.model).get("objective", args.name), **metrics}
 
     with atomic_file(args.generations) as tmp:
         tmp.write_text("".join(json.dumps(g, ensure_ascii=False) + "\n" for g in generations), encoding="utf-8")

@@ -37,7 +37,7 @@ def main(argv=None, step_hook=None):
     cfg = params.online
     accelerator = make_accelerator(cfg.precision, "online.precision")
     seed_everything(params.seed)
-    train, val = read_sets(args.data, cfg.data, "train", "validation")
+    train, val = read_sets(args.data, cfg.data, "train", "validation", key="online.data")
     plan = step_plan(
         train, cfg.prompts_per_step, cfg.epochs, cfg.max_steps_per_epoch, params.seed, "online.prompts_per_step"
     )
@@ -71,7 +71,12 @@ def main(argv=None, step_hook=None):
     start = time.perf_counter()
     metrics = train_online(trainer, plan, val, cfg, args.live, checkpoint, step_hook)
     if accelerator.is_main_process:
-        save_policy(accelerator.unwrap_model(trainer.model), tokenizer, args.out)
+        save_policy(
+            accelerator.unwrap_model(trainer.model),
+            tokenizer,
+            args.out,
+            {"stage": "online", "objective": cfg.algorithm},
+        )
         write_json(args.metrics, metrics)
         rules = ", ".join(
             f"{name} {metrics['val_before'][f'rule_{name}']:.3f} -> {metrics['val_after'][f'rule_{name}']:.3f}"

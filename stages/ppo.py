@@ -35,7 +35,7 @@ def main(argv=None, step_hook=None):
     params = load_params(args.params)
     cfg = params.ppo
     seed_everything(params.seed)
-    train, val = read_sets(args.data, cfg.data, "train", "validation")
+    train, val = read_sets(args.data, cfg.data, "train", "validation", key="ppo.data")
     base, tokenizer = load_policy(args.sft, args.sft)  # an SFT adapter is merged into its base here
     prepare_tokenizer(tokenizer)
     policy = value_head_model(prepare(base, cfg, "ppo", default_device()))
@@ -60,7 +60,9 @@ def main(argv=None, step_hook=None):
         trainer, scorer, tokenizer, plan, baseline, val, cfg, params.seed, args.live, checkpoint, step_hook
     )
     if trainer.accelerator.is_main_process:
-        save_policy(trainer.accelerator.unwrap_model(trainer.model), tokenizer, args.out)
+        save_policy(
+            trainer.accelerator.unwrap_model(trainer.model), tokenizer, args.out, {"stage": "ppo", "objective": "ppo"}
+        )
         write_json(args.metrics, metrics)
         each = ", ".join(
             f"{name} {metrics['val_model_scores_before'][name]:.3f} -> {after:.3f}"

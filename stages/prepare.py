@@ -5,7 +5,8 @@
 
 Reads params: seed, data.<name> (path or hub, schema, columns, filter), prepare.*. Writes
 <out-dir>/{train,validation,test,judge}.jsonl (fields prompt: a list of {role, content}
-messages, chosen, rejected, row, unsafe) and the metrics JSON (rows filtered per condition,
+messages, chosen, rejected, row, unsafe; unpaired feedback: completion and label instead of
+chosen and rejected, and an empty judge split) and the metrics JSON (rows filtered per condition,
 dropped per reason, split sizes, lengths). Everything is validated before anything
 is written, and each output appears whole or not at all.
 """
@@ -40,7 +41,9 @@ def main(argv=None):
     kept, filtered = data.apply_filters(source, columns, records, spec.filter, key)
     pairs, dropped = data.to_pairs(source, schema, layout, kept, cfg)
     sampled = data.sample_pairs(pairs, spec.max_rows, params.seed)
-    splits = data.split_pairs(sampled, cfg.val_fraction, cfg.test_fraction, params.seed, source, cfg.judge_fraction)
+    # Judges train on pairs: unpaired feedback keeps no judge split.
+    judge = 0.0 if schema == "unpaired" else cfg.judge_fraction
+    splits = data.split_pairs(sampled, cfg.val_fraction, cfg.test_fraction, params.seed, source, judge)
     summary = {
         "source": origin,
         "schema": schema,

@@ -19,7 +19,7 @@ import time
 
 from alignkit.checkpoint import stage_checkpointer
 from alignkit.conversation import as_text
-from alignkit.data import read_splits
+from alignkit.data import pairs_only, read_splits
 from alignkit.errors import ParamsError
 from alignkit.io import atomic_dir, write_json
 from alignkit.models import load_encoder
@@ -50,7 +50,9 @@ def main(argv=None):
 
     accelerator = make_accelerator(cfg.precision, "reward.precision")
     seed_everything(params.seed)
-    train, val = read_splits(args.data, *SPLITS[args.section])
+    train, val = pairs_only(
+        read_splits(args.data, *SPLITS[args.section]), f"{args.section}.{args.name}.data", entry.data
+    )
     texts = [t for p in train for t in (as_text(p.prompt), p.chosen, p.rejected)]  # for a preset's tokenizer
     if entry.encoder:  # its own encoder, else the shared models.reward
         encoder, tokenizer = load_encoder(entry.encoder, f"{args.section}.{args.name}.encoder", texts, params.seed)

@@ -34,7 +34,7 @@ def main(argv=None):
 
     accelerator = make_accelerator(cfg.precision, "sft.precision")
     seed_everything(params.seed)
-    train, val = read_sets(args.data, params.sft.data, "train", "validation")
+    train, val = read_sets(args.data, params.sft.data, "train", "validation", key="sft.data")
     # A preset's tokenizer learns its vocabulary from the training text (a chat preset adds its tags).
     texts = [t for p in train for t in (plain_prompt(p.prompt), plain_answer(p.chosen), plain_answer(p.rejected))]
     model, tokenizer = load_policy(params.models.policy, "models.policy", texts, params.seed)
@@ -45,7 +45,7 @@ def main(argv=None):
     start = time.perf_counter()
     metrics, model = train_sft(model, tokenizer, train, val, cfg, params.seed, accelerator, args.live, checkpoint)
     if accelerator.is_main_process:
-        save_policy(model, tokenizer, args.out)
+        save_policy(model, tokenizer, args.out, {"stage": "sft", "objective": "sft"})
         write_json(args.metrics, metrics)
         print(
             f"sft: val loss {metrics['val_loss_before']:.4f} -> {metrics['val_loss']:.4f} "

@@ -49,7 +49,7 @@ def test_shipped_params_and_the_reference_profiles_validate(tmp_path):
     assert reference.models.reward == "bert-base-uncased"
     assert list(reference.data) == list(reference.reward_models) == ["helpful"]  # one data set, one reward model
     assert reference.data["helpful"].columns.model_dump() == dict.fromkeys(
-        ("prompt", "chosen", "rejected", "system", "unsafe", "answer")
+        ("prompt", "chosen", "rejected", "system", "unsafe", "answer", "completion", "label")
     )
     assert (reference.ppo.reward.combine, reference.ppo.reward.weights, reference.ppo.reward.whiten) == (
         "weighted_sum",
@@ -189,7 +189,7 @@ def test_the_profile_command_prints_each_change(tmp_path, capsys):
         ("prepare", "max_chars", -3, "prepare.max_chars: expected a positive integer, got -3"),
         ("prepare", "max_chars", 12.5, "prepare.max_chars: expected a positive integer, got 12.5"),
         ("prepare", "on_bad_row", "skip", "prepare.on_bad_row: expected one of 'drop', 'error', got 'skip'"),
-        ("dpo", "loss_type", "kto", "dpo.loss_type: expected one of 'sigmoid', 'hinge', 'ipo', 'robust', got 'kto'"),
+        ("dpo", "loss_type", "dpop", "dpo.loss_type: expected one of 'sigmoid', 'hinge', 'ipo', 'robust', 'exo_pair', "),
         ("dpo", "label_smoothing", 0.5, "dpo.label_smoothing: expected a float in [0, 0.5), got 0.5"),
         ("sft", "lr_scheduler", "step", "sft.lr_scheduler: expected one of 'linear', 'cosine', 'constant_with_warmup'"),
         ("reward", "max_steps", 0, "reward.max_steps: expected a positive integer or null, got 0"),
@@ -206,7 +206,7 @@ def test_the_profile_command_prints_each_change(tmp_path, capsys):
                 "answer": None,
                 "reason": "x",
             },
-            "data.helpful.columns.reason: unknown key (known keys: prompt, chosen, rejected, system, unsafe, answer)",
+            "data.helpful.columns.reason: unknown key (known keys: prompt, chosen, rejected, system, unsafe, answer, completion, label)",
         ),
         (
             "data.helpful",
@@ -295,7 +295,7 @@ def test_the_profile_command_prints_each_change(tmp_path, capsys):
             "reward_models.safety.lrr: unknown key (did you mean 'lr'?)",
         ),
         ("reward", "models", {}, "reward.models: unknown key"),
-        ("dpo", "data", ["helpful", "chat"], "dpo.data[1]: unknown data set 'chat' (data: helpful, safety)"),
+        ("dpo", "data", ["helpful", "chat"], "dpo.data[1]: unknown data set 'chat' (data: feedback, helpful, safety)"),
         ("eval", "data", [], "eval.data: expected at least one data set name, got []"),
         (
             "ppo.reward",

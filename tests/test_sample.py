@@ -110,3 +110,31 @@ def test_conversational_sample_shape():
     assert sum(r["rejected"][-1]["content"] == "" for r in rows) == 4  # prepare drops and counts them
     assert sum(r["chosen"][0]["role"] == "system" for r in rows) in range(100, 170)  # about a third
     assert sum(r["score_chosen"] >= 7 and r["score_rejected"] <= 5 for r in rows) in range(200, 300)
+
+
+FEEDBACK = REPO / "data" / "sample" / "feedback.jsonl"
+
+
+def test_feedback_sample_is_exactly_what_its_script_writes(tmp_path):
+    out = tmp_path / "feedback.jsonl"
+    subprocess.run([sys.executable, str(REPO / "data" / "make_feedback.py"), str(out)], check=True)
+    assert out.read_bytes() == FEEDBACK.read_bytes()
+
+
+def test_feedback_sample_shape():
+    """trl's unpaired format, desirable and undesirable answers in unequal shares, questions none of which is one
+    of the preference sample's (so none of its test questions), and a few broken rows for prepare to count."""
+    import csv
+    import json
+
+    rows = [json.loads(line) for line in FEEDBACK.open(encoding="utf-8")]
+    assert all(set(r) == {"prompt", "completion", "label"} for r in rows)
+    labels = [r["label"] for r in rows]
+    desirable, undesirable = labels.count(True), labels.count(False)
+    assert 0.52 < desirable / (desirable + undesirable) < 0.6  # unequal, within trl's advised weight range at 1/1
+    assert labels.count("maybe") == 3 and sum(r["completion"] == "" for r in rows) == 2
+    with (REPO / "data" / "sample" / "preferences.csv").open(encoding="utf-8") as f:
+        questions = {r["Question"] for r in csv.DictReader(f)}
+    assert not questions & {r["prompt"] for r in rows}
+    both = {r["prompt"] for r in rows if r["label"] is True} & {r["prompt"] for r in rows if r["label"] is False}
+    assert len(both) > 300  # validation pairs for the preference accuracy come from these

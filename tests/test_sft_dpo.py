@@ -7,10 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from alignkit.adapters import frozen_reference
 from alignkit.conversation import FITTED, plain_answer, plain_prompt, single_turn
 from alignkit.data import read_split
-from alignkit.dpo import PairCollator, encode_pairs, make_step, reference_logps, train_dpo
+from alignkit.dpo import PairCollator, PairObjective, encode_pairs, make_step, reference_logps, train_dpo
 from alignkit.modeldir import load_policy
 from alignkit.policy import disable_dropout, prepare_tokenizer
 from alignkit.training import make_accelerator
@@ -123,11 +122,9 @@ def test_reference_runs_once_before_training_and_step_zero_loss_is_log2(trained,
     # Step 0: policy == reference, so the loss of any batch is log 2.
     encoded, _ = encode_pairs(tokenizer, pairs[:8], cfg.max_length, cfg.max_prompt_length)
     ref = reference_logps(reference, encoded, tokenizer.pad_token_id, 3, accelerator)  # other batching
-    batch = PairCollator(tokenizer.pad_token_id)(
-        [(c, r, rc.item(), rr.item()) for (c, r), rc, rr in zip(encoded, *ref)]
-    )
+    batch = PairCollator(tokenizer.pad_token_id)([(c, r, (rc.item(), rr.item())) for (c, r), rc, rr in zip(encoded, *ref)])
     with torch.no_grad():
-        loss, logs = make_step(cfg.beta, cfg.loss_type, cfg.label_smoothing)(policy, batch)
+        loss, logs = make_step(PairObjective(cfg))(policy, batch)
     assert math.isclose(loss.item(), math.log(2), abs_tol=1e-5)
 
     calls = {"reference": 0, "policy": 0}
@@ -135,7 +132,7 @@ def test_reference_runs_once_before_training_and_step_zero_loss_is_log2(trained,
     policy.register_forward_hook(lambda *a: calls.__setitem__("policy", calls["policy"] + 1))
     train_dpo(
         policy,
-        frozen_reference(policy, lambda: reference, accelerator.device),
+        lambda: reference,
         tokenizer,
         pairs[:16],
         pairs[16:],
@@ -144,7 +141,7 @@ def test_reference_runs_once_before_training_and_step_zero_loss_is_log2(trained,
         accelerator,
         tmp_path / "live",
     )
-    # Reference: one pass over train (16 pairs -> 1 batch of 16) and validation (8 -> 1): 2 forwards, then never.
+    # Reference: one pass over validation (8 pairs -> 1 batch) and train (16 -> 1 of 16): 2 forwards, then never.
     assert calls["reference"] == 2
     # Policy: 2 training steps of one concatenated forward each, plus validation before and after (1 batch each).
     assert calls["policy"] == 2 + 2
