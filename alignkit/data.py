@@ -813,7 +813,7 @@ def read_split(path):
 
     def item(row):
         if "label" in row:
-            row = {**row, "desirable": row.pop("label"), "completion": row.pop("completion")}
+            row["desirable"] = row.pop("label")
             return Feedback(**{**row, "prompt": from_json(row["prompt"])})
         return Pair(**{**row, "prompt": from_json(row["prompt"])})
 

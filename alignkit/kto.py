@@ -132,16 +132,33 @@ def _both(model, batch, reference):
             return logps, kl_logps, forward_logps(frozen, batch), forward_logps(frozen, _kl_batch(batch))
 
 
+def example_rewards(objective, logps, ref, desirable, losses):
+    """Per example, in batch order: the implicit reward beta (log pi - log pi_ref) and KTO's loss (kto_loss
+    returns the desirable examples' first) -- tensors of one size on every process, as gathering needs."""
+    rewards = objective.cfg.beta * (logps - ref).detach()
+    per_example = torch.empty_like(rewards)
+    per_example[desirable] = losses[: int(desirable.sum())].detach()
+    per_example[~desirable] = losses[int(desirable.sum()) :].detach()
+    return rewards, per_example
+
+
 def make_step(objective, reference=None):
     def step(model, batch):
         logps, kl_logps, ref, ref_kl = _both(model, batch, reference)
-        loss, _, chosen, rejected, kl = objective(logps, kl_logps, batch["desirable"], ref, ref_kl)
-        logs = {"kl": kl}
-        if len(chosen):
-            logs["chosen_reward"] = chosen.mean()
-        if len(rejected):
-            logs["rejected_reward"] = rejected.mean()
-        return loss, logs
+        desirable = batch["desirable"]
+        loss, _, _, _, kl = objective(logps, kl_logps, desirable, ref, ref_kl)
+        # The mean reward of each kind over every process's batch (a batch may hold one kind only), the same on all.
+        d = desirable.float()
+        rewards = objective.cfg.beta * (logps - ref).detach()
+        sums = objective.gather(
+            torch.stack([(rewards * d).sum(), d.sum(), (rewards * (1 - d)).sum(), (1 - d).sum()])[None]
+        )
+        sums = sums.reshape(-1, 4).sum(0)
+        return loss, {
+            "kl": kl,
+            "chosen_reward": sums[0] / sums[1].clamp(min=1),
+            "rejected_reward": sums[2] / sums[3].clamp(min=1),
+        }
 
     return step
 
@@ -157,10 +174,13 @@ def make_evaluate(objective, pairs_loader, accelerator):
         for batch in progress(loader, "dpo: validation (kto)", accelerator.is_main_process):
             with accelerator.autocast():
                 logps, kl_logps, ref, ref_kl = _both(model, batch, None)
-            _, losses, chosen, rejected, kl = objective(logps, kl_logps, batch["desirable"], ref, ref_kl)
-            parts.append(accelerator.gather_for_metrics((losses, chosen, rejected)))
+            desirable = batch["desirable"]
+            _, losses, _, _, kl = objective(logps, kl_logps, desirable, ref, ref_kl)
+            rewards, per_example = example_rewards(objective, logps, ref, desirable, losses)
+            parts.append(accelerator.gather_for_metrics((per_example, rewards, desirable)))
             kls.append(kl)
-        losses, chosen, rejected = (torch.cat(p) for p in zip(*parts))
+        losses, rewards, desirable = (torch.cat(p) for p in zip(*parts))
+        chosen, rejected = rewards[desirable], rewards[~desirable]
         prefers = [
             accelerator.gather_for_metrics(preference_accuracy_parts(model, batch, accelerator)[1])
             for batch in progress(pairs_loader or [], "dpo: validation pairs", accelerator.is_main_process)

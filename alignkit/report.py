@@ -488,11 +488,13 @@ def training_rows(training):
     """(stage, its headline results) for the policy stages' metrics files."""
     keys = {
         "sft": ["val_loss_before", "val_loss", "val_perplexity"],
-        "dpo": ["val_loss_before", "val_loss", "val_reward_accuracy", "val_margin"],
+        "dpo": ["objective", "val_loss_before", "val_loss", "val_preference_accuracy", "val_margin"],
         "ppo": ["val_score_before", "val_score_after", "kl", "kl_coef", "response_length"],
     }
     return [
-        (stage, ", ".join(f"{k} {fmt(m[k])}" for k in keys[stage])) for stage, m in training.items() if stage in keys
+        (stage, ", ".join(f"{k} {fmt(m[k])}" for k in keys[stage] if k in m))
+        for stage, m in training.items()
+        if stage in keys
     ]
 
 

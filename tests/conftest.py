@@ -320,7 +320,7 @@ def git_commit(repo, message):
 # every training stage to its shortest run that still passes every step: prepare, train with checkpoints, resume
 # bookkeeping, merge, evaluate, report. Quality is the full tier's (built_repo); this one proves the structure.
 SMALL = {
-    "data": {"helpful": {"max_rows": 240}, "safety": {"max_rows": 120}},
+    "data": {"helpful": {"max_rows": 240}, "safety": {"max_rows": 120}, "feedback": {"max_rows": 480}},
     "judges": {"safety": {"batch_size": 16}},  # 24 judge pairs of 120 rows: fewer than the shared batch of 32
     "reward": {"epochs": 1},
     "sft": {"epochs": 2},

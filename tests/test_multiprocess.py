@@ -93,12 +93,21 @@ def outputs(stage, out):
 
 @pytest.mark.slow
 @pytest.mark.same_run_only
-@pytest.mark.parametrize("stage", ["reward", "dpo"])
-def test_two_processes_match_one_with_the_same_global_batch(stage, small_data, dropout_free_bert, sft_model, tmp_path):
+@pytest.mark.parametrize(
+    "stage, loss_type", [("reward", None), ("dpo", "sigmoid"), ("dpo", "simpo"), ("dpo", "bco_pair"), ("dpo", "kto")]
+)
+def test_two_processes_match_one_with_the_same_global_batch(
+    stage, loss_type, small_data, dropout_free_bert, sft_model, tmp_path
+):
+    """Every objective too: SimPO (no reference), bco_pair (its running mean gathered from both processes), KTO (its
+    KL estimate averaged over them; the pairs unpaired into twice as many examples)."""
+    steps = TRAIN_PAIRS // 16 * (2 if loss_type == "kto" else 1)
     metrics, printed = {}, {}
     for processes, batch_size in ((1, 16), (2, 8)):
         out = tmp_path / f"p{processes}"
         section = {"epochs": 1, "batch_size": batch_size, "warmup_ratio": 0.0, "checkpoint_every": 2}
+        if loss_type:
+            section["loss_type"] = loss_type
         params = write_params(
             tmp_path / f"params{processes}.yaml",
             **{stage: section},
@@ -115,8 +124,8 @@ def test_two_processes_match_one_with_the_same_global_batch(stage, small_data, d
             processes
         ]
         curve = (out / "live" / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()
-        assert len(curve) == 1 + TRAIN_PAIRS // 16, curve
-        assert json.loads((out / "checkpoints" / "checkpoint.json").read_text())["step"] == TRAIN_PAIRS // 16
+        assert len(curve) == 1 + steps, curve
+        assert json.loads((out / "checkpoints" / "checkpoint.json").read_text())["step"] == steps
 
     for key in ("train_loss", "val_loss"):
         assert metrics[2][key] == pytest.approx(metrics[1][key], abs=TOLERANCE), (key, metrics)

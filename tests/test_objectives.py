@@ -163,3 +163,15 @@ def test_desirable_weight_advice_follows_trls_range():
     advice = desirable_weight_advice([good] * 20 + [bad] * 10, cfg)  # 2.0: desirable_weight in [0.5, 0.67]
     assert advice.startswith("dpo.desirable_weight: 20 desirable and 10 undesirable") and "[0.50, 0.67]" in advice
     assert "KTO learns from both kinds" in desirable_weight_advice([good] * 3, cfg)
+
+
+def test_a_stage_that_trains_on_pairs_names_its_key_when_given_feedback(tmp_path):
+    from alignkit.data import read_sets, write_split
+    from alignkit.errors import DataError
+
+    (tmp_path / "feedback").mkdir()
+    write_split(tmp_path / "feedback" / "train.jsonl", [_feedback("q", "a", True)])
+    with pytest.raises(DataError, match=r"^sft\.data: data set 'feedback' holds unpaired feedback .* kto"):
+        read_sets(tmp_path, ["feedback"], "train", key="sft.data")
+    (item,) = read_sets(tmp_path, ["feedback"], "train", unpaired=True)[0]
+    assert item == dataclasses.replace(_feedback("q", "a", True), source="feedback")  # written and read back

@@ -189,7 +189,12 @@ def test_the_profile_command_prints_each_change(tmp_path, capsys):
         ("prepare", "max_chars", -3, "prepare.max_chars: expected a positive integer, got -3"),
         ("prepare", "max_chars", 12.5, "prepare.max_chars: expected a positive integer, got 12.5"),
         ("prepare", "on_bad_row", "skip", "prepare.on_bad_row: expected one of 'drop', 'error', got 'skip'"),
-        ("dpo", "loss_type", "dpop", "dpo.loss_type: expected one of 'sigmoid', 'hinge', 'ipo', 'robust', 'exo_pair', "),
+        (
+            "dpo",
+            "loss_type",
+            "dpop",
+            "dpo.loss_type: expected one of 'sigmoid', 'hinge', 'ipo', 'robust', 'exo_pair', ",
+        ),
         ("dpo", "label_smoothing", 0.5, "dpo.label_smoothing: expected a float in [0, 0.5), got 0.5"),
         ("sft", "lr_scheduler", "step", "sft.lr_scheduler: expected one of 'linear', 'cosine', 'constant_with_warmup'"),
         ("reward", "max_steps", 0, "reward.max_steps: expected a positive integer or null, got 0"),
@@ -206,7 +211,8 @@ def test_the_profile_command_prints_each_change(tmp_path, capsys):
                 "answer": None,
                 "reason": "x",
             },
-            "data.helpful.columns.reason: unknown key (known keys: prompt, chosen, rejected, system, unsafe, answer, completion, label)",
+            "data.helpful.columns.reason: unknown key (known keys: prompt, chosen, rejected, system, unsafe, answer, "
+            "completion, label)",
         ),
         (
             "data.helpful",

@@ -29,6 +29,7 @@ STAGES = [
     "merge@sft",
     "online",
     "ppo",
+    "prepare@feedback",
     "prepare@helpful",
     "prepare@safety",
     "pretrained",
@@ -435,6 +436,36 @@ def test_bad_input_under_dvc_fails_and_leaves_no_output(repo_copy):
 CHAT_PREFERENCES_FILTER = (
     'data.helpful.filter=[{column:score_chosen,op:">=",value:7},{column:score_rejected,op:"<=",value:5}]'
 )
+
+
+@pytest.mark.slow
+def test_a_reference_free_objective_and_kto_on_the_feedback_sample_run_end_to_end(small_copy):
+    """`dvc exp run -S dpo.loss_type=...`, as docs/objectives.md shows it: SimPO (no reference loaded) and KTO on the
+    shipped unpaired feedback (unequal shares of desirable and undesirable answers) each rerun dpo and what reads
+    it; the evaluation and the report name the objective; `dvc exp show` compares them."""
+    tuned = ["compare", "dpo", "evaluate@dpo", "merge@dpo", "report"]
+    printed = dvc(small_copy, "exp", "run", "-n", "simpo", "-S", "dpo.loss_type=simpo")
+    assert ran(printed) == tuned
+    metrics = json.loads((small_copy / "metrics" / "dpo.json").read_text())
+    assert (metrics["objective"], metrics["reference"]) == ("simpo", "none")  # no reference model was loaded
+    assert "(simpo, reference none;" in printed
+    assert json.loads((small_copy / "metrics" / "eval" / "dpo.json").read_text())["objective"] == "simpo"
+    assert json.loads((small_copy / "models" / "merged" / "dpo" / "alignment.json").read_text())["objective"] == "simpo"
+
+    printed = dvc(small_copy, "exp", "run", "-n", "kto", "-S", "dpo.loss_type=kto", "-S", "dpo.data=[feedback]")
+    assert ran(printed) == tuned
+    data = json.loads((small_copy / "metrics" / "data" / "feedback.json").read_text())
+    assert data["schema"] == "unpaired" and data["rows_dropped"]["bad_label"] == 3
+    assert data["rows_dropped"]["empty_cell"] == 2 and data["desirable"] > data["undesirable"]
+    metrics = json.loads((small_copy / "metrics" / "dpo.json").read_text())
+    assert (metrics["objective"], metrics["reference"]) == ("kto", "precomputed")
+    assert metrics["examples"]["desirable"] > metrics["examples"]["undesirable"] > 0
+    assert metrics["val_pairs"] > 0 and 0 <= metrics["val_preference_accuracy"] <= 1
+    assert json.loads((small_copy / "metrics" / "eval" / "dpo.json").read_text())["objective"] == "kto"
+    assert "kto" in (small_copy / "report" / "report.md").read_text()
+    table = list(csv.DictReader(io.StringIO(dvc(small_copy, "exp", "show", "--csv"))))
+    objectives = {row["Experiment"]: row["dpo.loss_type"] for row in table if row["Experiment"] in ("simpo", "kto")}
+    assert objectives == {"simpo": "simpo", "kto": "kto"}
 
 
 @pytest.mark.slow

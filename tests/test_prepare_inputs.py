@@ -578,3 +578,76 @@ def test_an_unsafe_column_that_is_not_there_names_the_key(prepare, tmp_path):
         result.stderr.strip() == f"error: data.helpful.columns.unsafe: no column 'harmfull' in {path} "
         f"(found columns: 'Question', 'More_Prefered', 'Less_Prefered')"
     )
+
+
+# ---------------------------------------------------------------- unpaired feedback (KTO)
+
+
+def test_unpaired_feedback_jsonl_is_found_prepared_and_its_bad_labels_counted(prepare, tmp_path):
+    """trl's unpaired format (prompt, completion, label): schema auto finds it; labels may be booleans or
+    true/false/yes/no/1/0 text; anything else is a bad row (bad_label), dropped and counted; no judge split."""
+    rows = [
+        {"prompt": f"Q{i}?", "completion": f"Answer {i}.", "label": label}
+        for i, label in enumerate([True, False, "yes", "0", True, True, False, 1])
+    ]
+    rows.append({"prompt": "Q9?", "completion": "Answer 9.", "label": "maybe"})
+    path = tmp_path / "feedback.jsonl"
+    write_jsonl(path, rows)
+    result = prepare(path, prepare={"max_drop_fraction": 0.2, "judge_fraction": 0.2, **TINY_SPLITS})
+    assert result.returncode == 0, result.stderr
+    assert "unpaired schema" in result.stdout
+    metrics = json.loads(prepare.metrics.read_text())
+    assert metrics["rows_dropped"] == dropped(bad_label=1)
+    assert (metrics["desirable"], metrics["undesirable"]) == (5, 3) and "chosen_longer_share" not in metrics
+    assert metrics["splits"]["judge"] == 0 and sum(metrics["splits"].values()) == 8
+    written = [
+        json.loads(line) for s in ("train", "validation", "test") for line in (prepare.out_dir / f"{s}.jsonl").open()
+    ]
+    assert {
+        "prompt": [{"role": "user", "content": "Q2?"}],
+        "completion": "Answer 2.",
+        "label": True,
+        "row": 3,
+        "unsafe": False,
+    } in written
+
+
+def test_conversational_unpaired_feedback_with_mapped_columns(prepare, tmp_path):
+    """Cells holding messages, as trl's conversational unpaired format, under other column names."""
+    rows = [
+        {
+            "messages": [{"role": "user", "content": f"Q{i}?"}],
+            "reply": [{"role": "assistant", "content": f"A{i}."}],
+            "thumbs_up": i % 3 != 0,
+        }
+        for i in range(8)
+    ]
+    rows[5]["reply"] = [{"role": "user", "content": "not an answer"}]  # bad_turn_order, dropped and counted
+    path = tmp_path / "kto.jsonl"
+    write_jsonl(path, rows)
+    columns = {"prompt": "messages", "chosen": None, "rejected": None, "system": None, "unsafe": None, "answer": None}
+    result = prepare(
+        path,
+        data={"schema": "unpaired", "columns": {**columns, "completion": "reply", "label": "thumbs_up"}},
+        prepare={"max_drop_fraction": 0.2, **TINY_SPLITS},
+    )
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(prepare.metrics.read_text())
+    assert metrics["rows_dropped"] == dropped(bad_turn_order=1) and metrics["rows_kept"] == 7
+    written = [
+        json.loads(line) for s in ("train", "validation", "test") for line in (prepare.out_dir / f"{s}.jsonl").open()
+    ]
+    assert {
+        "prompt": [{"role": "user", "content": "Q1?"}],
+        "completion": "A1.",
+        "label": True,
+        "row": 2,
+        "unsafe": False,
+    } in written
+
+
+def test_an_unpaired_file_without_its_label_column_names_it(prepare, tmp_path):
+    path = tmp_path / "feedback.jsonl"
+    write_jsonl(path, [{"prompt": "Q?", "completion": "A.", "thumbs": True}])
+    result = prepare(path, data={"schema": "unpaired"})
+    assert_error(result, path, "column 'label': missing, needed by the unpaired schema")

@@ -122,7 +122,9 @@ def test_reference_runs_once_before_training_and_step_zero_loss_is_log2(trained,
     # Step 0: policy == reference, so the loss of any batch is log 2.
     encoded, _ = encode_pairs(tokenizer, pairs[:8], cfg.max_length, cfg.max_prompt_length)
     ref = reference_logps(reference, encoded, tokenizer.pad_token_id, 3, accelerator)  # other batching
-    batch = PairCollator(tokenizer.pad_token_id)([(c, r, (rc.item(), rr.item())) for (c, r), rc, rr in zip(encoded, *ref)])
+    batch = PairCollator(tokenizer.pad_token_id)(
+        [(c, r, (rc.item(), rr.item())) for (c, r), rc, rr in zip(encoded, *ref)]
+    )
     with torch.no_grad():
         loss, logs = make_step(PairObjective(cfg))(policy, batch)
     assert math.isclose(loss.item(), math.log(2), abs_tol=1e-5)
