@@ -159,10 +159,10 @@ def dpo(work, precision, warmup, repeats, with_peer=True, **_):
     ref_chosen, ref_rejected = ours.reference_logps(
         reference, encoded, tokenizer.pad_token_id, cfg.eval_batch_size, accelerator
     )
-    items = [(c, r, rc.item(), rr.item()) for (c, r), rc, rr in zip(encoded, ref_chosen, ref_rejected)]
+    items = [(c, r, (rc.item(), rr.item())) for (c, r), rc, rr in zip(encoded, ref_chosen, ref_rejected)]
     collate = ours.PairCollator(tokenizer.pad_token_id)
     ours_batches = [collate(items[k * bs : (k + 1) * bs]) for k in range(n)]
-    step_fn = ours.make_step(cfg.beta, cfg.loss_type, cfg.label_smoothing)
+    step_fn = ours.make_step(ours.PairObjective(cfg))
     sizes = lambda b: [len(encoded_all[i][side][0]) for i in b for side in (0, 1)]  # noqa: E731
     answers = sum(len(ids) - p for c, r in encoded for ids, p in (c, r))  # positions the LM head runs on
     out = {
@@ -367,16 +367,23 @@ def dpo_step_flops(config, n_params, batch_rows, seq_len):
     return per_token * batch_rows * seq_len
 
 
-def _scale_step(work, precision, model, pairs, seq_len, checkpointing, lora, steps):
-    """Our DPO training step on a GPT-2 of the given architecture, weights from its config (so the compute
-    equals the real model's), on full-length sequences (a quarter prompt, the rest answer): (step() -> loss,
-    config, parameter count, the policy)."""
+def _scale_step(work, precision, model, pairs, seq_len, checkpointing, lora, steps, objective="sigmoid"):
+    """Our training step of the dpo stage on a GPT-2 of the given architecture, weights from its config (so the
+    compute equals the real model's), on full-length sequences (a quarter prompt, the rest answer): (step() -> loss,
+    config, parameter count, the policy). objective: a dpo.loss_type; "sigmoid" with the reference's log-probs in the
+    batch (precomputed, no reference model held), "sigmoid-live" with a frozen reference model held in memory and
+    run at every step (precompute_ref_log_probs: false), or a reference-free one (simpo, cpo, orpo)."""
+    from contextlib import nullcontext
+
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from alignkit import dpo as ours
     from alignkit.policy import collate, disable_dropout, forward_logps
 
-    cfg = load_params(work / "params.yaml").dpo.model_copy(update={"gradient_checkpointing": checkpointing})
+    loss_type = objective.removesuffix("-live")
+    cfg = load_params(work / "params.yaml").dpo.model_copy(
+        update={"gradient_checkpointing": checkpointing, "loss_type": loss_type}
+    )
     config = GPT2Config(**model)
     torch.manual_seed(0)
     policy = GPT2LMHeadModel(config)
@@ -396,22 +403,40 @@ def _scale_step(work, precision, model, pairs, seq_len, checkpointing, lora, ste
     ]
     batch = collate(rows, 0)
     policy.to(device())
-    with torch.no_grad():
-        batch["reference_logps"] = forward_logps(policy, _to(batch, device())).cpu() - 1.0
+    objective_fn = ours.PairObjective(cfg)
+    reference = None
+    if objective.endswith("-live"):  # a second model, frozen, in memory for the whole run
+        frozen = disable_dropout(GPT2LMHeadModel(config)).requires_grad_(False).eval().to(device())
+        reference = lambda: nullcontext(frozen)  # noqa: E731
+    elif objective_fn.needs_reference:
+        with torch.no_grad():
+            batch["reference_logps"] = forward_logps(policy, _to(batch, device())).cpu() - 1.0
     _, step = _ours_trainer(policy, cfg, precision, "dpo.precision", steps)
-    step_fn = ours.make_step(cfg.beta, cfg.loss_type, cfg.label_smoothing)
+    step_fn = ours.make_step(objective_fn, reference)
     # Nothing of a step is kept: holding each step's loss would keep its autograd graph, and with it memory
     # that a training loop frees (with LoRA, about 2 GB a step at this size).
     return lambda: step(step_fn, batch)[0].item(), config, n_params, policy
 
 
 def dpo_step_at_scale(
-    work, precision, warmup, repeats, model, pairs, seq_len, checkpointing=False, matmul_size=4096, lora=None, **_
+    work,
+    precision,
+    warmup,
+    repeats,
+    model,
+    pairs,
+    seq_len,
+    checkpointing=False,
+    matmul_size=4096,
+    lora=None,
+    objective="sigmoid",
+    **_,
 ):
-    """One DPO training step of ours at scale (_scale_step): step time, FLOP/s, MFU, peak memory.
-    lora: {r, alpha, target_modules} to train a LoRA adapter on the frozen model instead (alignkit.adapters)."""
+    """One training step of ours at scale (_scale_step): step time, FLOP/s, MFU, peak memory.
+    lora: {r, alpha, target_modules} to train a LoRA adapter on the frozen model instead (alignkit.adapters).
+    objective: the dpo stage's objective (_scale_step); the FLOPs counted are the policy's alone."""
     step, config, n_params, policy = _scale_step(
-        work, precision, model, pairs, seq_len, checkpointing, lora, warmup + repeats
+        work, precision, model, pairs, seq_len, checkpointing, lora, warmup + repeats, objective
     )
     seconds, _ = timed(lambda _: step(), range(warmup + repeats), warmup)
     flops = dpo_step_flops(config, n_params, 2 * pairs, seq_len)
@@ -421,6 +446,7 @@ def dpo_step_at_scale(
         "precision": precision,
         "checkpointing": checkpointing,
         "lora": lora,
+        "objective": objective,
         "params": n_params,
         "trainable": sum(p.numel() for p in policy.parameters() if p.requires_grad),
         "pairs": pairs,

@@ -142,6 +142,12 @@ def run(settings, out_path, keep):
             worker("dpo_step_at_scale", work, precision=p, checkpointing=checkpointing, lora=scale["lora"], **shared)
         )
 
+    # The dpo stage's objectives at scale, in the first run's settings: DPO with a frozen reference held in memory
+    # and run at every step (precompute_ref_log_probs: false), and the reference-free SimPO and ORPO.
+    for objective in ("sigmoid-live", "simpo", "orpo"):
+        log(f"training step at scale, {precisions[0]}, objective {objective}")
+        at_scale.append(worker("dpo_step_at_scale", work, precision=precisions[0], objective=objective, **shared))
+
     log(f"DPO step at scale, {precisions[-1]}, under torch.profiler")
     profile = worker("dpo_step_profile", work, precision=precisions[-1], **shared)
 
@@ -158,6 +164,7 @@ def run(settings, out_path, keep):
         "online_vs_ppo": online_vs_ppo(work, stages),
         "precision": precision_rows(reward, reward_bf16, dpo, dpo_bf16, at_scale),
         "lora": lora_rows(at_scale),
+        "objectives": objective_rows(at_scale),
         "memory": {
             "stages": stages,
             "dpo_step_at_scale": [
@@ -165,6 +172,7 @@ def run(settings, out_path, keep):
                     "precision": a["precision"],
                     "checkpointing": a["checkpointing"],
                     "lora": a["lora"],
+                    "objective": a["objective"],
                     "peak_mib": a["peak_memory_mib"],
                 }
                 for a in at_scale
@@ -283,7 +291,7 @@ def comparisons(reward, dpo, ppo, rloo, gen, at_scale):
             agreement=gen["agreement"],
         ),
     ]
-    for a in at_scale:
+    for a in dpo_rows(at_scale):
         if not a["checkpointing"] and not a["lora"]:
             goal = GOALS[f"mfu_{a['precision']}"]
             rows.append(
@@ -312,7 +320,7 @@ def precision_rows(reward, reward_bf16, dpo, dpo_bf16, at_scale):
         )
         if bf16 is not None
     ]
-    by = {a["precision"]: a for a in at_scale if not a["checkpointing"] and not a["lora"]}
+    by = {a["precision"]: a for a in dpo_rows(at_scale) if not a["checkpointing"] and not a["lora"]}
     if "fp32" in by and "bf16" in by:
         rows.append(
             {
@@ -326,13 +334,52 @@ def precision_rows(reward, reward_bf16, dpo, dpo_bf16, at_scale):
     return rows
 
 
+STEP_NAMES = {"sigmoid": "DPO", "sigmoid-live": "DPO (reference run each step)", "simpo": "SimPO", "orpo": "ORPO"}
+
+
+def dpo_rows(at_scale):
+    """The at-scale runs of DPO with precomputed reference log-probs (the other objectives' are objective_rows')."""
+    return [a for a in at_scale if a.get("objective", "sigmoid") == "sigmoid"]
+
+
+def objective_rows(at_scale):
+    """SimPO and ORPO against DPO at scale, in the same settings: step time and peak memory of each, beside DPO's
+    with its reference held and run each step and DPO's with the reference's log-probs precomputed. Goal: at most
+    0.75x the memory of DPO with the reference each step, and a faster step."""
+    by = {a["objective"]: a for a in at_scale if "objective" in a and not a["lora"] and not a["checkpointing"]}
+    if "sigmoid-live" not in by:
+        return []
+    live, precomputed = by["sigmoid-live"], by["sigmoid"]
+    rows = []
+    for name in ("simpo", "orpo"):
+        a = by[name]
+        memory, time_ratio = a["peak_memory_mib"] / live["peak_memory_mib"], a["step_s"] / live["step_s"]
+        rows.append(
+            {
+                "objective": name,
+                "path": f"{name} step ({a['params'] / 1e6:.0f}M-parameter GPT-2, {a['precision']})",
+                "step_s": a["step_s"],
+                "peak_mib": a["peak_memory_mib"],
+                "dpo_live_s": live["step_s"],
+                "dpo_live_peak_mib": live["peak_memory_mib"],
+                "dpo_precomputed_s": precomputed["step_s"],
+                "dpo_precomputed_peak_mib": precomputed["peak_memory_mib"],
+                "memory_ratio": memory,
+                "time_ratio": time_ratio,
+                "goal": "memory <= 0.75x and step time < 1x DPO's with the reference run each step",
+                "met": memory <= 0.75 and time_ratio < 1,
+            }
+        )
+    return rows
+
+
 def lora_rows(at_scale):
     """The DPO step at scale, whole model vs LoRA adapter in the same settings: time and peak memory."""
     rows = []
     for lora in (a for a in at_scale if a["lora"]):
         full = next(
             a
-            for a in at_scale
+            for a in dpo_rows(at_scale)
             if not a["lora"] and a["checkpointing"] == lora["checkpointing"] and a["precision"] == lora["precision"]
         )
         ratio = lora["peak_memory_mib"] / full["peak_memory_mib"]
@@ -400,6 +447,22 @@ def table(results):
             f"{r['lora_s']:.4g} | {r['lora_peak_mib']:.0f} | {r['memory_ratio']:.2f} | ≤ {r['goal']} | "
             f"{'yes' if r['met'] else 'no'} |"
         )
+    if results.get("objectives"):
+        r0 = results["objectives"][0]
+        lines += [
+            "",
+            "| step at scale | reference | seconds | peak MiB | / DPO each step: time | memory | goal | met |",
+            "|---|---|---|---|---|---|---|---|",
+            f"| DPO (sigmoid) | log-probs precomputed, no model held | {r0['dpo_precomputed_s']:.4g} | "
+            f"{r0['dpo_precomputed_peak_mib']:.0f} | | | | |",
+            f"| DPO (sigmoid) | a frozen copy, run each step | {r0['dpo_live_s']:.4g} | {r0['dpo_live_peak_mib']:.0f} "
+            "| 1 | 1 | | |",
+        ]
+        for r in results["objectives"]:
+            lines.append(
+                f"| {r['objective']} | none | {r['step_s']:.4g} | {r['peak_mib']:.0f} | {r['time_ratio']:.2f} | "
+                f"{r['memory_ratio']:.2f} | < 1, ≤ 0.75 | {'yes' if r['met'] else 'no'} |"
+            )
     prof = results["profile"]
     lines += [
         "",
@@ -414,7 +477,8 @@ def table(results):
         lines.append(f"| {name} | {s['seconds']:.1f} | {s['peak_gpu_mib' if gpu else 'peak_rss_mib']:.0f} |")
     for a in results["memory"]["dpo_step_at_scale"]:
         lines.append(
-            f"| one DPO step at scale, {a['precision']}, gradient checkpointing "
+            f"| one {STEP_NAMES.get(a.get('objective', 'sigmoid'), a.get('objective'))} step at scale, "
+            f"{a['precision']}, gradient checkpointing "
             f"{'on' if a['checkpointing'] else 'off'}{', LoRA' if a['lora'] else ''} | | {a['peak_mib']:.0f} |"
         )
     o = results["online_vs_ppo"]

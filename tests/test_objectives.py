@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from alignkit.adapters import prepare
 from alignkit.conversation import single_turn
 from alignkit.data import Feedback, Pair, feedback_pairs, read_split, unpair
 from alignkit.errors import ParamsError
@@ -32,7 +33,7 @@ def run(sft_model, tmp_path, train, val, loads=None, checkpoint=None, **dpo):
     cfg = load_params(write_params(tmp_path / "params.yaml", dpo={"max_steps": 2, "batch_size": 8, **dpo})).dpo
     policy, tokenizer = load_policy(str(sft_model / "sft"))
     prepare_tokenizer(tokenizer)
-    disable_dropout(policy)
+    policy = disable_dropout(prepare(policy, cfg, "dpo", torch.device("cpu")))  # as the stage: an adapter, if any
 
     def load_reference():
         if loads is None:
@@ -67,6 +68,26 @@ def test_the_reference_precomputed_or_run_each_step_trains_alike(sft_model, pair
     for key in ("train_loss", "val_loss", "val_preference_accuracy", "val_margin"):
         assert metrics[False][key] == pytest.approx(metrics[True][key], abs=1e-5), key
     assert metrics[True]["val_loss_before"] == pytest.approx(math.log(2), abs=1e-5)
+
+
+@pytest.mark.parametrize("loss_type, quantization", [("simpo", "nf4"), ("kto", "none"), ("bco_pair", "nf4")])
+def test_each_objective_trains_an_adapter_and_the_reference_is_the_adapter_switched_off(
+    sft_model, pairs, tmp_path, loss_type, quantization
+):
+    """With LoRA (QLoRA: an nf4 base) no second model is loaded for any objective: the reference, where there is
+    one, is the policy with its adapter off; only the adapter trains."""
+    lora = {"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear", "bias": "none"}
+    loads = []
+    train = unpair(pairs[0]) if loss_type == "kto" else pairs[0]
+    metrics, policy = run(
+        sft_model, tmp_path, train, pairs[1], loads, loss_type=loss_type, lora=lora, quantization=quantization
+    )
+    assert loads == [] and metrics["objective"] == loss_type
+    assert metrics["reference"] == ("none" if loss_type == "simpo" else "precomputed")
+    trainable = {n for n, p in policy.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    if loss_type != "simpo":  # the adapter starts at zero: the policy is its reference, the loss its start value
+        assert metrics["val_loss_before"] == pytest.approx(0.5 if loss_type == "kto" else 2 * math.log(2), abs=1e-5)
 
 
 def test_a_paired_objective_on_unpaired_feedback_is_one_line_naming_the_key(sft_model, pairs, tmp_path):
