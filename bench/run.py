@@ -346,9 +346,11 @@ def objective_rows(at_scale):
     """SimPO and ORPO against DPO at scale, in the same settings: step time and peak memory of each, beside DPO's
     with its reference held and run each step and DPO's with the reference's log-probs precomputed. Goal: at most
     0.75x the memory of DPO with the reference each step, and a faster step."""
-    by = {a["objective"]: a for a in at_scale if "objective" in a and not a["lora"] and not a["checkpointing"]}
-    if "sigmoid-live" not in by:
+    plain = [a for a in at_scale if "objective" in a and not a["lora"] and not a["checkpointing"]]
+    live = next((a for a in plain if a["objective"] == "sigmoid-live"), None)
+    if live is None:
         return []
+    by = {a["objective"]: a for a in plain if a["precision"] == live["precision"]}
     live, precomputed = by["sigmoid-live"], by["sigmoid"]
     rows = []
     for name in ("simpo", "orpo"):
@@ -512,6 +514,12 @@ def main(argv=None):
         help="only rewrite the results block of the benchmark page (docs/benchmark.md) from --out "
         "(bench/results.json), and exit",
     )
+    ap.add_argument(
+        "--objectives",
+        action="store_true",
+        help="only time the dpo stage's objectives at scale (DPO with its reference precomputed and run each step, "
+        "SimPO, ORPO; a few minutes, no pipeline run) and write their rows into --out, keeping the rest of it",
+    )
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     ap.add_argument("--kwargs", help=argparse.SUPPRESS)
@@ -528,7 +536,36 @@ def main(argv=None):
         return
     import torch
 
-    run(load_settings(args.config, args.profile, torch.cuda.is_available()), args.out, args.keep)
+    settings = load_settings(args.config, args.profile, torch.cuda.is_available())
+    if args.objectives:
+        objectives_only(settings, args.out)
+        return
+    run(settings, args.out, args.keep)
+
+
+def objective_runs(settings, work, log=print):
+    """The at-scale steps objective_rows compares, each in a worker of its own (its own peak memory)."""
+    scale = settings["at_scale"]
+    shared = {k: v for k, v in scale.items() if k not in ("precisions", "lora")}
+    precision = scale["precisions"][0]
+    out = []
+    for objective in ("sigmoid", "sigmoid-live", "simpo", "orpo"):
+        log(f"training step at scale, {precision}, objective {objective}")
+        out.append(worker("dpo_step_at_scale", work, precision=precision, objective=objective, **shared))
+    return out
+
+
+def objectives_only(settings, out_path):
+    """Time the objectives at scale (needs only params.yaml: the weights come from the model's config) and put their
+    rows into the results file, whose other sections stay as the last full run wrote them."""
+    from harness import machine
+
+    results = json.loads(Path(out_path).read_text())
+    runs = objective_runs(settings, REPO)
+    results["objectives"] = objective_rows(runs)
+    results["objectives_run"] = {"machine": machine(), "runs": runs}
+    Path(out_path).write_text(json.dumps(results, indent=2) + "\n")
+    print(table(results))
 
 
 # The benchmark page of the docs site, whose results block --readme rewrites.

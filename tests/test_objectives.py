@@ -55,6 +55,7 @@ def test_reference_free_objectives_load_no_reference(sft_model, pairs, tmp_path,
     assert ("val_nll" in metrics) == (loss_type in ("cpo", "orpo"))  # the NLL term is part of their loss
 
 
+@pytest.mark.slow
 def test_the_reference_precomputed_or_run_each_step_trains_alike(sft_model, pairs, tmp_path):
     loads = {True: [], False: []}
     metrics = {
@@ -70,6 +71,7 @@ def test_the_reference_precomputed_or_run_each_step_trains_alike(sft_model, pair
     assert metrics[True]["val_loss_before"] == pytest.approx(math.log(2), abs=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss_type, quantization", [("simpo", "nf4"), ("kto", "none"), ("bco_pair", "nf4")])
 def test_each_objective_trains_an_adapter_and_the_reference_is_the_adapter_switched_off(
     sft_model, pairs, tmp_path, loss_type, quantization
@@ -111,6 +113,7 @@ def test_kto_trains_on_unpaired_feedback_in_unequal_shares(sft_model, pairs, tmp
     assert metrics["val_chosen_reward"] > metrics["val_rejected_reward"]
 
 
+@pytest.mark.slow
 def test_bco_pairs_running_mean_survives_a_resume(sft_model, pairs, tmp_path, monkeypatch):
     """bco_pair measures each batch against a running mean of the rewards that every step moves: a run stopped
     after step 2 (checkpoint_every 1) and resumed ends with the weights of the uninterrupted run only because the
