@@ -9,6 +9,7 @@ from alignkit.conversation import as_text, from_json
 from tests.conftest import stage_main, write_params
 
 SCHEMA = {
+    "objective",
     "rules",
     "n",
     "n_unsafe",
@@ -100,6 +101,7 @@ def evaluated(sft_model, reward_model, cut_root, tmp_path_factory):
 def test_metrics_schema_and_ranges(evaluated):
     metrics = json.loads((evaluated / "sft.json").read_text())
     assert set(metrics) == SCHEMA  # one reward model, no safety model: no violation rate
+    assert metrics["objective"] == "sft"  # from the model folder's alignment.json
     assert (metrics["n"], metrics["n_unsafe"], metrics["n_pairs"]) == (TEST_ROWS, 0, TEST_ROWS)
     for key in ("bleu", "rougeL", "win_rate_vs_reference", "preference_accuracy", "distinct_1"):
         assert 0.0 <= metrics[key] <= 1.0, key

@@ -60,7 +60,11 @@ def stopped(proc, seconds):
 
 @pytest.mark.parametrize(
     "sig, code, why",
-    [(signal.SIGINT, 130, "interrupted (Ctrl-C)"), (signal.SIGTERM, 143, "stopped (SIGTERM)")],
+    [
+        # Ctrl-C in the slow tier: the fast one keeps SIGTERM, which takes the same way out
+        pytest.param(signal.SIGINT, 130, "interrupted (Ctrl-C)", marks=pytest.mark.slow),
+        (signal.SIGTERM, 143, "stopped (SIGTERM)"),
+    ],
     ids=["ctrl-c", "sigterm"],
 )
 def test_ctrl_c_or_sigterm_prints_one_line_naming_the_checkpoint_that_dvc_repro_resumes_from(
@@ -101,6 +105,7 @@ def test_the_interrupt_line_says_when_nothing_can_be_resumed():
     )
 
 
+@pytest.mark.slow
 def test_a_pretrained_encoder_with_a_maximum_length_gets_no_tokenizer_warning(prepared_sample, tmp_path):
     """A real encoder's tokenizer has a model_max_length (bert-base-uncased: 512) that long texts exceed before
     they are cut to reward.max_length; tokenised with truncation, they never make a too-long sequence. Here the

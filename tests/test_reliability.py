@@ -524,6 +524,7 @@ def test_a_flipped_byte_in_any_checkpoint_file_is_refused_naming_it(prepared_sam
     assert not (out / "model").exists()
 
 
+@pytest.mark.slow
 def test_the_checkpoint_is_complete_only_after_the_outputs_are_written(prepared_sample, uninterrupted, tmp_path):
     """A kill between the end of training and the final save loses nothing: the checkpoint is still there, and the
     rerun resumes from it and writes what an uninterrupted run writes."""

@@ -37,6 +37,7 @@ def add_remote(repo, name, url, **options):
     git(repo, "commit", "-qam", f"remote {name}")
 
 
+@pytest.mark.slow
 def test_local_remote_round_trip(small_copy, tmp_path):
     add_remote(small_copy, "storage", str(tmp_path / "storage"))
     dvc(small_copy, "push")
