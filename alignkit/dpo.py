@@ -323,11 +323,9 @@ def summary(cfg, reference, before, after):
         "train_loss": after["train_loss"],
         "val_loss": after["loss"],
         "val_loss_before": before["loss"],
-        "val_preference_accuracy": after["preference_accuracy"],
-        "val_reward_accuracy": after["reward_accuracy"],
-        "val_chosen_reward": after["chosen_reward"],
-        "val_rejected_reward": after["rejected_reward"],
-        "val_margin": after["margin"],
+        # null where there is nothing to measure it on (KTO: no validation prompt with both kinds of answer)
+        **{f"val_{k}": after.get(k) for k in ("preference_accuracy", "reward_accuracy", "chosen_reward")},
+        **{f"val_{k}": after.get(k) for k in ("rejected_reward", "margin")},
         **extra,
         "kept_epoch": after["kept_epoch"],
     }

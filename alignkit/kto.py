@@ -185,11 +185,11 @@ def make_evaluate(objective, pairs_loader, accelerator):
             accelerator.gather_for_metrics(preference_accuracy_parts(model, batch, accelerator)[1])
             for batch in progress(pairs_loader or [], "dpo: validation pairs", accelerator.is_main_process)
         ]
-        # None (null in the metrics) where the validation feedback holds no prompt with both kinds of answer.
+        # None where the validation feedback holds no prompt with both kinds of answer.
         accuracy = torch.cat(prefers).mean().item() if prefers else None
         chosen_mean = chosen.mean().item() if len(chosen) else None
         rejected_mean = rejected.mean().item() if len(rejected) else None
-        return {
+        out = {
             "loss": losses.mean().item(),
             # KTO ranks no pairs in training: its reward accuracy is the preference accuracy (the implicit
             # reward beta (log pi - log pi_ref) of the chosen answer above the rejected one's, i.e. the same gain).
@@ -200,6 +200,8 @@ def make_evaluate(objective, pairs_loader, accelerator):
             "margin": None if chosen_mean is None or rejected_mean is None else chosen_mean - rejected_mean,
             "kl": torch.stack(kls).mean().item(),
         }
+        # A value there is none of (no pair, or no answer of a kind) is left out: no curve point, null in the metrics.
+        return {k: v for k, v in out.items() if v is not None}
 
     return evaluate
 
@@ -244,7 +246,11 @@ def train_kto(
         for name in ("train", "val") if reference == "precomputed" else ("val",):
             # Each example and its KL example as the two sides of a "pair": one pass, longest first.
             logps[name] = reference_logps(model, encoded[name], pad, size, accelerator, f"dpo: reference ({name})")
-        start = reference_logps(model, val_pairs, pad, size, accelerator, "dpo: start (val pairs)")
+        start = (  # none where no validation prompt has both kinds of answer
+            reference_logps(model, val_pairs, pad, size, accelerator, "dpo: start (val pairs)")
+            if val_pairs
+            else (torch.zeros(0), torch.zeros(0))
+        )
 
     def items(name):
         ref = logps.get(name)

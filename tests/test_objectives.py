@@ -113,6 +113,14 @@ def test_kto_trains_on_unpaired_feedback_in_unequal_shares(sft_model, pairs, tmp
     assert metrics["val_chosen_reward"] > metrics["val_rejected_reward"]
 
 
+def test_kto_without_a_validation_prompt_of_both_kinds_reports_no_preference_accuracy(sft_model, pairs, tmp_path):
+    """Validation feedback with desirable answers only: no pair to rank, so the accuracy is null, not a guess."""
+    val = [f for f in unpair(pairs[1]) if f.desirable]
+    metrics, _ = run(sft_model, tmp_path, unpair(pairs[0]), val, [], loss_type="kto", max_steps=1)
+    assert metrics["val_pairs"] == 0 and metrics["val_preference_accuracy"] is None
+    assert metrics["val_rejected_reward"] is None and metrics["val_chosen_reward"] is not None
+
+
 @pytest.mark.slow
 def test_bco_pairs_running_mean_survives_a_resume(sft_model, pairs, tmp_path, monkeypatch):
     """bco_pair measures each batch against a running mean of the rewards that every step moves: a run stopped
