@@ -38,7 +38,7 @@ def copy_repo(repo, dest):
 
 
 def override_params(work, overrides, rows):
-    """Apply dotted-key params overrides, and keep only the first `rows` data rows (CSV only)."""
+    """Apply dotted-key params overrides, and keep only the first `rows` data rows (CSV, or JSONL lines)."""
     path = work / "params.yaml"
     params = yaml.safe_load(path.read_text())
     for dotted, value in overrides.items():
@@ -52,8 +52,12 @@ def override_params(work, overrides, rows):
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     for spec in params["data"].values() if rows is not None else []:  # every named data set
         data = work / spec["path"]
+        if data.suffix == ".jsonl":  # one row a line, no header (the feedback sample)
+            lines = data.read_text(encoding="utf-8").splitlines(keepends=True)
+            data.write_text("".join(lines[:rows]), encoding="utf-8")
+            continue
         if data.suffix != ".csv":
-            raise ValueError(f"bench config: pipeline.rows needs CSV data, got {data}")
+            raise ValueError(f"bench config: pipeline.rows needs CSV or JSONL data, got {data}")
         with open(data, newline="", encoding="utf-8") as f:
             kept = list(csv.reader(f))[: rows + 1]
         with open(data, "w", newline="", encoding="utf-8") as f:

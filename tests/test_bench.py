@@ -142,6 +142,7 @@ def test_tiny_benchmark_writes_results_and_table(tmp_path):
         "pretrained",
         "prepare@helpful",
         "prepare@safety",
+        "prepare@feedback",
         "reward@helpful",
         "reward@safety",
         "judge@helpful",

@@ -275,8 +275,9 @@ def test_rebuilt_metrics_agree_with_the_committed_ones(built):
         text=True,
         check=True,
     ).stdout.split()
-    # data/{helpful,safety}, reward/{helpful,safety}, judge/{helpful,safety}, sft, dpo, ppo, online, eval/*, compare
-    assert len(committed) == 15, committed
+    # data/{helpful,safety,feedback}, reward/{helpful,safety}, judge/{helpful,safety}, sft, dpo, ppo, online, eval/*,
+    # compare
+    assert len(committed) == 16, committed
     off = []
     for path in committed:
         before = flat(json.loads(git_show(repo, "HEAD~1", path)))
@@ -486,7 +487,7 @@ def test_dvc_exp_run_on_the_conversational_sample_runs_every_stage_with_the_chat
         "-S",
         CHAT_PREFERENCES_FILTER,
     )
-    unchanged = ("prepare@safety", "reward@safety", "judge@safety", "pretrained")
+    unchanged = ("prepare@safety", "prepare@feedback", "reward@safety", "judge@safety", "pretrained")
     assert ran(printed) == sorted(s for s in STAGES if s not in unchanged)
     assert "prepare@helpful: data/sample/chat_preferences.jsonl (conversational schema): 400 rows in" in printed
     data = json.loads((small_copy / "metrics" / "data" / "helpful.json").read_text())
@@ -540,7 +541,7 @@ def test_a_chat_model_with_lora_and_one_reward_model_on_multi_turn_conversations
     (repo_copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     printed = dvc(repo_copy, "repro")
     assert ran(printed) == sorted(
-        [s for s in STAGES if "@helpful" not in s and "@safety" not in s]
+        [s for s in STAGES if not s.endswith(("@helpful", "@safety", "@feedback"))]
         + ["judge@chat", "prepare@chat", "reward@chat"]
     )
     assert "6 {'empty_answer': 6} dropped" in printed  # the sample's rows with an empty last answer

@@ -86,9 +86,9 @@ def test_two_clean_runs_give_identical_metrics_and_models(reduced_repo, tmp_path
     repo = private_copy(reduced_repo, tmp_path)
     dvc(repo, "repro", "-f")
     first = metrics_files(reduced_repo)
-    # data/{helpful,safety}, reward/{helpful,safety}, judge/{helpful,safety}, sft, dpo, ppo, online,
+    # data/{helpful,safety,feedback}, reward/{helpful,safety}, judge/{helpful,safety}, sft, dpo, ppo, online,
     # eval/{sft,ppo,dpo,online}, compare: the verdict too is byte for byte the same
-    assert len(first) == 15
+    assert len(first) == 16
     assert metrics_files(repo) == first
     assert (repo / "dvc.lock").read_text() == (reduced_repo / "dvc.lock").read_text()
 
