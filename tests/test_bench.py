@@ -164,13 +164,24 @@ def test_tiny_benchmark_writes_results_and_table(tmp_path):
     }
     assert all(s["peak_rss_mib"] > 0 for s in stages.values())
     last = "bf16" if native else "fp32"
-    assert [(a["precision"], a["checkpointing"], bool(a["lora"])) for a in results["memory"]["dpo_step_at_scale"]] == [
-        ("fp32", False, False),
-        *([("bf16", False, False)] if native else []),
-        (last, True, False),
-        ("fp32", False, True),
-        (last, True, True),
+    memory = results["memory"]["dpo_step_at_scale"]
+    assert [(a["precision"], a["checkpointing"], bool(a["lora"]), a["objective"]) for a in memory] == [
+        ("fp32", False, False, "sigmoid"),
+        *([("bf16", False, False, "sigmoid")] if native else []),
+        (last, True, False, "sigmoid"),
+        ("fp32", False, True, "sigmoid"),
+        (last, True, True, "sigmoid"),
+        # the dpo stage's other objectives, in the first run's settings
+        ("fp32", False, False, "sigmoid-live"),
+        ("fp32", False, False, "simpo"),
+        ("fp32", False, False, "orpo"),
     ]
+    # SimPO and ORPO against DPO with its reference held and run each step, and with it precomputed
+    assert [r["objective"] for r in results["objectives"]] == ["simpo", "orpo"]
+    for r in results["objectives"]:
+        assert r["memory_ratio"] == pytest.approx(r["peak_mib"] / r["dpo_live_peak_mib"])
+        assert r["time_ratio"] == pytest.approx(r["step_s"] / r["dpo_live_s"]) and r["dpo_precomputed_s"] > 0
+    assert "| simpo | none |" in proc.stdout and "| DPO (sigmoid) | a frozen copy, run each step |" in proc.stdout
     # Full vs LoRA in the same run and settings: the adapter is a small share of the model, both timed and measured.
     at_scale = results["details"]["dpo_step_at_scale"]
     assert [r["path"].rsplit(", ", 2)[1:] for r in results["lora"]] == [
