@@ -10,7 +10,7 @@ ppo.temperature/top_p/top_k/max_new_tokens for the eval.* left null, reward_mode
 threshold) and rules (the verifiable rules: each one's pass rate on the prompts it applies to). Writes the
 metrics (one schema for every model, each mean with its interval), the generations
 (question, set, unsafe mark, reference, answer, the proxy and judge scores, violation, KL) and a plot file for
-`dvc plots`.
+`dvc plots`. Every model runs on this process's GPU where there is one.
 """
 
 import json
@@ -24,7 +24,7 @@ from alignkit.modeldir import load_policy, provenance
 from alignkit.params import load_params
 from alignkit.policy import prepare_tokenizer
 from alignkit.stage import run_stage, stage_args
-from alignkit.training import seed_everything
+from alignkit.training import default_device, seed_everything
 from alignkit.verifiable import Rules
 
 PLOTTED = ("reward_mean", "judge_mean", "win_rate_vs_reference", "preference_accuracy", "rougeL", "bleu")
@@ -51,14 +51,16 @@ def main(argv=None):
     seed_everything(params.seed)
 
     (test,) = read_sets(args.data, params.eval.data, "test", key="eval.data")
+    # Every model on this process's GPU where there is one (generating and scoring are this stage's time).
+    device = default_device()
     policy, tokenizer = load_policy(args.model, args.model)
+    policy.to(device)
     same = Path(args.model).resolve() == Path(args.sft).resolve()  # evaluate@sft: SFT against itself
-    sft = policy if same else load_policy(args.sft, args.sft)[0]
+    sft = policy if same else load_policy(args.sft, args.sft)[0].to(device)
     prepare_tokenizer(tokenizer)
-    scorer = RewardModels(args.rewards, params.reward_models, params.ppo.reward, params.eval.batch_size)
-    judges = (
-        RewardModels(args.judges, params.judges, params.ppo.reward, params.eval.batch_size) if params.judges else None
-    )
+    batch = params.eval.batch_size
+    scorer = RewardModels(args.rewards, params.reward_models, params.ppo.reward, batch, device)
+    judges = RewardModels(args.judges, params.judges, params.ppo.reward, batch, device) if params.judges else None
     metrics, generations = evaluate_policy(
         args.name,
         policy,

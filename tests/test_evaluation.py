@@ -98,6 +98,40 @@ def evaluated(sft_model, reward_model, cut_root, tmp_path_factory):
     return out
 
 
+def test_every_model_goes_to_the_default_device(sft_model, reward_model, cut_root, tmp_path, monkeypatch):
+    """On a GPU machine evaluate generates and scores there: the policy, the SFT model, each reward model and each
+    judge is moved to alignkit.training.default_device(). A meta device stands in for the GPU here, and evaluation
+    itself for a probe that reads where each model is (before it, evaluate left every model on the CPU)."""
+    import torch
+
+    import alignkit.evaluation
+    import alignkit.training
+
+    class Probed(Exception):
+        pass
+
+    seen = {}
+
+    def probe(name, policy, sft, tokenizer, scorer, judges, *rest):
+        seen["policy"], seen["sft"] = policy.device.type, sft.device.type
+        for kind, models in (("reward", scorer), ("judge", judges)):
+            for n, s in models.scorers.items():
+                seen[f"{kind} {n}"] = next(s.model.parameters()).device.type
+        raise Probed
+
+    monkeypatch.setattr(alignkit.training, "default_device", lambda: torch.device("meta"))
+    monkeypatch.setattr(alignkit.evaluation, "evaluate_policy", probe)
+    copy = shutil.copytree(sft_model / "sft", tmp_path / "sft-copy")
+    out = tmp_path / "out"
+    args = ["--params", str(write_params(tmp_path / "params.yaml")), "--name", "sft"]
+    args += ["--model", str(sft_model / "sft"), "--sft", str(copy), "--data", str(cut_root)]
+    args += ["--rewards", str(reward_model / "models"), "--judges", str(reward_model / "models")]
+    args += ["--metrics", str(out / "m.json"), "--generations", str(out / "g.jsonl"), "--plot", str(out / "p.json")]
+    with pytest.raises(Probed):
+        stage_main("evaluate")(args)
+    assert seen == {"policy": "meta", "sft": "meta", "reward helpful": "meta", "judge helpful": "meta"}
+
+
 def test_metrics_schema_and_ranges(evaluated):
     metrics = json.loads((evaluated / "sft.json").read_text())
     assert set(metrics) == SCHEMA  # one reward model, no safety model: no violation rate
