@@ -8,6 +8,7 @@ weights, the same batches in the same order, `warmup` untimed steps, then the
 median of `repeats` timed ones; training steps of the two sides alternate.
 """
 
+import math
 import statistics
 import tempfile
 from contextlib import nullcontext
@@ -42,8 +43,12 @@ def _ours_trainer(model, cfg, precision, key, steps):
     optimizer, scheduler = make_optimizer(model, cfg, steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     model.train()
-    return model, lambda step, batch: train_step(
-        model, _to(batch, accelerator.device), step, optimizer, scheduler, accelerator, cfg.max_grad_norm
+    return (
+        model,
+        lambda step, batch: train_step(
+            model, _to(batch, accelerator.device), step, optimizer, scheduler, accelerator, cfg.max_grad_norm
+        ),
+        accelerator,
     )
 
 
@@ -112,7 +117,7 @@ def reward(work, precision, warmup, repeats, with_peer=True, **_):
             theirs_loss = theirs.compute_loss(theirs.model.eval(), theirs_batches[0]).item()
         out["agreement"] = _agreement(ours_loss, theirs_loss)
 
-    model, step = _ours_trainer(model, cfg, precision, "reward.precision", n)
+    model, step, _ = _ours_trainer(model, cfg, precision, "reward.precision", n)
     sides = {"ours": (lambda b: step(batch_loss, b), ours_batches)}
     if with_peer:
         sides["theirs"] = (peers.TrainerStepper(theirs, n), theirs_batches)
@@ -201,7 +206,7 @@ def dpo(work, precision, warmup, repeats, with_peer=True, **_):
                 theirs_loss = trainer.get_batch_loss_metrics(trainer.model.eval(), batches[0])[0].item()
                 out[f"agreement_{name}"] = _agreement(ours_loss, theirs_loss)
 
-    model, step = _ours_trainer(policy, cfg, precision, "dpo.precision", n)
+    model, step, _ = _ours_trainer(policy, cfg, precision, "dpo.precision", n)
     sides = {"ours": (lambda b: step(step_fn, b), ours_batches)}
     for name, (trainer, batches) in peer_runs.items():
         sides[f"theirs_{name}"] = (peers.TrainerStepper(trainer, n), batches)
@@ -367,10 +372,13 @@ def dpo_step_flops(config, n_params, batch_rows, seq_len):
     return per_token * batch_rows * seq_len
 
 
-def _scale_step(work, precision, model, pairs, seq_len, checkpointing, lora, steps, objective="sigmoid"):
+def _scale_step(
+    work, precision, model, pairs, seq_len, checkpointing, lora, steps, objective="sigmoid", quantization="none"
+):
     """Our training step of the dpo stage on a GPT-2 of the given architecture, weights from its config (so the
     compute equals the real model's), on full-length sequences (a quarter prompt, the rest answer): (step() -> loss,
-    config, parameter count, the policy). objective: a dpo.loss_type; "sigmoid" with the reference's log-probs in the
+    config, parameter count, the policy, its Accelerator). quantization: nf4 puts the LoRA adapter's base in 4 bits.
+    objective: a dpo.loss_type; "sigmoid" with the reference's log-probs in the
     batch (precomputed, no reference model held), "sigmoid-live" with a frozen reference model held in memory and
     run at every step (precompute_ref_log_probs: false), or a reference-free one (simpo, cpo, orpo)."""
     from contextlib import nullcontext
@@ -391,7 +399,8 @@ def _scale_step(work, precision, model, pairs, seq_len, checkpointing, lora, ste
     if lora:
         from alignkit.adapters import prepare
 
-        cfg = cfg.model_copy(update={"lora": cfg.lora.model_copy(update={"enabled": True, **lora})})
+        lora_cfg = cfg.lora.model_copy(update={"enabled": True, **lora})
+        cfg = cfg.model_copy(update={"lora": lora_cfg, "quantization": quantization, "precision": precision})
         policy = prepare(policy, cfg, "dpo", device())
     policy = disable_dropout(policy)
     if checkpointing:
@@ -411,11 +420,11 @@ def _scale_step(work, precision, model, pairs, seq_len, checkpointing, lora, ste
     elif objective_fn.needs_reference:
         with torch.no_grad():
             batch["reference_logps"] = forward_logps(policy, _to(batch, device())).cpu() - 1.0
-    _, step = _ours_trainer(policy, cfg, precision, "dpo.precision", steps)
+    _, step, accelerator = _ours_trainer(policy, cfg, precision, "dpo.precision", steps)
     step_fn = ours.make_step(objective_fn, reference)
     # Nothing of a step is kept: holding each step's loss would keep its autograd graph, and with it memory
     # that a training loop frees (with LoRA, about 2 GB a step at this size).
-    return lambda: step(step_fn, batch)[0].item(), config, n_params, policy
+    return lambda: step(step_fn, batch)[0].item(), config, n_params, policy, accelerator
 
 
 def dpo_step_at_scale(
@@ -430,15 +439,18 @@ def dpo_step_at_scale(
     matmul_size=4096,
     lora=None,
     objective="sigmoid",
+    quantization="none",
     **_,
 ):
-    """One training step of ours at scale (_scale_step): step time, FLOP/s, MFU, peak memory.
-    lora: {r, alpha, target_modules} to train a LoRA adapter on the frozen model instead (alignkit.adapters).
-    objective: the dpo stage's objective (_scale_step); the FLOPs counted are the policy's alone."""
-    step, config, n_params, policy = _scale_step(
-        work, precision, model, pairs, seq_len, checkpointing, lora, warmup + repeats, objective
+    """One training step of ours at scale (_scale_step): step time, FLOP/s, MFU, peak memory, whether every loss
+    was finite, and in fp16 the loss scale accelerate's GradScaler ended at.
+    lora: {r, alpha, target_modules} to train a LoRA adapter on the frozen model instead (alignkit.adapters), on a
+    4-bit base with quantization nf4. objective: the dpo stage's objective (_scale_step); the FLOPs counted are
+    the policy's alone."""
+    step, config, n_params, policy, accelerator = _scale_step(
+        work, precision, model, pairs, seq_len, checkpointing, lora, warmup + repeats, objective, quantization
     )
-    seconds, _ = timed(lambda _: step(), range(warmup + repeats), warmup)
+    seconds, losses = timed(lambda _: step(), range(warmup + repeats), warmup)
     flops = dpo_step_flops(config, n_params, 2 * pairs, seq_len)
     peak = matmul_peak(precision, matmul_size, 1, 3)
     sync()
@@ -446,6 +458,7 @@ def dpo_step_at_scale(
         "precision": precision,
         "checkpointing": checkpointing,
         "lora": lora,
+        "quantization": quantization,
         "objective": objective,
         "params": n_params,
         "trainable": sum(p.numel() for p in policy.parameters() if p.requires_grad),
@@ -457,6 +470,8 @@ def dpo_step_at_scale(
         "matmul_peak_flops": peak,
         "mfu": flops / seconds / peak,
         "peak_memory_mib": peak_memory_mib(),
+        "losses_finite": all(math.isfinite(x) for x in losses),
+        "loss_scale": accelerator.scaler.get_scale() if accelerator.scaler is not None else None,
     }
 
 
