@@ -87,6 +87,8 @@ class TrainingRun:
             self.checkpoint.restore_live(self.live_dir)
             self.step, self.best = self.saved["position"]["global_step"], self.saved["best"]
             self.accelerator.step = self.saved["accumulation_step"]  # where gradient accumulation stood
+            if self.accelerator.scaler is not None and "scaler" in self.saved:  # fp16: on at the scale it had reached
+                self.accelerator.scaler.load_state_dict(self.saved["scaler"])
             print(f"{self.desc}: resumed from checkpoint at step {self.step}", flush=True)
         return self.saved
 
@@ -150,7 +152,8 @@ class TrainingRun:
 
     def save_if_due(self, model, state):
         """Write a checkpoint if this step is due one: state() (the loop's own: optimizer, scheduler, running
-        sums), the run's position, the RNG states, the accumulation counter and the kept best epoch."""
+        sums), the run's position, the RNG states, the accumulation counter, fp16's loss scaler and the kept best
+        epoch."""
         if self.checkpoint and self.checkpoint.due(self.step):
             self.checkpoint.save(
                 self.step,
@@ -160,6 +163,7 @@ class TrainingRun:
                     "rng": rng_state(),
                     "best": self.best,
                     "accumulation_step": self.accelerator.step,
+                    **({"scaler": self.accelerator.scaler.state_dict()} if self.accelerator.scaler is not None else {}),
                     "position": {"epoch": self.epoch, "batches_done": self.batches_done, "global_step": self.step},
                 },
                 self.live_dir,

@@ -98,7 +98,7 @@ def test_max_steps_overrides_epochs_and_stops_part_way(tmp_path):
     ]
 
 
-def tiny_run(tmp_path, cfg, val_losses, checkpoint=None, stop_after=None):
+def tiny_run(tmp_path, cfg, val_losses, checkpoint=None, stop_after=None, accelerator=None):
     """fit on a linear model, 12 examples in batches of 4 (3 steps an epoch); evaluate returns val_losses in turn
     and records the weights it saw. stop_after: raise after that many training steps (a crash)."""
     from alignkit.loop import fit
@@ -125,7 +125,7 @@ def tiny_run(tmp_path, cfg, val_losses, checkpoint=None, stop_after=None):
         loader,
         loader,
         cfg,
-        make_accelerator("fp32", "x"),
+        accelerator or make_accelerator("fp32", "x"),
         tmp_path / "live",
         desc="test",
         step=step,
@@ -161,6 +161,35 @@ def test_keep_best_survives_a_resume_from_a_checkpoint(tmp_path):
         tmp_path / "run", cfg, [0.3, 0.4], checkpoint=Checkpointer(tmp_path / "ckpt", 3, "fp", accelerator)
     )
     assert after["kept_epoch"] == 1 and after["loss"] == 0.2 and torch.equal(resumed.weight, whole.weight)
+
+
+def scaling_accelerator():
+    """An Accelerator with a loss scaler, as fp16 on CUDA gets one (accelerate refuses fp16 on a CPU): torch's
+    GradScaler for the CPU, doubling its scale after every step without an overflow."""
+    accelerator = make_accelerator("fp32", "x")
+    accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=1)
+    return accelerator
+
+
+def test_the_loss_scale_survives_a_resume(tmp_path):
+    """fp16 training scales its loss, and the scale grows through the run. A run stopped after step 4 and resumed
+    from that step's checkpoint goes on at the scale it had (2^14), not at the initial one: the uninterrupted run and
+    the resumed one end at the same scale, 2^16, with the same weights. Restarting at the initial scale, as before,
+    an fp16 run meets the overflows again and skips the steps it skipped at its start."""
+    from alignkit.checkpoint import Checkpointer
+
+    cfg, losses = config(epochs=2), [1.0, 0.5, 0.3]
+    whole_accelerator = scaling_accelerator()
+    _, whole, _ = tiny_run(tmp_path / "whole", cfg, losses, accelerator=whole_accelerator)
+    assert whole_accelerator.scaler.get_scale() == 2.0**16  # 6 steps, each doubling it
+    stopped = scaling_accelerator()
+    with pytest.raises(KeyboardInterrupt):
+        tiny_run(tmp_path / "run", cfg, losses, Checkpointer(tmp_path / "ckpt", 2, "fp", stopped), 5, stopped)
+    resumed_accelerator = scaling_accelerator()
+    ckpt = Checkpointer(tmp_path / "ckpt", 2, "fp", resumed_accelerator)
+    _, resumed, _ = tiny_run(tmp_path / "run", cfg, losses[2:], ckpt, accelerator=resumed_accelerator)
+    assert resumed_accelerator.scaler.get_scale() == 2.0**16
+    assert torch.equal(resumed.weight, whole.weight)
 
 
 def curves(live):
