@@ -570,16 +570,24 @@ def _conversation_prompt(path, rec, layout, chosen, rejected):
     return cell_messages(path, rec, layout["prompt"]), chosen, rejected, layout["prompt"]
 
 
+def with_system(path, rec, layout, prompt):
+    """`prompt` (messages) behind the system turn in the layout's system column, if it has one and the prompt has
+    none of its own; an empty system cell is no system turn (a system prompt is optional)."""
+    if "system" not in layout or prompt[0].role == "system":
+        return prompt
+    try:
+        return (Message("system", cell_text(path, rec, layout["system"])),) + prompt
+    except BadRow as bad:
+        if bad.reason != "empty_cell":
+            raise
+        return prompt
+
+
 def conversation_pair(path, rec, layout, max_chars, unsafe):
     """A row of trl's conversational format -> Pair (the prompt keeps its system turn), or BadRow."""
     chosen, rejected = (cell_messages(path, rec, layout[part]) for part in ("chosen", "rejected"))
     prompt, chosen, rejected, prompt_column = _conversation_prompt(path, rec, layout, chosen, rejected)
-    if "system" in layout and prompt[0].role != "system":
-        try:
-            prompt = (Message("system", cell_text(path, rec, layout["system"])),) + prompt
-        except BadRow as bad:
-            if bad.reason != "empty_cell":  # a system prompt is optional
-                raise
+    prompt = with_system(path, rec, layout, prompt)
     if prompt[-1].role != "user":
         raise BadRow("bad_turn_order", f"{where(path, rec, prompt_column)}: the prompt does not end with a user turn")
     for part, answer in (("chosen", chosen), ("rejected", rejected)):
@@ -628,12 +636,7 @@ def row_feedback(path, layout, rec, max_chars):
     column = layout.get("unsafe")
     unsafe = column is True or (column is not None and unsafe_flag(path, rec, column))
     prompt, texts = _turn_text(path, rec, layout["prompt"], "user")
-    if "system" in layout and prompt[0].role != "system":
-        try:
-            prompt = (Message("system", cell_text(path, rec, layout["system"])),) + prompt
-        except BadRow as bad:
-            if bad.reason != "empty_cell":  # a system prompt is optional
-                raise
+    prompt = with_system(path, rec, layout, prompt)
     answer, answer_texts = _turn_text(path, rec, layout["completion"], "assistant")
     for part, text in [("prompt", t) for t in texts] + [("completion", t) for t in answer_texts]:
         if len(text) > max_chars:

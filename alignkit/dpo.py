@@ -20,7 +20,6 @@ from alignkit.conversation import Renderer
 from alignkit.errors import ParamsError
 from alignkit.loop import fit
 from alignkit.losses import (
-    DPO_LOSS_TYPES,
     RUNNING_START,
     answer_nll,
     cpo_loss,
@@ -29,13 +28,11 @@ from alignkit.losses import (
     running_moments,
     simpo_loss,
 )
+from alignkit.params import DPO_LOSS_TYPES
 from alignkit.policy import answer_token_logps, collate, forward_logps
 from alignkit.training import progress, seeded_loader
 
-REFERENCE_FREE = ("simpo", "cpo", "orpo")
 LENGTH_NORMALISED = ("simpo", "orpo")  # mean log-prob per answer token, not the sum
-UNPAIRED = ("kto",)
-OBJECTIVES = (*DPO_LOSS_TYPES, *REFERENCE_FREE, *UNPAIRED)
 
 
 def encode_pairs(tokenizer, pairs, max_length, max_prompt_length):

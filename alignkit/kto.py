@@ -119,6 +119,11 @@ class KTOObjective:
         )
         return losses.mean(), losses, chosen, rejected, kl
 
+    def rewards(self, logps, reference):
+        """The implicit reward of each example, in batch order: beta (log pi - log pi_ref), detached (kto_loss's
+        chosen and rejected rewards, not split by kind)."""
+        return self.cfg.beta * (logps - reference).detach()
+
 
 def _both(model, batch, reference):
     """The policy's summed log-probs of the examples (with gradient) and of their KL examples (without), and the
@@ -135,7 +140,7 @@ def _both(model, batch, reference):
 def example_rewards(objective, logps, ref, desirable, losses):
     """Per example, in batch order: the implicit reward beta (log pi - log pi_ref) and KTO's loss (kto_loss
     returns the desirable examples' first) -- tensors of one size on every process, as gathering needs."""
-    rewards = objective.cfg.beta * (logps - ref).detach()
+    rewards = objective.rewards(logps, ref)
     per_example = torch.empty_like(rewards)
     per_example[desirable] = losses[: int(desirable.sum())].detach()
     per_example[~desirable] = losses[int(desirable.sum()) :].detach()
@@ -149,7 +154,7 @@ def make_step(objective, reference=None):
         loss, _, _, _, kl = objective(logps, kl_logps, desirable, ref, ref_kl)
         # The mean reward of each kind over every process's batch (a batch may hold one kind only), the same on all.
         d = desirable.float()
-        rewards = objective.cfg.beta * (logps - ref).detach()
+        rewards = objective.rewards(logps, ref)
         sums = objective.gather(
             torch.stack([(rewards * d).sum(), d.sum(), (rewards * (1 - d)).sum(), (1 - d).sum()])[None]
         )

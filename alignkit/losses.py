@@ -8,6 +8,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from alignkit.params import DPO_LOSS_TYPES
+
 
 def bradley_terry_loss(chosen_rewards, rejected_rewards):
     """Pairwise reward-model loss, L = -(1/N) sum_i log sigmoid(r_chosen_i - r_rejected_i).
@@ -25,23 +27,6 @@ def bradley_terry_loss(chosen_rewards, rejected_rewards):
     margin = chosen_rewards - rejected_rewards
     loss = -F.logsigmoid(margin).mean()
     return loss, (margin > 0).float().mean(), margin.mean()
-
-
-# trl 0.11.4's DPOTrainer loss types, every one of them.
-DPO_LOSS_TYPES = (
-    "sigmoid",
-    "hinge",
-    "ipo",
-    "robust",
-    "exo_pair",
-    "nca_pair",
-    "bco_pair",
-    "sppo_hard",
-    "aot",
-    "aot_pair",
-    "apo_zero",
-    "apo_down",
-)
 
 
 def dpo_loss(

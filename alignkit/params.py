@@ -247,9 +247,9 @@ class SFTParams(PolicyTrainingParams):
     epochs: Annotated[int, Field(ge=0)]  # 0 saves the base model unchanged
 
 
-# dpo.loss_type: trl 0.11.4's DPO loss types (alignkit.losses.DPO_LOSS_TYPES), the reference-free objectives and
-# KTO (alignkit.dpo.OBJECTIVES, the same list).
-OBJECTIVES = (
+# dpo.loss_type: trl 0.11.4's DPO loss types, every one of them (alignkit.losses.dpo_loss); the reference-free
+# objectives (alignkit.losses: simpo_loss, cpo_loss, orpo_loss); KTO on unpaired feedback (alignkit.kto).
+DPO_LOSS_TYPES = (
     "sigmoid",
     "hinge",
     "ipo",
@@ -262,11 +262,10 @@ OBJECTIVES = (
     "aot_pair",
     "apo_zero",
     "apo_down",
-    "simpo",
-    "cpo",
-    "orpo",
-    "kto",
 )
+REFERENCE_FREE = ("simpo", "cpo", "orpo")
+UNPAIRED = ("kto",)
+OBJECTIVES = (*DPO_LOSS_TYPES, *REFERENCE_FREE, *UNPAIRED)
 
 
 class DPOParams(PolicyTrainingParams):
