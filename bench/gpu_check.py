@@ -84,10 +84,34 @@ def levels(plan):
 # ---------------------------------------------------------------- running stages without DVC
 
 
+def repo_files():
+    """The repository's files as the GPU machine gets them: tracked and untracked-but-not-ignored (git ls-files), or,
+    where there is no git repository (that machine's copy), every file but the wheels and caches."""
+    import subprocess
+
+    try:
+        listed = subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        return [name for name in listed.split("\0") if name and (REPO / name).is_file()]
+    except (OSError, subprocess.CalledProcessError):
+        skip = {".git", ".venv", ".whl", ".dvc", "__pycache__", ".ruff_cache", ".pytest_cache", "site"}
+        return [
+            str(p.relative_to(REPO))
+            for p in REPO.rglob("*")
+            if p.is_file() and not skip & set(p.relative_to(REPO).parts)
+        ]
+
+
 def copy_repo(dest, plan):
-    """The repository at dest without .git and without any stage output (each stage writes its own anew)."""
-    skip = {".git", ".venv", ".whl", ".dvc", "__pycache__", ".ruff_cache", ".pytest_cache"}
-    shutil.copytree(REPO, dest, ignore=lambda d, names: [n for n in names if n in skip])
+    """The repository at dest without any stage output (each stage writes its own anew)."""
+    for name in repo_files():
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, dest / name)
     for out in (o for stage in plan for o in stage["outs"]):
         target = dest / out
         if target.is_dir():
