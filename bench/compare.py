@@ -8,6 +8,7 @@ weights, the same batches in the same order, `warmup` untimed steps, then the
 median of `repeats` timed ones; training steps of the two sides alternate.
 """
 
+import copy
 import math
 import statistics
 import tempfile
@@ -671,6 +672,116 @@ def rloo(work, precision, warmup, repeats, **_):
     }
 
 
+# ---------------------------------------------------------------- the CUDA check's own (bench/gpu_check.py)
+
+# What each check must reach. The merged model may differ from its adapter on the 4-bit base by at most this
+# multiple of what quantising the base alone moves the same log-probs (merging adds the adapter to the full-
+# precision weights, so the two differ by the base's quantisation error, nothing else).
+MERGE_NF4_FACTOR = 1.5
+# The adapter merged into the full-precision base against the same adapter unmerged on it: rounding only.
+MERGE_EXACT_TOL = 1e-3  # nats per sequence
+
+
+def _logps(model, pairs, tokenizer, device):
+    """Summed answer log-probs of prompt + preferred answer for each pair, in float64 on the CPU."""
+    from alignkit.conversation import plain_answer, plain_prompt
+    from alignkit.policy import collate, forward_logps
+
+    rows = []
+    for p in pairs:
+        prompt = tokenizer(plain_prompt(p.prompt))["input_ids"]
+        answer = tokenizer(plain_answer(p.chosen), add_special_tokens=False)["input_ids"]
+        rows.append(((prompt + answer)[:256], len(prompt)))
+    batch = {k: v.to(device) for k, v in collate(rows, tokenizer.pad_token_id).items()}
+    with torch.no_grad():
+        return forward_logps(model.eval(), batch).double().cpu()
+
+
+def merge_check(work, precision, pairs=16, **_):
+    """The merged DPO model (models/merged/dpo: SFT adapter merged, then DPO adapter) against the model it was
+    trained as: the DPO adapter on the 4-bit nf4 base of the merged SFT model, in the compute dtype. Also the same
+    adapter unmerged on the full-precision base (merging must match it to rounding), and the base alone in 4 bits
+    (the quantisation's own effect on the same log-probs, which bounds the first difference)."""
+    from peft import PeftModel
+
+    from alignkit.adapters import COMPUTE_DTYPES, quantize_nf4
+    from alignkit.data import read_sets
+    from alignkit.modeldir import load_policy
+
+    dev = device()
+    val = read_sets(work / "data/prepared", ["helpful"], "validation")[0][:pairs]
+    merged, tokenizer = load_policy(str(work / "models/merged/dpo"), "merged")
+    base, _ = load_policy(str(work / "models/sft"), "sft")  # the SFT adapter merged into its base: dpo's start
+    quantized = quantize_nf4(copy.deepcopy(base), COMPUTE_DTYPES[precision], dev, "check")
+    as_trained = PeftModel.from_pretrained(quantized, str(work / "models/dpo"))
+    unmerged = PeftModel.from_pretrained(copy.deepcopy(base), str(work / "models/dpo"))
+    lp = {
+        name: _logps(model.to(dev), val, tokenizer, dev)
+        for name, model in [("merged", merged), ("as_trained", as_trained), ("unmerged", unmerged), ("base", base)]
+    }
+    with as_trained.disable_adapter():
+        lp["base_nf4"] = _logps(as_trained, val, tokenizer, dev)
+    exact = (lp["merged"] - lp["unmerged"]).abs().max().item()
+    nf4 = (lp["merged"] - lp["as_trained"]).abs().max().item()
+    quantisation = (lp["base"] - lp["base_nf4"]).abs().max().item()
+    return {
+        "pairs": len(val),
+        "compute_dtype": precision,
+        "merged_vs_unmerged_max_nats": exact,
+        "merged_vs_4bit_adapter_max_nats": nf4,
+        "base_vs_4bit_base_max_nats": quantisation,
+        "merged_logp_mean": lp["merged"].mean().item(),
+        "exact_ok": exact <= MERGE_EXACT_TOL,
+        "nf4_ok": nf4 <= MERGE_NF4_FACTOR * quantisation + MERGE_EXACT_TOL,
+    }
+
+
+def quant_paths(work, precision, pairs=16, **_):
+    """The 4-bit nf4 model two ways from the same saved weights (models/merged/sft): our quantize_nf4 on the loaded
+    model, and transformers' from_pretrained with BitsAndBytesConfig (nf4, double quantisation, the same compute
+    dtype). The layers each quantised, whether their packed weights and quantisation constants are identical, and
+    the largest difference in summed log-probs."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    from alignkit.adapters import COMPUTE_DTYPES, quantize_nf4
+    from alignkit.data import read_sets
+
+    path, dev, dtype = str(work / "models/merged/sft"), device(), COMPUTE_DTYPES[precision]
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    val = read_sets(work / "data/prepared", ["helpful"], "validation")[0][:pairs]
+    ours = quantize_nf4(AutoModelForCausalLM.from_pretrained(path), dtype, dev, "check")
+    full = _logps(AutoModelForCausalLM.from_pretrained(path).to(dev), val, tokenizer, dev)
+    out = {
+        "compute_dtype": precision,
+        "ours_layers": sorted(n for n, m in ours.named_modules() if type(m).__name__ == "Linear4bit"),
+        "ours_vs_full_max_nats": (_logps(ours, val, tokenizer, dev) - full).abs().max().item(),
+    }
+    if not torch.cuda.is_available():
+        return {**out, "skipped": "from_pretrained with a BitsAndBytesConfig needs CUDA (transformers 4.45)"}
+    config = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
+    )
+    theirs = AutoModelForCausalLM.from_pretrained(path, quantization_config=config, device_map={"": dev.index or 0})
+    layers = {n: m for n, m in theirs.named_modules() if type(m).__name__ == "Linear4bit"}
+    same = []
+    for name, module in ours.named_modules():
+        if name in layers:
+            a, b = module.weight, layers[name].weight
+            same.append(
+                torch.equal(a.data, b.data)
+                and torch.equal(a.quant_state.absmax, b.quant_state.absmax)
+                and torch.equal(a.quant_state.state2.absmax, b.quant_state.state2.absmax)
+            )
+    diff = (_logps(ours, val, tokenizer, dev) - _logps(theirs, val, tokenizer, dev)).abs().max().item()
+    return {
+        **out,
+        "theirs_layers": sorted(layers),
+        "identical_layers": sum(same),
+        "ours_vs_theirs_max_nats": diff,
+        "ok": sorted(layers) == out["ours_layers"] and all(same) and diff < 1e-3,
+    }
+
+
 SECTIONS = {
     "reward": reward,
     "dpo": dpo,
@@ -679,6 +790,8 @@ SECTIONS = {
     "dpo_step_at_scale": dpo_step_at_scale,
     "dpo_step_profile": dpo_step_profile,
     "rloo": rloo,
+    "merge_check": merge_check,
+    "quant_paths": quant_paths,
 }
 
 

@@ -23,7 +23,6 @@ Exits 1 when any check failed, after writing every result.
 """
 
 import argparse
-import copy
 import json
 import os
 import shutil
@@ -35,18 +34,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
+from pipeline import override_params
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 PLAN = BENCH / "gpu_plan.json"
 sys.path.insert(0, str(BENCH))
 
-# What each check must reach. The merged model may differ from its adapter on the 4-bit base by at most this
-# multiple of what quantising the base alone moves the same log-probs (merging adds the adapter to the full-
-# precision weights, so the two differ by the base's quantisation error, nothing else).
-MERGE_NF4_FACTOR = 1.5
-# The adapter merged into the full-precision base against the same adapter unmerged on it: rounding only.
-MERGE_EXACT_TOL = 1e-3  # nats per sequence
 GOALS = {"mfu_bf16": 0.35, "qlora_memory": 0.35}
 
 
@@ -120,22 +114,6 @@ def copy_repo(dest, plan):
             target.unlink()
 
 
-def set_params(work, overrides, rows=None):
-    """Dotted params overrides (nested keys created), and only the first `rows` data rows (bench/pipeline.py)."""
-    from pipeline import override_params
-
-    path = work / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    for dotted, value in overrides.items():
-        section = params
-        *parents, key = dotted.split(".")
-        for name in parents:
-            section = section[name]
-        section[key] = value
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-    override_params(work, {}, rows)
-
-
 def run_stage(work, stage, threads):
     """One stage as its own process: {name, seconds, gpu_peak_mib, rss_mib, last line}, or {name, error}."""
     from harness import run_measured
@@ -180,129 +158,10 @@ def by_name(plan, *names):
     return [[s for s in plan if s["name"] == n] for n in names]
 
 
-# ---------------------------------------------------------------- checks in a worker process of their own
-
-
-def _logps(model, pairs, tokenizer, device):
-    """Summed answer log-probs of prompt + preferred answer for each pair, in float64 on the CPU."""
-    import torch
-
-    from alignkit.conversation import plain_answer, plain_prompt
-    from alignkit.policy import collate, forward_logps
-
-    rows = []
-    for p in pairs:
-        prompt = tokenizer(plain_prompt(p.prompt))["input_ids"]
-        answer = tokenizer(plain_answer(p.chosen), add_special_tokens=False)["input_ids"]
-        rows.append(((prompt + answer)[:256], len(prompt)))
-    batch = {k: v.to(device) for k, v in collate(rows, tokenizer.pad_token_id).items()}
-    with torch.no_grad():
-        return forward_logps(model.eval(), batch).double().cpu()
-
-
-def merge_check(work, precision, pairs=16, **_):
-    """The merged DPO model (models/merged/dpo: SFT adapter merged, then DPO adapter) against the model it was
-    trained as: the DPO adapter on the 4-bit nf4 base of the merged SFT model, in the compute dtype. Also the same
-    adapter unmerged on the full-precision base (merging must match it to rounding), and the base alone in 4 bits
-    (the quantisation's own effect on the same log-probs, which bounds the first difference)."""
-    from harness import device
-    from peft import PeftModel
-
-    from alignkit.adapters import COMPUTE_DTYPES, quantize_nf4
-    from alignkit.data import read_sets
-    from alignkit.modeldir import load_policy
-
-    dev = device()
-    val = read_sets(work / "data/prepared", ["helpful"], "validation")[0][:pairs]
-    merged, tokenizer = load_policy(str(work / "models/merged/dpo"), "merged")
-    base, _ = load_policy(str(work / "models/sft"), "sft")  # the SFT adapter merged into its base: dpo's start
-    quantized = quantize_nf4(copy.deepcopy(base), COMPUTE_DTYPES[precision], dev, "check")
-    as_trained = PeftModel.from_pretrained(quantized, str(work / "models/dpo"))
-    unmerged = PeftModel.from_pretrained(copy.deepcopy(base), str(work / "models/dpo"))
-    lp = {
-        name: _logps(model.to(dev), val, tokenizer, dev)
-        for name, model in [("merged", merged), ("as_trained", as_trained), ("unmerged", unmerged), ("base", base)]
-    }
-    with as_trained.disable_adapter():
-        lp["base_nf4"] = _logps(as_trained, val, tokenizer, dev)
-    exact = (lp["merged"] - lp["unmerged"]).abs().max().item()
-    nf4 = (lp["merged"] - lp["as_trained"]).abs().max().item()
-    quantisation = (lp["base"] - lp["base_nf4"]).abs().max().item()
-    return {
-        "pairs": len(val),
-        "compute_dtype": precision,
-        "merged_vs_unmerged_max_nats": exact,
-        "merged_vs_4bit_adapter_max_nats": nf4,
-        "base_vs_4bit_base_max_nats": quantisation,
-        "merged_logp_mean": lp["merged"].mean().item(),
-        "exact_ok": exact <= MERGE_EXACT_TOL * max(1.0, lp["merged"].abs().max().item() / 100),
-        "nf4_ok": nf4 <= MERGE_NF4_FACTOR * quantisation + MERGE_EXACT_TOL,
-    }
-
-
-def quant_paths(work, precision, pairs=16, **_):
-    """The 4-bit nf4 model two ways from the same saved weights (models/merged/sft): our quantize_nf4 on the loaded
-    model, and transformers' from_pretrained with BitsAndBytesConfig (nf4, double quantisation, the same compute
-    dtype). The layers each quantised, whether their packed weights and quantisation constants are identical, and
-    the largest difference in summed log-probs."""
-    import torch
-    from harness import device
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
-
-    from alignkit.adapters import COMPUTE_DTYPES, quantize_nf4
-    from alignkit.data import read_sets
-
-    path, dev, dtype = str(work / "models/merged/sft"), device(), COMPUTE_DTYPES[precision]
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    val = read_sets(work / "data/prepared", ["helpful"], "validation")[0][:pairs]
-    ours = quantize_nf4(AutoModelForCausalLM.from_pretrained(path), dtype, dev, "check")
-    full = _logps(AutoModelForCausalLM.from_pretrained(path).to(dev), val, tokenizer, dev)
-    out = {
-        "compute_dtype": precision,
-        "ours_layers": sorted(n for n, m in ours.named_modules() if type(m).__name__ == "Linear4bit"),
-        "ours_vs_full_max_nats": (_logps(ours, val, tokenizer, dev) - full).abs().max().item(),
-    }
-    if not torch.cuda.is_available():
-        return {**out, "skipped": "from_pretrained with a BitsAndBytesConfig needs CUDA (transformers 4.45)"}
-    config = BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
-    )
-    theirs = AutoModelForCausalLM.from_pretrained(path, quantization_config=config, device_map={"": dev.index or 0})
-    layers = {n: m for n, m in theirs.named_modules() if type(m).__name__ == "Linear4bit"}
-    same = []
-    for name, module in ours.named_modules():
-        if name in layers:
-            a, b = module.weight, layers[name].weight
-            same.append(
-                torch.equal(a.data, b.data)
-                and torch.equal(a.quant_state.absmax, b.quant_state.absmax)
-                and torch.equal(a.quant_state.state2.absmax, b.quant_state.state2.absmax)
-            )
-    diff = (_logps(ours, val, tokenizer, dev) - _logps(theirs, val, tokenizer, dev)).abs().max().item()
-    return {
-        **out,
-        "theirs_layers": sorted(layers),
-        "identical_layers": sum(same),
-        "ours_vs_theirs_max_nats": diff,
-        "ok": sorted(layers) == out["ours_layers"] and all(same) and diff < 1e-3,
-    }
-
-
-SECTIONS = {"merge_check": merge_check, "quant_paths": quant_paths}
-
-
 def worker(section, work, **kwargs):
-    """Run one of SECTIONS (or of bench/compare.py) in a fresh process (its own peak GPU memory)."""
+    """One section of bench/compare.py in a fresh process (its own peak GPU memory)."""
     from run import worker as bench_worker
 
-    if section in SECTIONS:
-        with tempfile.NamedTemporaryFile(suffix=".json") as result:
-            cmd = [sys.executable, __file__, "--worker", section, "--work", str(work)]
-            cmd += ["--kwargs", json.dumps(kwargs), "--result", result.name]
-            from harness import run_measured
-
-            run_measured(cmd, REPO)
-            return json.loads(Path(result.name).read_text())
     return bench_worker(section, work, **kwargs)
 
 
@@ -346,7 +205,7 @@ def run(settings, out_path, log, sections=SECTION_NAMES):
 
     def pipeline():
         copy_repo(main, plan)
-        set_params(main, pipe["params"], pipe["rows"])
+        override_params(main, pipe["params"], pipe["rows"])
         stages = [[s for s in group if s["name"] not in skip] for group in levels(plan)]
         records = run_stages(main, [g for g in stages if g], pipe["jobs"], log)
         failed = [r["name"] for r in records if "error" in r]
@@ -361,7 +220,7 @@ def run(settings, out_path, log, sections=SECTION_NAMES):
         dest = work / name
         copy_repo(dest, plan)
         shutil.copy2(main / "params.yaml", dest / "params.yaml")
-        set_params(dest, overrides)
+        override_params(dest, overrides, None)
         for out in (o for s in plan if s["name"] in reads for o in s["outs"]):
             if (main / out).is_dir():
                 shutil.copytree(main / out, dest / out)
@@ -493,15 +352,7 @@ def main(argv=None):
         help="comma-separated sections to run (default: all; qlora, quantization and precision need pipeline)",
     )
     ap.add_argument("--plan", action="store_true", help=f"rewrite {PLAN.relative_to(REPO)} from dvc.yaml, and exit")
-    ap.add_argument("--worker", help=argparse.SUPPRESS)
-    ap.add_argument("--work", help=argparse.SUPPRESS)
-    ap.add_argument("--kwargs", help=argparse.SUPPRESS)
-    ap.add_argument("--result", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.worker:
-        result = SECTIONS[args.worker](Path(args.work), **json.loads(args.kwargs))
-        Path(args.result).write_text(json.dumps(result))
-        return 0
     if args.plan:
         PLAN.write_text(json.dumps(make_plan(), indent=1) + "\n")
         print(f"wrote {PLAN}")
