@@ -79,8 +79,10 @@ def levels(plan):
 
 
 def repo_files():
-    """The repository's files as the GPU machine gets them: tracked and untracked-but-not-ignored (git ls-files), or,
-    where there is no git repository (that machine's copy), every file but the wheels and caches."""
+    """The repository's files as the GPU machine gets them (tracked and untracked-but-not-ignored: git ls-files; where
+    there is no git repository, as in that machine's copy, every file but the wheels and caches), less .dvc/: the
+    stages run there without DVC, and dvclive, finding no DVC repository, writes its curves alone (with one, it
+    would load DVC's config and repository code, which the carried wheels leave out)."""
     import subprocess
 
     try:
@@ -90,15 +92,11 @@ def repo_files():
             check=True,
             capture_output=True,
             text=True,
-        ).stdout
-        return [name for name in listed.split("\0") if name and (REPO / name).is_file()]
+        ).stdout.split("\0")
     except (OSError, subprocess.CalledProcessError):
-        skip = {".git", ".venv", ".whl", ".dvc", "__pycache__", ".ruff_cache", ".pytest_cache", "site"}
-        return [
-            str(p.relative_to(REPO))
-            for p in REPO.rglob("*")
-            if p.is_file() and not skip & set(p.relative_to(REPO).parts)
-        ]
+        listed = [str(p.relative_to(REPO)) for p in REPO.rglob("*")]
+    skip = {".git", ".venv", ".whl", ".dvc", "__pycache__", ".ruff_cache", ".pytest_cache", "site"}
+    return [name for name in listed if name and (REPO / name).is_file() and not skip & set(Path(name).parts)]
 
 
 def copy_repo(dest, plan):

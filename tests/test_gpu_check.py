@@ -47,6 +47,14 @@ def test_wheels_pin_what_requirements_pin():
     assert {name: wheels[name] for name in common} == {name: required[name] for name in common}
 
 
+def test_the_copy_is_no_dvc_repository():
+    """The stages run without DVC there: with .dvc/ in the copy, dvclive would open the DVC repository, whose code
+    the carried wheels leave out (a run in a venv of the GPU image's packages failed so, in every training stage)."""
+    files = gpu_check.repo_files()
+    assert "dvc.yaml" in files and "params.yaml" in files and "bench/gpu_plan.json" in files
+    assert not [f for f in files if f.split("/")[0] in {".dvc", ".git", ".whl", ".venv"}]
+
+
 @pytest.mark.slow
 @pytest.mark.same_run_only
 def test_tiny_check_runs_every_cpu_check(tmp_path):
