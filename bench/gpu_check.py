@@ -9,15 +9,16 @@ It needs no DVC (the GPU machine has none): the stages, their commands and their
 bench/gpu_plan.json, which DVC itself wrote from dvc.yaml here (--plan; a test keeps it current). Sections,
 each written into --out as it ends (a run cut short keeps what finished), settings in bench/gpu_check.yaml:
 
-1. pipeline: every stage of dvc.yaml, each its own process, in a copy of the repository on the sample with the
+1. at_scale (first: it needs no pipeline run, so a run cut short still has it): the DPO step at GPT-2-Medium size:
+   time and MFU in fp32 and bf16 (against the matmul peak measured in the same run), fp16's loss scale, and peak
+   memory of full training against LoRA and QLoRA.
+2. pipeline: every stage of dvc.yaml, each its own process, in a copy of the repository on the sample with the
    default presets; the stages of one level side by side. Each stage's time, peak GPU memory and last line.
-2. qlora: sft, dpo and merge again as the book runs them: LoRA on a 4-bit nf4 base, paged AdamW, gradient
+3. qlora: sft, dpo and merge again as the book runs them: LoRA on a 4-bit nf4 base, paged AdamW, gradient
    checkpointing (dpo), bf16. Then the merged model against the adapter on its 4-bit base it was trained as.
-3. quantization: our quantize_nf4 against transformers' from_pretrained with a BitsAndBytesConfig on the same
+4. quantization: our quantize_nf4 against transformers' from_pretrained with a BitsAndBytesConfig on the same
    weights (CUDA only: transformers 4.45 refuses a quantization_config without it).
-4. precision: the dpo stage in bf16 autocast and fp16 (with loss scaling) against its fp32 run.
-5. at_scale: the DPO step at GPT-2-Medium size: time and MFU in fp32 and bf16 (against the matmul peak measured
-   in the same run), and peak memory of full training against LoRA and QLoRA.
+5. precision: the dpo stage in bf16 autocast and fp16 (with loss scaling) against its fp32 run.
 
 Exits 1 when any check failed, after writing every result.
 """
@@ -35,11 +36,11 @@ from pathlib import Path
 
 import yaml
 from pipeline import override_params
+from run import worker  # a section of bench/compare.py in a fresh process (its own peak GPU memory)
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 PLAN = BENCH / "gpu_plan.json"
-sys.path.insert(0, str(BENCH))
 
 GOALS = {"mfu_bf16": 0.35, "qlora_memory": 0.35}
 
@@ -154,13 +155,6 @@ def run_stages(work, stages, jobs, log):
 
 def by_name(plan, *names):
     return [[s for s in plan if s["name"] == n] for n in names]
-
-
-def worker(section, work, **kwargs):
-    """One section of bench/compare.py in a fresh process (its own peak GPU memory)."""
-    from run import worker as bench_worker
-
-    return bench_worker(section, work, **kwargs)
 
 
 # ---------------------------------------------------------------- the run
