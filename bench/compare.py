@@ -682,19 +682,15 @@ MERGE_NF4_FACTOR = 1.5
 MERGE_EXACT_TOL = 1e-3  # nats per sequence
 
 
-def _logps(model, pairs, tokenizer, device):
-    """Summed answer log-probs of prompt + preferred answer for each pair, in float64 on the CPU."""
-    from alignkit.conversation import plain_answer, plain_prompt
-    from alignkit.policy import collate, forward_logps
+def _logps(model, pairs, tokenizer):
+    """Summed log-probs of each pair's preferred answer after its prompt, as evaluate computes them (the pairs
+    encoded by alignkit.conversation.Renderer, scored by alignkit.evaluation.summed_logps), in float64."""
+    from alignkit.conversation import Renderer
+    from alignkit.evaluation import summed_logps
 
-    rows = []
-    for p in pairs:
-        prompt = tokenizer(plain_prompt(p.prompt))["input_ids"]
-        answer = tokenizer(plain_answer(p.chosen), add_special_tokens=False)["input_ids"]
-        rows.append(((prompt + answer)[:256], len(prompt)))
-    batch = {k: v.to(device) for k, v in collate(rows, tokenizer.pad_token_id).items()}
-    with torch.no_grad():
-        return forward_logps(model.eval(), batch).double().cpu()
+    encoded, _ = Renderer(tokenizer).encode_pairs(pairs, 256, 128)
+    chosen = [c for c, _ in encoded]
+    return summed_logps(model.eval(), chosen, tokenizer.pad_token_id, len(chosen), "check").double()
 
 
 def merge_check(work, precision, pairs=16, **_):
@@ -716,11 +712,11 @@ def merge_check(work, precision, pairs=16, **_):
     as_trained = PeftModel.from_pretrained(quantized, str(work / "models/dpo"))
     unmerged = PeftModel.from_pretrained(copy.deepcopy(base), str(work / "models/dpo"))
     lp = {
-        name: _logps(model.to(dev), val, tokenizer, dev)
+        name: _logps(model.to(dev), val, tokenizer)
         for name, model in [("merged", merged), ("as_trained", as_trained), ("unmerged", unmerged), ("base", base)]
     }
     with as_trained.disable_adapter():
-        lp["base_nf4"] = _logps(as_trained, val, tokenizer, dev)
+        lp["base_nf4"] = _logps(as_trained, val, tokenizer)
     exact = (lp["merged"] - lp["unmerged"]).abs().max().item()
     nf4 = (lp["merged"] - lp["as_trained"]).abs().max().item()
     quantisation = (lp["base"] - lp["base_nf4"]).abs().max().item()
@@ -750,11 +746,12 @@ def quant_paths(work, precision, pairs=16, **_):
     tokenizer = AutoTokenizer.from_pretrained(path)
     val = read_sets(work / "data/prepared", ["helpful"], "validation")[0][:pairs]
     ours = quantize_nf4(AutoModelForCausalLM.from_pretrained(path), dtype, dev, "check")
-    full = _logps(AutoModelForCausalLM.from_pretrained(path).to(dev), val, tokenizer, dev)
+    ours_lp = _logps(ours, val, tokenizer)
+    full = _logps(AutoModelForCausalLM.from_pretrained(path).to(dev), val, tokenizer)
     out = {
         "compute_dtype": precision,
         "ours_layers": sorted(n for n, m in ours.named_modules() if type(m).__name__ == "Linear4bit"),
-        "ours_vs_full_max_nats": (_logps(ours, val, tokenizer, dev) - full).abs().max().item(),
+        "ours_vs_full_max_nats": (ours_lp - full).abs().max().item(),
     }
     if not torch.cuda.is_available():
         return {**out, "skipped": "from_pretrained with a BitsAndBytesConfig needs CUDA (transformers 4.45)"}
@@ -772,7 +769,7 @@ def quant_paths(work, precision, pairs=16, **_):
                 and torch.equal(a.quant_state.absmax, b.quant_state.absmax)
                 and torch.equal(a.quant_state.state2.absmax, b.quant_state.state2.absmax)
             )
-    diff = (_logps(ours, val, tokenizer, dev) - _logps(theirs, val, tokenizer, dev)).abs().max().item()
+    diff = (ours_lp - _logps(theirs, val, tokenizer)).abs().max().item()
     return {
         **out,
         "theirs_layers": sorted(layers),

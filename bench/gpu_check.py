@@ -36,7 +36,11 @@ from pathlib import Path
 
 import yaml
 from pipeline import override_params
-from run import worker  # a section of bench/compare.py in a fresh process (its own peak GPU memory)
+from run import load_settings as bench_settings
+from run import (
+    merge,
+    worker,  # a section of bench/compare.py in a fresh process (its own peak GPU memory)
+)
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -66,6 +70,18 @@ def make_plan(repo=REPO):
             }
             for s in order
         ]
+
+
+def load_settings(path, profile, gpu):
+    """The profile of --config (bench/gpu_check.yaml) over the bench/config.yaml profile it names in `bench`: that
+    one's pipeline params and rows and its at_scale (on CUDA, with its gpu rows), then `common`, then its own keys."""
+    config = yaml.safe_load(Path(path).read_text())
+    profiles = [p for p in config if p != "common"]
+    if profile not in profiles:
+        raise SystemExit(f"error: {path}: no profile '{profile}' (profiles: {', '.join(profiles)})")
+    own = merge(config.get("common", {}), config[profile])
+    base = bench_settings(BENCH / "config.yaml", own["bench"], gpu)
+    return merge({"pipeline": base["pipeline"], "at_scale": base["at_scale"]}, own)
 
 
 def levels(plan):
@@ -225,7 +241,8 @@ def run(settings, out_path, log, sections=SECTION_NAMES):
 
     def qlora():
         cfg = settings["qlora"]
-        dest = copy_with("qlora", cfg["params"], prepared)
+        precision = {f"{stage}.precision": cfg["precision"] for stage in ("sft", "dpo")}
+        dest = copy_with("qlora", {**cfg["params"], **precision}, prepared)
         records = run_stages(dest, by_name(plan, "sft", "dpo", "merge@sft", "merge@dpo"), 1, log)
         if any("error" in r for r in records):
             results["failures"].append("qlora: a stage failed")
@@ -258,7 +275,7 @@ def run(settings, out_path, log, sections=SECTION_NAMES):
 
     def at_scale():
         scale = settings["at_scale"]
-        shared = {k: v for k, v in scale.items() if k != "lora"}
+        shared = {k: v for k, v in scale.items() if k not in ("lora", "precisions")}  # precisions: the runs below
         runs = [
             ("fp32", {}),
             ("bf16", {}),
@@ -349,14 +366,14 @@ def main(argv=None):
         PLAN.write_text(json.dumps(make_plan(), indent=1) + "\n")
         print(f"wrote {PLAN}")
         return 0
-    config = yaml.safe_load(Path(args.config).read_text())
-    if args.profile not in config:
-        raise SystemExit(f"error: {args.config}: no profile '{args.profile}' (profiles: {', '.join(config)})")
+    import torch
+
+    settings = load_settings(args.config, args.profile, torch.cuda.is_available())
     sections = args.sections.split(",")
     unknown = [s for s in sections if s not in SECTION_NAMES]
     if unknown:
         raise SystemExit(f"error: --sections: unknown section '{unknown[0]}' (sections: {', '.join(SECTION_NAMES)})")
-    results = run(config[args.profile], args.out, lambda msg: print(msg, flush=True), sections)
+    results = run(settings, args.out, lambda msg: print(msg, flush=True), sections)
     return 1 if results["failures"] else 0
 
 

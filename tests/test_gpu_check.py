@@ -35,6 +35,17 @@ def test_levels_put_each_stage_after_the_ones_it_reads():
     assert [[s["name"] for s in group] for group in gpu_check.levels(plan)] == [["a", "b"], ["c", "e"], ["d"]]
 
 
+def test_each_profile_builds_on_the_benchmark_profile_it_names():
+    """The check's settings are the benchmark's (bench/config.yaml) plus its own: nothing copied between the files."""
+    tiny = gpu_check.load_settings(gpu_check.BENCH / "gpu_check.yaml", "tiny", gpu=False)
+    assert tiny["pipeline"]["rows"] == 240 and tiny["pipeline"]["params"]["dpo.epochs"] == 1  # bench tiny's
+    assert (tiny["pipeline"]["jobs"], tiny["qlora"]["precision"], tiny["at_scale"]["seq_len"]) == (2, "fp32", 32)
+    gpu = gpu_check.load_settings(gpu_check.BENCH / "gpu_check.yaml", "default", gpu=True)
+    assert (gpu["at_scale"]["pairs"], gpu["at_scale"]["seq_len"], gpu["at_scale"]["matmul_size"]) == (8, 512, 8192)
+    assert (gpu["at_scale"]["repeats"], gpu["pipeline"]["rows"], gpu["pipeline"]["jobs"]) == (3, 600, 4)
+    assert gpu["qlora"]["precision"] == "bf16" and gpu["pipeline"]["skip"] == ["report"]
+
+
 def test_wheels_pin_what_requirements_pin():
     """The carried wheels are the versions the project runs with: every package both files name has one version."""
     pins = lambda text: dict(  # noqa: E731
@@ -70,8 +81,9 @@ def test_tiny_check_runs_every_cpu_check(tmp_path):
     results = json.loads(out.read_text())
     assert results["failures"] == []
     plan = [s["name"] for s in json.loads(gpu_check.PLAN.read_text())]
-    ran = [r["name"] for r in results["pipeline"]["stages"]]
-    assert sorted(ran) == sorted(n for n in plan if n != "report") and all("error" not in r for r in ran)
+    stages = results["pipeline"]["stages"]
+    assert sorted(r["name"] for r in stages) == sorted(n for n in plan if n != "report")
+    assert all("error" not in r and r["seconds"] > 0 for r in stages)
 
     # QLoRA: sft and dpo on a 4-bit base with paged AdamW, merged; the merge is exact against the unmerged adapter
     # on the full-precision base, and off the 4-bit model it was trained as by about the base's quantisation alone.
@@ -108,10 +120,9 @@ def test_a_failing_stage_fails_the_check_and_keeps_its_error(tmp_path):
     """A stage that fails is recorded with its output, the checks that read the pipeline do not run, and the
     check exits 1 with its results written."""
     config = yaml.safe_load((REPO / "bench/gpu_check.yaml").read_text())
-    tiny = config["tiny"]
-    tiny["pipeline"]["params"] = {**tiny["pipeline"]["params"], "sft.lr": "fast"}  # not a number: sft fails
+    config["tiny"]["pipeline"]["params"] = {"sft.lr": "fast"}  # over the benchmark's tiny params; not a number
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump({"tiny": tiny}))
+    path.write_text(yaml.safe_dump(config))
     out = tmp_path / "results.json"
     proc = subprocess.run(
         [sys.executable, "bench/gpu_check.py", "--profile", "tiny", "--config", str(path), "--out", str(out)]

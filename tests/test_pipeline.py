@@ -221,7 +221,7 @@ NOISE_SHARE = 0.25
 def within_tolerance(key, committed, rebuilt, half_width=None):
     """half_width: that of the committed 95% interval of this mean (None: it has none)."""
     if isinstance(committed, list) and committed and isinstance(committed[0], (int, float)):  # an interval
-        half = (committed[-1] - committed[0]) / 2
+        half = _half_width(committed)
         return len(committed) == len(rebuilt) and all(
             within_tolerance(key, a, b, half) for a, b in zip(committed, rebuilt)
         )
